@@ -1,0 +1,105 @@
+"""Entry point of the `falco-correlator` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from streams.core.durations import parse_duration
+from streams.core.loader import load_rules
+from streams.core.rules import Ruleset
+from streams.errors import RuleLoadError
+
+__all__ = ["main"]
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="falco-correlator",
+        description="Correlate Falco alerts into incidents with windowed YAML rules.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check rule files; errors as PATH:LINE:COL")
+    validate.add_argument("paths", nargs="*", default=["rules/"], metavar="PATH")
+
+    replay = sub.add_parser("replay", help="correlate JSON-lines event files, incidents on stdout")
+    replay.add_argument("--rules", action="append", required=True, metavar="PATH")
+    replay.add_argument("--lateness", type=_duration, default="10s", metavar="DURATION")
+    replay.add_argument("--flush", action="store_true", help="fire every pending absence at the end")
+    replay.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
+
+    test = sub.add_parser("test", help="run rule tests (*.test.yaml fixtures)")
+    test.add_argument("paths", nargs="*", default=["rules/"], metavar="PATH")
+    test.add_argument("--rules", action="append", metavar="PATH", help="rules instead of the fixtures' own")
+    test.add_argument("-v", "--verbose", action="store_true")
+
+    worker = sub.add_parser("worker", help="run the Faust stream worker")
+    worker.add_argument("--config", metavar="FILE")
+    worker.add_argument("--rules", action="append", metavar="PATH")
+    return parser
+
+
+def _load(paths: Sequence[str]) -> Ruleset | None:
+    try:
+        ruleset: Ruleset = load_rules(paths)
+    except RuleLoadError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s); no rules loaded", file=sys.stderr)
+        return None
+    return ruleset
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        ruleset = _load(args.paths)
+        if ruleset is None:
+            return 1
+        disabled = f", {len(ruleset.disabled)} disabled" if ruleset.disabled else ""
+        print(
+            f"OK: {len(ruleset.correlations)} correlations{disabled} "
+            f"in {len(ruleset.files)} file(s), ruleset {ruleset.digest}"
+        )
+        return 0
+    if args.command == "replay":
+        from streams.cli.replay import print_summary, read_inputs, replay_lines
+
+        ruleset = _load(args.rules)
+        if ruleset is None:
+            return 1
+        try:
+            result, engine = replay_lines(
+                ruleset,
+                read_inputs(args.events, sys.stdin.buffer),
+                lateness_ns=args.lateness,
+                flush=args.flush,
+                out=sys.stdout.buffer,
+                err=sys.stderr,
+            )
+        except OSError as exc:
+            print(f"replay: {exc}", file=sys.stderr)
+            return 2
+        sys.stdout.flush()
+        print_summary(result, engine, sys.stderr)
+        return 0
+    if args.command == "test":
+        from streams.cli.ruletest import run_rule_tests
+
+        return run_rule_tests(args.paths, rules_override=args.rules, verbose=args.verbose)
+    from streams.runtime.cli import run_worker
+
+    return run_worker(config_path=args.config, rules=args.rules)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

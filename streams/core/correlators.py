@@ -1,0 +1,260 @@
+"""Per-(correlation, key) state machines, one class per correlation type.
+
+Each receives events in (time, arrival) order (the engine's reorder buffer guarantees it), so
+everything a state holds is older than the event being processed. That makes consumption simple:
+when a correlation fires for a key, every event of that key up to the match is in the state, and
+the whole state is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from streams.core.rules import Correlation, CorrelationType
+
+if TYPE_CHECKING:
+    from streams.core.events import Event
+
+__all__ = [
+    "AbsenceState",
+    "AllState",
+    "CountState",
+    "DistinctState",
+    "KeyState",
+    "Match",
+    "SequenceState",
+    "new_state",
+]
+
+# A match: (step name, event) pairs in report order.
+Match = list[tuple[str, "Event"]]
+
+
+class KeyState:
+    """State of one (correlation, key). `evicted` counts events dropped by the size cap."""
+
+    __slots__ = ("evicted", "newest_ns")
+    kind: ClassVar[CorrelationType]
+
+    def __init__(self) -> None:
+        self.newest_ns = 0
+        self.evicted = 0
+
+    def on_event(
+        self, corr: Correlation, steps: set[int], event: Event, cap: int
+    ) -> Match | None:
+        raise NotImplementedError
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def expire(self, horizon_ns: int) -> None:
+        """Drop everything older than horizon (the start of any window still possible)."""
+        raise NotImplementedError
+
+
+class SequenceState(KeyState):
+    __slots__ = ("candidates",)
+    kind = CorrelationType.SEQUENCE
+
+    def __init__(self, n_steps: int) -> None:
+        super().__init__()
+        # Candidates of every step but the last (the last step is only ever the current event).
+        self.candidates: list[list[Event]] = [[] for _ in range(n_steps - 1)]
+
+    def size(self) -> int:
+        return sum(len(c) for c in self.candidates)
+
+    def expire(self, horizon_ns: int) -> None:
+        for cands in self.candidates:
+            cut = 0
+            while cut < len(cands) and cands[cut].time_ns < horizon_ns:
+                cut += 1
+            if cut:
+                del cands[:cut]
+
+    def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
+        self.newest_ns = event.time_ns
+        self.expire(event.time_ns - corr.within_ns)
+        last = len(corr.steps) - 1
+        if last in steps:
+            chain = self._tightest_chain(event)
+            if chain is not None:
+                return [(corr.steps[i].name, e) for i, e in enumerate(chain)]
+        # Not completing a chain: a candidate for every earlier step it matches.
+        for index in sorted(steps):
+            if index < last:
+                self.candidates[index].append(event)
+        while self.size() > cap:
+            self._evict_oldest()
+        return None
+
+    def _tightest_chain(self, last_event: Event) -> list[Event] | None:
+        """Backwards from the last event, each earlier step takes the latest eligible event."""
+        chain = [last_event]
+        bound = (last_event.time_ns, last_event.seq)
+        for cands in reversed(self.candidates):
+            found = None
+            for cand in reversed(cands):
+                if (cand.time_ns, cand.seq) < bound:
+                    found = cand
+                    break
+            if found is None:
+                return None
+            chain.append(found)
+            bound = (found.time_ns, found.seq)
+        chain.reverse()
+        return chain
+
+    def _evict_oldest(self) -> None:
+        oldest = min((c for c in self.candidates if c), key=lambda c: (c[0].time_ns, c[0].seq))
+        del oldest[0]
+        self.evicted += 1
+
+
+class AllState(KeyState):
+    __slots__ = ("latest",)
+    kind = CorrelationType.ALL
+
+    def __init__(self, n_steps: int) -> None:
+        super().__init__()
+        # Only the latest event per step matters: it is what is reported, and older ones leave
+        # the window first.
+        self.latest: list[Event | None] = [None] * n_steps
+
+    def size(self) -> int:
+        return sum(e is not None for e in self.latest)
+
+    def expire(self, horizon_ns: int) -> None:
+        for index, event in enumerate(self.latest):
+            if event is not None and event.time_ns < horizon_ns:
+                self.latest[index] = None
+
+    def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
+        self.newest_ns = event.time_ns
+        self.expire(event.time_ns - corr.within_ns)
+        self.latest[min(steps)] = event
+        if any(e is None for e in self.latest):
+            return None
+        pairs = [(corr.steps[i].name, e) for i, e in enumerate(self.latest) if e is not None]
+        pairs.sort(key=lambda p: (p[1].time_ns, p[1].seq))
+        return pairs
+
+
+class CountState(KeyState):
+    __slots__ = ("events",)
+    kind = CorrelationType.COUNT
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[Event] = []
+
+    def size(self) -> int:
+        return len(self.events)
+
+    def expire(self, horizon_ns: int) -> None:
+        cut = 0
+        while cut < len(self.events) and self.events[cut].time_ns < horizon_ns:
+            cut += 1
+        if cut:
+            del self.events[:cut]
+
+    def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
+        self.newest_ns = event.time_ns
+        self.expire(event.time_ns - corr.within_ns)
+        self.events.append(event)
+        if len(self.events) >= corr.threshold:
+            return [("match", e) for e in self.events]
+        if len(self.events) > cap:
+            del self.events[0]
+            self.evicted += 1
+        return None
+
+
+class DistinctState(KeyState):
+    __slots__ = ("values",)
+    kind = CorrelationType.DISTINCT
+
+    def __init__(self) -> None:
+        super().__init__()
+        # value -> latest event carrying it; a value is in the window iff its latest event is.
+        self.values: dict[str, Event] = {}
+
+    def size(self) -> int:
+        return len(self.values)
+
+    def expire(self, horizon_ns: int) -> None:
+        stale = [v for v, e in self.values.items() if e.time_ns < horizon_ns]
+        for value in stale:
+            del self.values[value]
+
+    def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
+        self.newest_ns = event.time_ns
+        self.expire(event.time_ns - corr.within_ns)
+        assert corr.field is not None
+        value = event.get(corr.field)
+        if value is None or isinstance(value, dict | list):
+            return None  # still a match of the condition, but it adds no value
+        ident = str(value)
+        self.values.pop(ident, None)  # re-insert so dict order is recency order
+        self.values[ident] = event
+        if len(self.values) >= corr.threshold:
+            events = sorted(self.values.values(), key=lambda e: (e.time_ns, e.seq))
+            return [("match", e) for e in events]
+        if len(self.values) > cap:
+            del self.values[next(iter(self.values))]
+            self.evicted += 1
+        return None
+
+
+class AbsenceState(KeyState):
+    """A pending trigger, plus triggers already past their deadline awaiting the watermark."""
+
+    __slots__ = ("due", "pending")
+    kind = CorrelationType.ABSENCE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: Event | None = None
+        self.due: dict[int, Event] = {}
+
+    def size(self) -> int:
+        return (self.pending is not None) + len(self.due)
+
+    def expire(self, horizon_ns: int) -> None:
+        """Absence state only ends by firing or by being cleared."""
+
+    def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
+        """Returns the new pending trigger as a one-event match (the engine schedules it)."""
+        self.newest_ns = event.time_ns
+        pending = self.pending
+        if pending is not None and pending.time_ns + corr.within_ns < event.time_ns:
+            # Decided: nothing can clear it any more; it fires when the watermark passes.
+            self.due[pending.seq] = pending
+            self.pending = pending = None
+        expect_index, trigger_index = 1, 0
+        if expect_index in steps and pending is not None:
+            self.pending = pending = None
+        if trigger_index in steps and pending is None:
+            self.pending = event
+            return [("trigger", event)]
+        return None
+
+    def take(self, seq: int) -> Event | None:
+        """The trigger with this arrival number if it is still to fire (pending or due)."""
+        if self.pending is not None and self.pending.seq == seq:
+            event, self.pending = self.pending, None
+            return event
+        return self.due.pop(seq, None)
+
+
+def new_state(corr: Correlation) -> KeyState:
+    if corr.type is CorrelationType.SEQUENCE:
+        return SequenceState(len(corr.steps))
+    if corr.type is CorrelationType.ALL:
+        return AllState(len(corr.steps))
+    if corr.type is CorrelationType.COUNT:
+        return CountState()
+    if corr.type is CorrelationType.DISTINCT:
+        return DistinctState()
+    return AbsenceState()

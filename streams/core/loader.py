@@ -1,0 +1,351 @@
+"""Load rule files into a Ruleset: lists, macros, correlations, overrides, located errors.
+
+Every error of every file is collected and reported as `PATH:LINE:COL: message`; when there is
+any, nothing is loaded (RuleLoadError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streams.core._yaml_tree import compose_file, location, to_python
+from streams.core.conditions import (
+    compile_condition,
+    macro_refs,
+    parse_condition,
+    resolve_lists,
+)
+from streams.core.correlation_schema import build_correlation
+from streams.errors import ConditionSyntaxError, Location, RuleError, RuleLoadError
+
+__all__ = ["RULE_FILE_SUFFIXES", "TEST_FILE_SUFFIXES", "load_rules", "rule_files"]
+
+RULE_FILE_SUFFIXES = (".yaml", ".yml")
+TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
+_KINDS = ("list", "macro", "correlation")
+_KIND_KEYS = {
+    "list": {"list", "items", "override"},
+    "macro": {"macro", "condition", "override"},
+}
+
+
+@dataclass
+class RawItem:
+    """One YAML item: its kind, name, and key -> (key node, value node), in file order."""
+
+    kind: str
+    name: str
+    path: str
+    node: yaml.MappingNode
+    keys: dict[str, tuple[yaml.Node, yaml.Node]] = field(default_factory=dict)
+
+    def loc(self, key: str | None = None) -> Location:
+        if key is not None and key in self.keys:
+            return location(self.path, self.keys[key][1])
+        return location(self.path, self.node)
+
+    def key_loc(self, key: str) -> Location:
+        return location(self.path, self.keys[key][0])
+
+    def value(self, key: str) -> Any:
+        return to_python(self.keys[key][1])
+
+
+def rule_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files in argument order; a directory contributes its rule files in lexical path order.
+
+    Files named `*.test.yaml` are rule tests, not rules, and are skipped inside directories.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = [
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.name.endswith(RULE_FILE_SUFFIXES)
+                and not p.name.endswith(TEST_FILE_SUFFIXES)
+            ]
+            files.extend(sorted(found, key=lambda p: p.as_posix()))
+        else:
+            files.append(path)
+    return files
+
+
+def load_rules(paths: Iterable[str | Path]) -> Any:
+    """Load every file; returns a Ruleset or raises RuleLoadError with all errors."""
+    from streams.core.rules import Ruleset
+
+    errors: list[RuleError] = []
+    items: list[RawItem] = []
+    files = rule_files(paths)
+    digest = hashlib.sha256()
+    for path in files:
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(RuleError(Location(name, 1, 1), f"cannot read rules file: {exc}"))
+            continue
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+        items.extend(_read_items(name, text, errors))
+
+    merged = _merge(items, errors)
+    lists = _resolve_lists(merged["list"], errors)
+    macros = _parse_macros(merged["macro"], errors)
+    _check_macro_cycles(merged["macro"], macros, errors)
+
+    correlations = []
+    disabled = []
+    for item in merged["correlation"].values():
+        built = build_correlation(item, macros, lists, errors, _compile)
+        if built is not None:
+            if built.enabled:
+                correlations.append(built)
+            else:
+                disabled.append(built.name)
+    if errors:
+        raise RuleLoadError(errors)
+    return Ruleset(
+        correlations=tuple(correlations),
+        digest=digest.hexdigest()[:16],
+        files=tuple(str(f) for f in files),
+        disabled=tuple(disabled),
+    )
+
+
+def _compile(
+    item: RawItem, key: str, text: str, node: yaml.Node, macros: dict[str, Any], lists: Any,
+    errors: list[RuleError],
+) -> Any:
+    """Parse and compile one condition; errors are reported at the condition's value node."""
+    where = location(item.path, node)
+    try:
+        return compile_condition(parse_condition(text), macros, lists)
+    except ConditionSyntaxError as exc:
+        errors.append(RuleError(where, f"{key}: {_condition_message(exc, text)}"))
+    return None
+
+
+def _condition_message(exc: ConditionSyntaxError, text: str) -> str:
+    if exc.offset < 0:
+        return exc.message
+    near = text[exc.offset : exc.offset + 20].split("\n")[0]
+    return f"{exc.message} (at offset {exc.offset}: {near!r})"
+
+
+def _read_items(path: str, text: str, errors: list[RuleError]) -> list[RawItem]:
+    root, found = compose_file(path, text)
+    errors.extend(found)
+    if root is None or found:
+        return []
+    if not isinstance(root, yaml.SequenceNode):
+        errors.append(RuleError(location(path, root), "a rules file is a YAML sequence of items"))
+        return []
+    items = []
+    for node in root.value:
+        item = _read_item(path, node, errors)
+        if item is not None:
+            items.append(item)
+    return items
+
+
+def _read_item(path: str, node: yaml.Node, errors: list[RuleError]) -> RawItem | None:
+    if not isinstance(node, yaml.MappingNode):
+        errors.append(RuleError(location(path, node), "an item must be a mapping"))
+        return None
+    keys: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            errors.append(RuleError(location(path, key_node), "keys must be plain strings"))
+            continue
+        keys.setdefault(str(key_node.value), (key_node, value_node))
+    kinds = [k for k in _KINDS if k in keys]
+    if len(kinds) != 1:
+        what = "none" if not kinds else ", ".join(kinds)
+        errors.append(
+            RuleError(
+                location(path, node),
+                f"an item must have exactly one of 'list', 'macro', 'correlation' (found {what})",
+            )
+        )
+        return None
+    kind = kinds[0]
+    name_node = keys[kind][1]
+    name = to_python(name_node)
+    if not isinstance(name, str) or not name.strip():
+        errors.append(RuleError(location(path, name_node), f"{kind} name must be a non-empty string"))
+        return None
+    return RawItem(kind, name, path, node, keys)
+
+
+def _merge(items: Sequence[RawItem], errors: list[RuleError]) -> dict[str, dict[str, RawItem]]:
+    """Apply duplicates and overrides in load order."""
+    merged: dict[str, dict[str, RawItem]] = {kind: {} for kind in _KINDS}
+    for item in items:
+        table = merged[item.kind]
+        if "override" not in item.keys:
+            if item.name in table:
+                first = table[item.name].loc()
+                errors.append(
+                    RuleError(
+                        item.loc(item.kind),
+                        f"duplicate {item.kind} name '{item.name}' (first defined at {first}); "
+                        "use 'override' to change it",
+                    )
+                )
+            else:
+                table[item.name] = item
+            continue
+        _apply_override(item, table, errors)
+    return merged
+
+
+def _apply_override(item: RawItem, table: dict[str, RawItem], errors: list[RuleError]) -> None:
+    spec = item.value("override")
+    if not isinstance(spec, dict) or not spec:
+        errors.append(RuleError(item.loc("override"), "override must be a mapping KEY: append|replace"))
+        return
+    base = table.get(item.name)
+    if base is None:
+        errors.append(
+            RuleError(item.loc(item.kind), f"override of unknown {item.kind} '{item.name}'")
+        )
+        return
+    merged = RawItem(base.kind, base.name, base.path, base.node, dict(base.keys))
+    ok = True
+    for key, mode in spec.items():
+        if key in (item.kind, "override"):
+            errors.append(RuleError(item.loc("override"), f"override: cannot override '{key}'"))
+            ok = False
+            continue
+        if key not in item.keys:
+            errors.append(
+                RuleError(item.loc("override"), f"override: '{key}' is listed but not given")
+            )
+            ok = False
+            continue
+        allowed_append = {"list": {"items"}, "macro": {"condition"}}.get(item.kind, set())
+        if mode == "replace":
+            merged.keys[key] = item.keys[key]
+        elif mode == "append" and key in allowed_append:
+            merged.keys[key] = (item.keys[key][0], _append_node(base, item, key))
+        else:
+            choices = "append or replace" if key in allowed_append else "replace"
+            errors.append(
+                RuleError(item.loc("override"), f"override: '{key}' must be {choices}, not {mode!r}")
+            )
+            ok = False
+    for key in item.keys:
+        if key not in (item.kind, "override") and key not in spec:
+            errors.append(
+                RuleError(item.key_loc(key), f"'{key}' given without an override entry for it")
+            )
+            ok = False
+    if ok:
+        table[item.name] = merged
+
+
+def _append_node(base: RawItem, item: RawItem, key: str) -> yaml.Node:
+    """A synthetic node holding base + appended value, located at the appended text."""
+    old_node, new_node = base.keys[key][1], item.keys[key][1]
+    if key == "items":
+        if isinstance(old_node, yaml.SequenceNode) and isinstance(new_node, yaml.SequenceNode):
+            return yaml.SequenceNode(
+                old_node.tag, old_node.value + new_node.value, new_node.start_mark, new_node.end_mark
+            )
+        return new_node  # wrong types are reported by the list check
+    text = f"{to_python(old_node)} {to_python(new_node)}"
+    return yaml.ScalarNode("tag:yaml.org,2002:str", text, new_node.start_mark, new_node.end_mark)
+
+
+def _check_keys(item: RawItem, errors: list[RuleError]) -> None:
+    allowed = _KIND_KEYS[item.kind]
+    for key in item.keys:
+        if key not in allowed:
+            errors.append(RuleError(item.key_loc(key), f"unknown key '{key}' in {item.kind}"))
+
+
+def _resolve_lists(
+    items: dict[str, RawItem], errors: list[RuleError]
+) -> dict[str, tuple[str, ...]]:
+    raw: dict[str, list[object]] = {}
+    for name, item in items.items():
+        _check_keys(item, errors)
+        if "items" not in item.keys:
+            errors.append(RuleError(item.loc(), f"list '{name}' has no 'items'"))
+            continue
+        values = item.value("items")
+        if not isinstance(values, list) or not all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in values
+        ):
+            errors.append(
+                RuleError(item.loc("items"), f"list '{name}': items must be a list of strings")
+            )
+            continue
+        raw[name] = values
+    try:
+        return resolve_lists(raw)
+    except ValueError as exc:
+        first = next(iter(items.values()))
+        errors.append(RuleError(first.loc(), str(exc)))
+        return {}
+
+
+def _parse_macros(items: dict[str, RawItem], errors: list[RuleError]) -> dict[str, Any]:
+    macros: dict[str, Any] = {}
+    for name, item in items.items():
+        _check_keys(item, errors)
+        if "condition" not in item.keys:
+            errors.append(RuleError(item.loc(), f"macro '{name}' has no 'condition'"))
+            continue
+        text = item.value("condition")
+        if not isinstance(text, str):
+            errors.append(RuleError(item.loc("condition"), "condition must be a string"))
+            continue
+        try:
+            macros[name] = parse_condition(text)
+        except ConditionSyntaxError as exc:
+            errors.append(
+                RuleError(item.loc("condition"), f"macro '{name}': {_condition_message(exc, text)}")
+            )
+    return macros
+
+
+def _check_macro_cycles(
+    items: dict[str, RawItem], macros: dict[str, Any], errors: list[RuleError]
+) -> None:
+    """Unknown macros inside macros and cycles are reported at the macro that has them."""
+    for name, node in macros.items():
+        item = items[name]
+        for ref in macro_refs(node):
+            if ref.name not in macros and ref.name not in items:
+                errors.append(
+                    RuleError(item.loc("condition"), f"macro '{name}': unknown macro '{ref.name}'")
+                )
+        path = _find_cycle(name, macros, [])
+        if path:
+            errors.append(
+                RuleError(item.loc("condition"), "macro cycle: " + " -> ".join(path))
+            )
+
+
+def _find_cycle(name: str, macros: dict[str, Any], stack: list[str]) -> list[str] | None:
+    if name in stack:
+        return [*stack[stack.index(name) :], name] if stack[0] == name else None
+    stack.append(name)
+    try:
+        for ref in macro_refs(macros[name]) if name in macros else []:
+            found = _find_cycle(ref.name, macros, stack)
+            if found:
+                return found
+    finally:
+        stack.pop()
+    return None

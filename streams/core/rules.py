@@ -1,0 +1,65 @@
+"""The typed rule model: what the loader builds and the engine runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from streams.errors import Location
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from streams.core.conditions import CompiledCondition
+
+__all__ = ["Correlation", "CorrelationType", "Ruleset", "Step"]
+
+
+class CorrelationType(StrEnum):
+    SEQUENCE = "sequence"
+    ALL = "all"
+    COUNT = "count"
+    DISTINCT = "distinct"
+    ABSENCE = "absence"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One condition of a correlation with the fields that form its group key.
+
+    count/distinct have one step named `match`; absence has `trigger` and `expect`.
+    """
+
+    name: str
+    condition: CompiledCondition
+    by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    name: str
+    type: CorrelationType
+    by: tuple[str, ...]
+    within_ns: int
+    steps: tuple[Step, ...]
+    output: jinja2.Template
+    output_source: str
+    location: Location
+    desc: str = ""
+    threshold: int = 0
+    field: str | None = None
+    severity: str | None = None
+    tags: tuple[str, ...] = ()
+    suppress_ns: int | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """Every enabled correlation, plus the digest that stamps incidents (`ruleset`)."""
+
+    correlations: tuple[Correlation, ...]
+    digest: str
+    files: tuple[str, ...]
+    disabled: tuple[str, ...] = ()
