@@ -1,0 +1,111 @@
+"""Replay throughput of the pure core over a synthetic stream (a benchmark, not a test).
+
+    python bench/replay_bench.py --events 1000000 [--profile]
+
+Prints, side by side in one run: a baseline that only reads and orjson-decodes the lines, and the
+full replay (decode, validate, match, reorder, correlate, build incidents), as medians over
+--repeat runs, their ratio, and the peak RSS. Single process, so one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.synthetic import synthetic_events  # noqa: E402
+from streams.cli.replay import read_inputs, replay_lines  # noqa: E402
+from streams.core.engine import Engine  # noqa: E402
+from streams.core.loader import load_rules  # noqa: E402
+
+
+def _write_stream(path: Path, count: int) -> int:
+    lines = 0
+    with path.open("wb") as handle:
+        for line in synthetic_events(count):
+            handle.write(line + b"\n")
+            lines += 1
+    return lines
+
+
+def _baseline(path: Path) -> float:
+    start = time.perf_counter()
+    loads = orjson.loads
+    with path.open("rb") as handle:
+        for line in handle:
+            loads(line)
+    return time.perf_counter() - start
+
+
+def _replay(path: Path, rules: list[str]) -> tuple[float, int, Engine]:
+    ruleset = load_rules(rules)
+    sink = io.BytesIO()
+    start = time.perf_counter()
+    result, engine = replay_lines(
+        ruleset,
+        read_inputs([str(path)], sys.stdin.buffer),
+        lateness_ns=10_000_000_000,
+        flush=False,
+        out=sink,
+        err=sys.stderr,
+    )
+    return time.perf_counter() - start, result.incidents, engine
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rules", action="append", default=None)
+    parser.add_argument("--profile", action="store_true", help="print the top of a cProfile run")
+    args = parser.parse_args()
+    rules = args.rules or [str(Path(__file__).resolve().parent.parent / "rules")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "events.jsonl"
+        lines = _write_stream(path, args.events)
+        size_mb = path.stat().st_size / 1e6
+        print(f"stream: {lines} lines, {size_mb:.0f} MB, rules: {' '.join(rules)}")
+        base_times, replay_times = [], []
+        incidents = 0
+        engine = None
+        for _ in range(args.repeat):
+            base_times.append(_baseline(path))
+            elapsed, incidents, engine = _replay(path, rules)
+            replay_times.append(elapsed)
+        base = statistics.median(base_times)
+        full = statistics.median(replay_times)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"baseline read+orjson.loads : median {base:.2f} s  {lines / base:>10,.0f} lines/s")
+        print(f"replay (full core)         : median {full:.2f} s  {lines / full:>10,.0f} events/s")
+        print(f"ratio replay/baseline time : {full / base:.2f}x")
+        assert engine is not None
+        print(
+            f"incidents: {incidents}, late: {engine.stats.late}, matched events: "
+            f"{engine.stats.matched}, state entries at end: {engine.state_entries}, "
+            f"peak RSS: {peak_mb:.0f} MB, pid {os.getpid()}"
+        )
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            _replay(path, rules)
+            profiler.disable()
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("tottime").print_stats(15)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
