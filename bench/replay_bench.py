@@ -25,10 +25,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.synthetic import synthetic_events  # noqa: E402
-from streams.cli.replay import read_inputs, replay_lines  # noqa: E402
-from streams.core.engine import Engine  # noqa: E402
-from streams.core.loader import load_rules  # noqa: E402
+from bench.synthetic import synthetic_events
+from streams.cli.replay import read_inputs, replay_lines
+from streams.core.engine import Engine
+from streams.core.loader import load_rules
 
 
 def _write_stream(path: Path, count: int) -> int:
@@ -65,7 +65,9 @@ def _replay(path: Path, rules: list[str]) -> tuple[float, int, Engine]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rules", action="append", default=None)

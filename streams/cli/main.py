@@ -34,12 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="correlate JSON-lines event files, incidents on stdout")
     replay.add_argument("--rules", action="append", required=True, metavar="PATH")
     replay.add_argument("--lateness", type=_duration, default="10s", metavar="DURATION")
-    replay.add_argument("--flush", action="store_true", help="fire every pending absence at the end")
+    replay.add_argument(
+        "--flush", action="store_true", help="fire every pending absence at the end"
+    )
     replay.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
 
     test = sub.add_parser("test", help="run rule tests (*.test.yaml fixtures)")
     test.add_argument("paths", nargs="*", default=["rules/"], metavar="PATH")
-    test.add_argument("--rules", action="append", metavar="PATH", help="rules instead of the fixtures' own")
+    test.add_argument(
+        "--rules", action="append", metavar="PATH", help="rules instead of the fixtures' own"
+    )
     test.add_argument("-v", "--verbose", action="store_true")
 
     worker = sub.add_parser("worker", help="run the Faust stream worker")

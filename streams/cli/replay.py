@@ -14,7 +14,7 @@ from streams.core.events import event_from_bytes
 from streams.core.rules import Ruleset
 from streams.errors import EventError
 
-__all__ = ["ReplayResult", "replay_lines", "read_inputs"]
+__all__ = ["ReplayResult", "read_inputs", "replay_lines"]
 
 
 @dataclass
@@ -71,7 +71,9 @@ def replay_lines(
         late_before = engine.stats.late
         incidents = engine.submit(event)
         if engine.stats.late != late_before:
-            err.write(f"{source}:{number}: late: event time is before the watermark, not correlated\n")
+            err.write(
+                f"{source}:{number}: late: event time is before the watermark, not correlated\n"
+            )
         if incidents:
             emit(incidents)
     emit(engine.finish(flush=flush))

@@ -95,27 +95,34 @@ def expand_events(specs: Any, start_ns: int, base_dir: Path) -> list[dict[str, A
                 if line.strip():
                     payloads.append(orjson.loads(line))
             continue
-        spec = dict(spec)
-        at = _relative_ns(spec.pop("at", "+0s"), f"events[{number}].at")
-        repeat = int(spec.pop("repeat", 1))
-        every = _relative_ns(spec.pop("every", "0s"), f"events[{number}].every")
+        fields = dict(spec)
+        at = _relative_ns(fields.pop("at", "+0s"), f"events[{number}].at")
+        repeat = int(fields.pop("repeat", 1))
+        every = _relative_ns(fields.pop("every", "0s"), f"events[{number}].every")
         for i in range(repeat):
-            payload = _fill(spec, i) if repeat > 1 else dict(spec)
+            payload = _fill(fields, i) if repeat > 1 else dict(fields)
             if "time" not in payload:
                 payload["time"] = format_time(start_ns + at + i * every)
             payloads.append(payload)
     return payloads
 
 
-def _compare(expected: dict[str, Any], actual: dict[str, Any], position: int,
-             payloads: list[dict[str, Any]], start_ns: int) -> list[str]:
+def _compare(
+    expected: dict[str, Any],
+    actual: dict[str, Any],
+    position: int,
+    payloads: list[dict[str, Any]],
+    start_ns: int,
+) -> list[str]:
     problems: list[str] = []
     where = f"incident {position}"
     for key in _COMPARED:
         if key in expected and expected[key] != actual.get(key):
             problems.append(f"{where}: {key} is {actual.get(key)!r}, expected {expected[key]!r}")
     if "output_contains" in expected and str(expected["output_contains"]) not in actual["output"]:
-        problems.append(f"{where}: output {actual['output']!r} lacks {expected['output_contains']!r}")
+        problems.append(
+            f"{where}: output {actual['output']!r} lacks {expected['output_contains']!r}"
+        )
     for key in ("first_seen", "last_seen"):
         if key in expected:
             want = format_time(start_ns + _relative_ns(expected[key], key))
@@ -132,10 +139,9 @@ def _compare(expected: dict[str, Any], actual: dict[str, Any], position: int,
             return [*problems, f"{where}: expected events must be indices of the fixture's events"]
         if times != wanted:
             problems.append(f"{where}: events are {times}, expected {wanted}")
-    if "steps" in expected and [e["step"] for e in actual["events"]] != expected["steps"]:
-        problems.append(
-            f"{where}: steps are {[e['step'] for e in actual['events']]}, expected {expected['steps']}"
-        )
+    steps = [e["step"] for e in actual["events"]]
+    if "steps" in expected and steps != expected["steps"]:
+        problems.append(f"{where}: steps are {steps}, expected {expected['steps']}")
     return problems
 
 
@@ -145,9 +151,13 @@ def run_test_file(path: Path, rules_override: Sequence[str] | None) -> list[Test
     except (OSError, yaml.YAMLError) as exc:
         return [TestOutcome(str(path), "<file>", [f"cannot read fixture: {exc}"])]
     if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list):
-        return [TestOutcome(str(path), "<file>", ["a fixture file is a mapping with a 'tests' list"])]
+        return [
+            TestOutcome(str(path), "<file>", ["a fixture file is a mapping with a 'tests' list"])
+        ]
     base = path.parent
-    rule_paths = list(rules_override or [os.path.normpath(base / p) for p in doc.get("rules", ["."])])
+    rule_paths = list(
+        rules_override or [os.path.normpath(base / p) for p in doc.get("rules", ["."])]
+    )
     try:
         ruleset = load_rules(rule_paths)
     except RuleLoadError as exc:
@@ -158,7 +168,11 @@ def run_test_file(path: Path, rules_override: Sequence[str] | None) -> list[Test
     default_lateness = doc.get("lateness")
     outcomes = []
     for number, test in enumerate(doc["tests"]):
-        name = str(test.get("name", f"tests[{number}]")) if isinstance(test, dict) else f"tests[{number}]"
+        name = (
+            str(test.get("name", f"tests[{number}]"))
+            if isinstance(test, dict)
+            else f"tests[{number}]"
+        )
         outcome = TestOutcome(str(path), name)
         outcomes.append(outcome)
         try:
@@ -168,7 +182,9 @@ def run_test_file(path: Path, rules_override: Sequence[str] | None) -> list[Test
     return outcomes
 
 
-def _run_one(test: Any, ruleset: Any, start_ns: int, default_lateness: Any, base: Path) -> list[str]:
+def _run_one(
+    test: Any, ruleset: Any, start_ns: int, default_lateness: Any, base: Path
+) -> list[str]:
     if not isinstance(test, dict) or "events" not in test or "expect" not in test:
         raise RuleTestError("a test needs 'name', 'events' and 'expect'")
     lateness_text = test.get("lateness", default_lateness)
@@ -198,7 +214,9 @@ def _run_one(test: Any, ruleset: Any, start_ns: int, default_lateness: Any, base
     return failures
 
 
-def run_rule_tests(paths: Sequence[str], *, rules_override: Sequence[str] | None, verbose: bool) -> int:
+def run_rule_tests(
+    paths: Sequence[str], *, rules_override: Sequence[str] | None, verbose: bool
+) -> int:
     files = test_files(paths)
     if not files:
         print(f"no rule tests (*.test.yaml) found in {' '.join(paths)}", file=sys.stderr)

@@ -60,7 +60,7 @@ except AttributeError:  # another google-re2 layout: fall back to the public API
     _ANCHOR_BOTH = None
 
 # Deep enough for any real rule; keeps hostile or generated input from exhausting the stack.
-_MAX_DEPTH = 200
+_MAX_DEPTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +369,8 @@ def parse(text: str) -> Node:
 
 def as_number(value: object) -> int | float | None:
     """The value as a number when it is one or reads as one, else None."""
+    if type(value) is int:  # the common case (uids, ports), ahead of the isinstance chain
+        return value
     if isinstance(value, str):
         if not value or value[0] not in _NUMBER_START or _NUMBER.fullmatch(value) is None:
             return None

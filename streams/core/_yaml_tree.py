@@ -15,13 +15,18 @@ __all__ = ["compose_file", "location", "to_python"]
 
 
 def location(path: str, node: yaml.Node) -> Location:
-    return Location(path, node.start_mark.line + 1, node.start_mark.column + 1)
+    """Where a node is. Nodes remember their own file (an override's value comes from another)."""
+    mark = node.start_mark
+    name = mark.name if mark.name and not mark.name.startswith("<") else path
+    return Location(name, mark.line + 1, mark.column + 1)
 
 
 def compose_file(path: str, text: str) -> tuple[yaml.Node | None, list[RuleError]]:
     """The document's root node (None for an empty file) and the errors found in it."""
+    loader = yaml.SafeLoader(text)
+    loader.name = path  # marks carry the file name, so merged items report the right file
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path, 1, 1)
@@ -29,6 +34,8 @@ def compose_file(path: str, text: str) -> tuple[yaml.Node | None, list[RuleError
         return None, [RuleError(where, f"YAML syntax error: {problem}")]
     except yaml.YAMLError as exc:
         return None, [RuleError(Location(path, 1, 1), f"YAML error: {exc}")]
+    finally:
+        loader.dispose()
     errors: list[RuleError] = []
     if root is not None:
         _check_duplicates(path, root, errors, set())

@@ -70,17 +70,14 @@ Predicate = Callable[[Event], bool]
 _Getter = Callable[[Event], Any]
 _Test = Callable[[Any], bool]
 
-_ORDERING: dict[str, Callable[[Any, Any], bool]] = {
+_Relation = Callable[[Any, Any], bool]
+_ORDERING: dict[str, _Relation] = {
     "<": operator.lt,
     "<=": operator.le,
     ">": operator.gt,
     ">=": operator.ge,
 }
-_EQUALITY: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
+_EQUALITY: dict[str, _Relation] = {"=": operator.eq, "==": operator.eq, "!=": operator.ne}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +179,21 @@ def _any_item(on_str: _Test, on_other: _Test) -> _Test:
     return any_item
 
 
+def _all_items(on_str: _Test, on_other: _Test) -> _Test:
+    """`in` on a list: at least one element, and every element (null ones fail) passes."""
+
+    def all_items(items: list[Any]) -> bool:
+        for item in items:
+            if item.__class__ is str:
+                if not on_str(item):
+                    return False
+            elif item is None or not on_other(item):
+                return False
+        return bool(items)
+
+    return all_items
+
+
 def _field_predicate(field: str, on_str: _Test, on_other: _Test, on_list: _Test) -> Predicate:
     """Dispatch on the value's type; a missing or null value fails every comparison."""
     if field in TOP_LEVEL_FIELDS or field.endswith("]"):
@@ -213,7 +225,7 @@ def _field_predicate(field: str, on_str: _Test, on_other: _Test, on_list: _Test)
     return output_field_predicate
 
 
-def _onas_text(test: _Test) -> _Test:
+def _on_text(test: _Test) -> _Test:
     return lambda value: test(as_text(value))
 
 
@@ -340,7 +352,7 @@ class _Compiler:
 
             return _field_predicate(field, ordered, ordered, _any_item(ordered, ordered)), None
         on_str = self.string_test(node)
-        on_other = _onas_text(on_str)
+        on_other = _on_text(on_str)
         on_list = _any_item(on_str, on_other)
         if op == "contains":
             on_list = _any_item(*_equality(literal))
@@ -382,7 +394,7 @@ class _Compiler:
             offsets.extend([item.offset] * len(values))
         if op == "pmatch":
             test = path_test(items)
-            on_other = _onas_text(test)
+            on_other = _on_text(test)
             return _field_predicate(field, test, on_other, _any_item(test, on_other)), None
         if field == "priority":
             ranks = frozenset(_priority(item, at) for item, at in zip(items, offsets, strict=True))
@@ -391,12 +403,7 @@ class _Compiler:
         if field == "rule" and index is not None:
             return (lambda event: event.rule in index), index
         on_str, on_other = _membership(items)
-        any_member = _any_item(on_str, on_other)
-        if op == "in":
-            all_member = _any_item(lambda v: not on_str(v), lambda v: not on_other(v))
-            on_list: _Test = lambda values: bool(values) and not all_member(values)  # noqa: E731
-        else:
-            on_list = any_member
+        on_list = _all_items(on_str, on_other) if op == "in" else _any_item(on_str, on_other)
         return _field_predicate(field, on_str, on_other, on_list), index
 
 

@@ -21,8 +21,17 @@ __all__ = ["MAX_WITHIN_NS", "build_correlation"]
 
 MAX_WITHIN_NS = 7 * NS_PER_UNIT["d"]
 _COMMON = {
-    "correlation", "desc", "type", "by", "within", "output", "severity", "tags", "suppress",
-    "enabled", "override",
+    "correlation",
+    "desc",
+    "type",
+    "by",
+    "within",
+    "output",
+    "severity",
+    "tags",
+    "suppress",
+    "enabled",
+    "override",
 }
 _BY_TYPE = {
     CorrelationType.SEQUENCE: {"steps"},
@@ -96,11 +105,7 @@ class _Checker:
 
 
 def build_correlation(
-    item: RawItem,
-    macros: dict[str, Any],
-    lists: dict[str, tuple[str, ...]],
-    errors: list[RuleError],
-    compile_fn: CompileFn,
+    item: RawItem, errors: list[RuleError], compile_fn: CompileFn
 ) -> Correlation | None:
     check = _Checker(item, errors)
     name = item.name
@@ -117,7 +122,9 @@ def build_correlation(
             ctype = CorrelationType(raw_type)
         except ValueError:
             choices = ", ".join(t.value for t in CorrelationType)
-            check.error(check.node("type"), f"unknown type {raw_type!r} (expected one of {choices})")
+            check.error(
+                check.node("type"), f"unknown type {raw_type!r} (expected one of {choices})"
+            )
     if ctype is not None:
         for key, (key_node, _value) in item.keys.items():
             if key in _ALL_TYPE_KEYS and key not in _BY_TYPE[ctype]:
@@ -143,7 +150,9 @@ def build_correlation(
         raw_sev = to_python(check.node("severity"))
         severity = canonical_priority(raw_sev)
         if severity is None:
-            check.error(check.node("severity"), f"severity {raw_sev!r} is not a Falco priority name")
+            check.error(
+                check.node("severity"), f"severity {raw_sev!r} is not a Falco priority name"
+            )
     tags: tuple[str, ...] = ()
     if "tags" in item.keys:
         raw_tags = to_python(check.node("tags"))
@@ -173,13 +182,15 @@ def build_correlation(
     try:
         template = compile_template(output_source)
     except TemplateSyntaxError as exc:
-        check.error(check.node("output"), f"output: template error: {exc.message} (line {exc.lineno})")
+        check.error(
+            check.node("output"), f"output: template error: {exc.message} (line {exc.lineno})"
+        )
 
     def condition(node: yaml.Node, what: str) -> Any:
         text = check.string(node, what)
         if text is None:
             return None
-        compiled = compile_fn(item, what, text, node, macros, lists, errors)
+        compiled = compile_fn(item, what, text, node)
         if compiled is None:
             check.ok = False
         return compiled
@@ -196,7 +207,11 @@ def build_correlation(
                 steps = [Step("match", compiled, by)]
         if "threshold" in item.keys:
             raw_threshold = to_python(check.node("threshold"))
-            if isinstance(raw_threshold, bool) or not isinstance(raw_threshold, int) or raw_threshold < 2:
+            if (
+                isinstance(raw_threshold, bool)
+                or not isinstance(raw_threshold, int)
+                or raw_threshold < 2
+            ):
                 check.error(check.node("threshold"), "threshold must be an integer >= 2")
             else:
                 threshold = raw_threshold
@@ -212,14 +227,27 @@ def build_correlation(
     if not check.ok or ctype is None or within is None or template is None:
         return None
     return Correlation(
-        name=name, type=ctype, by=by, within_ns=within, steps=tuple(steps), output=template,
-        output_source=output_source, location=item.loc(item.kind), desc=desc,
-        threshold=threshold, field=field_name, severity=severity, tags=tags,
-        suppress_ns=suppress, enabled=enabled,
+        name=name,
+        type=ctype,
+        by=by,
+        within_ns=within,
+        steps=tuple(steps),
+        output=template,
+        output_source=output_source,
+        location=item.loc(item.kind),
+        desc=desc,
+        threshold=threshold,
+        field=field_name,
+        severity=severity,
+        tags=tags,
+        suppress_ns=suppress,
+        enabled=enabled,
     )
 
 
-def _step_by(check: _Checker, spec: dict[str, yaml.Node], by: tuple[str, ...], what: str) -> tuple[str, ...] | None:
+def _step_by(
+    check: _Checker, spec: dict[str, yaml.Node], by: tuple[str, ...], what: str
+) -> tuple[str, ...] | None:
     if "by" not in spec:
         return by
     own = check.fields(spec["by"], f"{what} by")
@@ -233,7 +261,9 @@ def _step_by(check: _Checker, spec: dict[str, yaml.Node], by: tuple[str, ...], w
     return own
 
 
-def _steps(check: _Checker, by: tuple[str, ...], condition: Callable[[yaml.Node, str], Any]) -> list[Step]:
+def _steps(
+    check: _Checker, by: tuple[str, ...], condition: Callable[[yaml.Node, str], Any]
+) -> list[Step]:
     node = check.node("steps")
     if not isinstance(node, yaml.SequenceNode) or len(node.value) < 2:
         check.error(node, "steps must be a list of at least 2 steps")

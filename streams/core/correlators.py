@@ -40,9 +40,7 @@ class KeyState:
         self.newest_ns = 0
         self.evicted = 0
 
-    def on_event(
-        self, corr: Correlation, steps: set[int], event: Event, cap: int
-    ) -> Match | None:
+    def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
         raise NotImplementedError
 
     def size(self) -> int:

@@ -56,7 +56,7 @@ def _resolve_key(event: Event, fields: tuple[str, ...]) -> KeyTuple | None:
 
 
 class Engine:
-    """Correlates one stream. Feed `submit(event)`; call `advance_to` on idle ticks, `finish` at end."""
+    """Correlates one stream: `submit(event)`; `advance_to` on idle ticks; `finish` at the end."""
 
     def __init__(
         self,
@@ -77,7 +77,9 @@ class Engine:
         self.max_time_ns = _NEG_INF
         self.watermark_ns = _NEG_INF
         self._buffer: list[tuple[int, int, Event, list[StepMatch]]] = []
-        self._deadlines: list[tuple[int, int, int, KeyTuple]] = []  # (deadline, trigger seq, ci, key)
+        self._deadlines: list[
+            tuple[int, int, int, KeyTuple]
+        ] = []  # (deadline, trigger seq, ci, key)
         self._states: dict[tuple[int, KeyTuple], KeyState] = {}
         self._anchors: dict[tuple[int, KeyTuple], IncidentAnchor] = {}
         self._by_rule, self._any_rule = self._index()
@@ -153,8 +155,7 @@ class Engine:
     # -- release -------------------------------------------------------------------------
 
     def _release(self, watermark_ns: int, *, release_all: bool = False) -> list[dict[str, Any]]:
-        if watermark_ns > self.watermark_ns:
-            self.watermark_ns = watermark_ns
+        self.watermark_ns = max(self.watermark_ns, watermark_ns)
         wm = self.watermark_ns
         out: list[dict[str, Any]] = []
         buffer, deadlines = self._buffer, self._deadlines

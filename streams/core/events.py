@@ -33,34 +33,52 @@ TOP_LEVEL_FIELDS = frozenset(
 _TIME = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})"
 )
-_BRACKET = re.compile(r"^(.*)\[([^\]]*)\]$")
 _NS = 1_000_000_000
 
 
 @lru_cache(maxsize=4096)
 def _day_epoch(day: str) -> int:
     year, month, mday = (int(part) for part in day.split("-"))
+    if not 1 <= month <= 12 or not 1 <= mday <= calendar.monthrange(year, month)[1]:
+        raise ValueError(f"no such day: {day}")
     return calendar.timegm((year, month, mday, 0, 0, 0, 0, 0, 0))
+
+
+_SECONDS_CACHE: dict[str, int] = {}
 
 
 def parse_time(text: object) -> int | None:
     """Nanoseconds since the epoch of an RFC 3339 time, or None when it is not one.
 
     Python's datetime keeps microseconds only; Falco writes nanoseconds, and ordering needs them.
+    The common shape `YYYY-MM-DDTHH:MM:SS.fffZ` takes a fast path with the whole-second part cached.
     """
     if not isinstance(text, str):
         return None
+    if len(text) > 21 and text[19] == "." and text[-1] == "Z":
+        seconds = _SECONDS_CACHE.get(text[:19])
+        frac = text[20:-1]
+        if seconds is not None and len(frac) <= 9 and frac.isascii() and frac.isdigit():
+            return seconds * _NS + int(frac.ljust(9, "0"))
+    return _parse_time_slow(text)
+
+
+def _parse_time_slow(text: str) -> int | None:
     match = _TIME.fullmatch(text)
     if match is None:
         return None
     day, hour, minute, second, frac, zone = match.groups()
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 60:
+        return None
     try:
         seconds = _day_epoch(day) + int(hour) * 3600 + int(minute) * 60 + int(second)
     except ValueError:
         return None
-    if int(hour) > 23 or int(minute) > 59 or int(second) > 60:
-        return None
-    if zone not in ("Z", "z"):
+    if zone in ("Z", "z"):
+        if len(_SECONDS_CACHE) > 100_000:
+            _SECONDS_CACHE.clear()
+        _SECONDS_CACHE[text[:19]] = seconds
+    else:
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
         seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
@@ -95,14 +113,14 @@ def _int_ns(value: object) -> int | None:
 class Event:
     """One valid Falco alert. `seq` is its arrival position, which breaks ties in time."""
 
-    __slots__ = ("_identity", "fields", "priority_rank", "raw", "rule", "seq", "time_ns")
+    __slots__ = ("_identity", "_rank", "fields", "raw", "rule", "seq", "time_ns")
 
     def __init__(self, raw: dict[str, Any], time_ns: int, seq: int) -> None:
         self.raw = raw
         fields = raw.get("output_fields")
         self.fields: dict[str, Any] = fields if isinstance(fields, dict) else {}
         self.rule: str = raw["rule"]
-        self.priority_rank = priority_rank(raw.get("priority"))
+        self._rank: int | None = -1  # -1: not computed yet
         self.time_ns = time_ns
         self.seq = seq
         self._identity: str | None = None
@@ -117,11 +135,19 @@ class Event:
             return self.raw.get(name)
         fields = self.fields
         value = fields.get(name)
-        if value is None and name not in fields and name.endswith("]"):
-            match = _BRACKET.match(name)
-            if match is not None:
-                value = fields.get(f"{match.group(1)}_{match.group(2)}")
+        if value is None and name[-1:] == "]" and name not in fields:
+            open_at = name.rfind("[")
+            if open_at > 0:
+                value = fields.get(f"{name[:open_at]}_{name[open_at + 1 : -1]}")
         return value
+
+    @property
+    def priority_rank(self) -> int | None:
+        """Severity rank of the event's priority (higher is more severe), None if unknown."""
+        rank = self._rank
+        if rank == -1:
+            rank = self._rank = priority_rank(self.raw.get("priority"))
+        return rank
 
     @property
     def tags(self) -> list[Any]:

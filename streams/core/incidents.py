@@ -101,7 +101,7 @@ def _render(
             count=count,
             severity=severity,
         )
-    except Exception as exc:  # noqa: BLE001 - any template failure falls back, never drops
+    except Exception as exc:
         fallback = f"{corr.name}: {len(match)} events for {orjson.dumps(key).decode()}"
         return fallback, f"{type(exc).__name__}: {exc}"
     return text, None

@@ -104,8 +104,9 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
 
     correlations = []
     disabled = []
+    compiler = ConditionCompiler(macros, lists, errors)
     for item in merged["correlation"].values():
-        built = build_correlation(item, macros, lists, errors, _compile)
+        built = build_correlation(item, errors, compiler)
         if built is not None:
             if built.enabled:
                 correlations.append(built)
@@ -121,30 +122,35 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
     )
 
 
-def _compile(
-    item: RawItem, key: str, text: str, node: yaml.Node, macros: dict[str, Any], lists: Any,
-    errors: list[RuleError],
-) -> Any:
-    """Parse and compile one condition; errors are reported at the condition's value node."""
-    where = location(item.path, node)
-    try:
-        return compile_condition(parse_condition(text), macros, lists)
-    except ConditionSyntaxError as exc:
-        errors.append(RuleError(where, f"{key}: {_condition_message(exc, text)}"))
-    return None
+@dataclass
+class ConditionCompiler:
+    """Compiles correlation conditions against the loaded macros and lists, collecting errors."""
+
+    macros: dict[str, Any]
+    lists: dict[str, tuple[str, ...]]
+    errors: list[RuleError]
+
+    def __call__(self, item: RawItem, key: str, text: str, node: yaml.Node) -> Any:
+        """The compiled condition, or None after recording the error at the condition's node."""
+        try:
+            return compile_condition(parse_condition(text), self.macros, self.lists)
+        except ConditionSyntaxError as exc:
+            where = location(item.path, node)
+            self.errors.append(RuleError(where, f"{key}: {_condition_message(exc, text)}"))
+        return None
 
 
 def _condition_message(exc: ConditionSyntaxError, text: str) -> str:
     if exc.offset < 0:
         return exc.message
-    near = text[exc.offset : exc.offset + 20].split("\n")[0]
+    near = text[exc.offset : exc.offset + 20].split("\n", maxsplit=1)[0]
     return f"{exc.message} (at offset {exc.offset}: {near!r})"
 
 
 def _read_items(path: str, text: str, errors: list[RuleError]) -> list[RawItem]:
     root, found = compose_file(path, text)
     errors.extend(found)
-    if root is None or found:
+    if root is None:
         return []
     if not isinstance(root, yaml.SequenceNode):
         errors.append(RuleError(location(path, root), "a rules file is a YAML sequence of items"))
@@ -181,7 +187,9 @@ def _read_item(path: str, node: yaml.Node, errors: list[RuleError]) -> RawItem |
     name_node = keys[kind][1]
     name = to_python(name_node)
     if not isinstance(name, str) or not name.strip():
-        errors.append(RuleError(location(path, name_node), f"{kind} name must be a non-empty string"))
+        errors.append(
+            RuleError(location(path, name_node), f"{kind} name must be a non-empty string")
+        )
         return None
     return RawItem(kind, name, path, node, keys)
 
@@ -211,7 +219,9 @@ def _merge(items: Sequence[RawItem], errors: list[RuleError]) -> dict[str, dict[
 def _apply_override(item: RawItem, table: dict[str, RawItem], errors: list[RuleError]) -> None:
     spec = item.value("override")
     if not isinstance(spec, dict) or not spec:
-        errors.append(RuleError(item.loc("override"), "override must be a mapping KEY: append|replace"))
+        errors.append(
+            RuleError(item.loc("override"), "override must be a mapping KEY: append|replace")
+        )
         return
     base = table.get(item.name)
     if base is None:
@@ -240,7 +250,9 @@ def _apply_override(item: RawItem, table: dict[str, RawItem], errors: list[RuleE
         else:
             choices = "append or replace" if key in allowed_append else "replace"
             errors.append(
-                RuleError(item.loc("override"), f"override: '{key}' must be {choices}, not {mode!r}")
+                RuleError(
+                    item.loc("override"), f"override: '{key}' must be {choices}, not {mode!r}"
+                )
             )
             ok = False
     for key in item.keys:
@@ -259,7 +271,10 @@ def _append_node(base: RawItem, item: RawItem, key: str) -> yaml.Node:
     if key == "items":
         if isinstance(old_node, yaml.SequenceNode) and isinstance(new_node, yaml.SequenceNode):
             return yaml.SequenceNode(
-                old_node.tag, old_node.value + new_node.value, new_node.start_mark, new_node.end_mark
+                old_node.tag,
+                old_node.value + new_node.value,
+                new_node.start_mark,
+                new_node.end_mark,
             )
         return new_node  # wrong types are reported by the list check
     text = f"{to_python(old_node)} {to_python(new_node)}"
@@ -332,9 +347,7 @@ def _check_macro_cycles(
                 )
         path = _find_cycle(name, macros, [])
         if path:
-            errors.append(
-                RuleError(item.loc("condition"), "macro cycle: " + " -> ".join(path))
-            )
+            errors.append(RuleError(item.loc("condition"), "macro cycle: " + " -> ".join(path)))
 
 
 def _find_cycle(name: str, macros: dict[str, Any], stack: list[str]) -> list[str] | None:
