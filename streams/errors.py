@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "ConfigError",
     "ConditionSyntaxError",
+    "ConfigError",
     "CorrelatorError",
     "EventError",
     "Location",

@@ -60,6 +60,8 @@ def replay_lines(
     for source, number, line in lines:
         result.lines += 1
         if not line.strip():
+            result.invalid += 1
+            err.write(f"{source}:{number}: skipped: empty line\n")
             continue
         try:
             event = event_from_bytes(line, seq)

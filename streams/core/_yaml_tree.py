@@ -39,7 +39,34 @@ def compose_file(path: str, text: str) -> tuple[yaml.Node | None, list[RuleError
     errors: list[RuleError] = []
     if root is not None:
         _check_duplicates(path, root, errors, set())
+        _check_constructible(path, root, errors, set())
     return root, errors
+
+
+_STANDARD_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
+def _check_constructible(
+    path: str, node: yaml.Node, errors: list[RuleError], seen: set[int]
+) -> None:
+    """Explicit tags that safe loading cannot build (`!!python/name`, `!foo`, `!!int abc`)."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode) or node.tag not in _STANDARD_COLLECTION_TAGS:
+        try:
+            to_python(node)
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+            errors.append(RuleError(location(path, node), f"cannot load value: {problem}"))
+            return
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            _check_constructible(path, key_node, errors, seen)
+            _check_constructible(path, value_node, errors, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _check_constructible(path, child, errors, seen)
 
 
 def _check_duplicates(path: str, node: yaml.Node, errors: list[RuleError], seen: set[int]) -> None:

@@ -12,6 +12,7 @@ within the lateness bound. Events that match no condition skip the buffer entire
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,15 @@ from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
 from streams.core.rules import Correlation, CorrelationType, Ruleset
 
-__all__ = ["DEFAULT_LATENESS_NS", "Engine", "EngineStats"]
+__all__ = [
+    "DEFAULT_LATENESS_NS",
+    "Engine",
+    "EngineEntry",
+    "EngineStats",
+    "HeldItem",
+    "KeyTuple",
+    "StepMatch",
+]
 
 DEFAULT_LATENESS_NS = 10_000_000_000
 _NEG_INF = -(2**63)
@@ -30,6 +39,10 @@ _POS_INF = 2**63
 
 KeyTuple = tuple[Any, ...]
 StepMatch = tuple[int, int, KeyTuple]  # (correlation index, step index, key values)
+# A buffered event: (time, arrival, (first correlation index, unique number), event, matches).
+# The third element orders the items of one event restored per key as the original item was
+# correlated (by correlation index) and keeps the heap from ever comparing events.
+HeldItem = tuple[int, int, tuple[int, int], Event, list[StepMatch]]
 
 
 @dataclass
@@ -38,11 +51,22 @@ class EngineStats:
     late: int = 0
     matched: int = 0  # events that matched at least one condition
     evicted: int = 0
+    duplicates: int = 0  # redelivered records dropped (worker)
     template_errors: int = 0
     last_template_error: str | None = None
     matches: Counter[str] = field(default_factory=Counter)
     incidents: Counter[str] = field(default_factory=Counter)
     updates: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class EngineEntry:
+    """What the engine keeps for one (correlation, key); see streams/core/snapshot.py."""
+
+    state: KeyState | None
+    held: list[HeldItem]
+    anchor: IncidentAnchor | None
+    sources: dict[int, int]
 
 
 def _resolve_key(event: Event, fields: tuple[str, ...]) -> KeyTuple | None:
@@ -66,6 +90,7 @@ class Engine:
         max_pending: int = 10_000,
         max_incident_events: int = 50,
         clock: Callable[[], int] | None = None,
+        track_changes: bool = False,
     ) -> None:
         self.ruleset = ruleset
         self.correlations: tuple[Correlation, ...] = ruleset.correlations
@@ -76,7 +101,7 @@ class Engine:
         self.stats = EngineStats()
         self.max_time_ns = _NEG_INF
         self.watermark_ns = _NEG_INF
-        self._buffer: list[tuple[int, int, Event, list[StepMatch]]] = []
+        self._buffer: list[HeldItem] = []
         self._deadlines: list[
             tuple[int, int, int, KeyTuple]
         ] = []  # (deadline, trigger seq, ci, key)
@@ -84,6 +109,14 @@ class Engine:
         self._anchors: dict[tuple[int, KeyTuple], IncidentAnchor] = {}
         self._by_rule, self._any_rule = self._index()
         self._next_sweep_ns = _NEG_INF
+        # For a persistent host (the worker): which (correlation, key) entries changed since the
+        # last `take_changes()`, the events each key still holds in the reorder buffer, and the
+        # highest source offset per source partition each key has applied (redelivery dedup).
+        self.track_changes = track_changes
+        self._item_numbers = itertools.count()
+        self.changed: set[tuple[int, KeyTuple]] = set()
+        self._held: dict[tuple[int, KeyTuple], list[HeldItem]] = {}
+        self._sources: dict[tuple[int, KeyTuple], dict[int, int]] = {}
 
     # -- matching --------------------------------------------------------------------------
 
@@ -127,20 +160,58 @@ class Engine:
 
     # -- input -----------------------------------------------------------------------------
 
-    def submit(self, event: Event) -> list[dict[str, Any]]:
-        """Accept one valid event; returns the incidents this made ready, in emission order."""
+    def submit(
+        self,
+        event: Event,
+        matches: list[StepMatch] | None = None,
+        source: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Accept one valid event; returns the incidents this made ready, in emission order.
+
+        `matches` skips matching when the caller matched already (the worker matches at ingest);
+        `source` (partition, offset) drops a redelivered copy for keys that applied it already.
+        """
         self.stats.events += 1
         if event.time_ns < self.watermark_ns:
             self.stats.late += 1
             return []
-        matches = self.match(event)
+        if matches is None:
+            matches = self.match(event)
+        if source is not None and matches:
+            matches = self._first_delivery(matches, source)
         if matches:
             self.stats.matched += 1
-            heapq.heappush(self._buffer, (event.time_ns, event.seq, event, matches))
-        if event.time_ns > self.max_time_ns:
-            self.max_time_ns = event.time_ns
-            return self._release(event.time_ns - self.lateness_ns)
+            order = (matches[0][0], next(self._item_numbers))
+            item = (event.time_ns, event.seq, order, event, matches)
+            heapq.heappush(self._buffer, item)
+            if self.track_changes:
+                for ci, _si, key in matches:
+                    held = self._held.setdefault((ci, key), [])
+                    if not held or held[-1] is not item:
+                        held.append(item)
+                    self.changed.add((ci, key))
+        return self.observe(event.time_ns)
+
+    def observe(self, time_ns: int) -> list[dict[str, Any]]:
+        """Take a time as seen (an event's, or a high-water mark carried from upstream)."""
+        if time_ns > self.max_time_ns:
+            self.max_time_ns = time_ns
+            return self._release(time_ns - self.lateness_ns)
         return []
+
+    def _first_delivery(self, matches: list[StepMatch], source: tuple[int, int]) -> list[StepMatch]:
+        partition, offset = source
+        fresh: set[tuple[int, KeyTuple]] = set()
+        for ci, _si, key in matches:
+            if (ci, key) in fresh:
+                continue
+            seen = self._sources.setdefault((ci, key), {})
+            if seen.get(partition, -1) >= offset:
+                self.stats.duplicates += 1
+                continue
+            seen[partition] = offset
+            fresh.add((ci, key))
+        return [m for m in matches if (m[0], m[2]) in fresh]
 
     def advance_to(self, watermark_ns: int) -> list[dict[str, Any]]:
         """Move the watermark forward (idle-stream ticks); never moves it back."""
@@ -163,8 +234,10 @@ class Engine:
             event_ready = bool(buffer) and (release_all or buffer[0][0] <= wm)
             deadline_ready = bool(deadlines) and deadlines[0][0] < wm
             if event_ready and (not deadline_ready or buffer[0][0] <= deadlines[0][0]):
-                _, _, event, matches = heapq.heappop(buffer)
-                self._correlate(event, matches, out)
+                item = heapq.heappop(buffer)
+                if self.track_changes:
+                    self._unhold(item)
+                self._correlate(item[3], item[4], out)
             elif deadline_ready:
                 deadline, seq, ci, key = heapq.heappop(deadlines)
                 self._fire_absence(ci, key, seq, deadline, out)
@@ -180,6 +253,8 @@ class Engine:
             grouped.setdefault((ci, key), set()).add(si)
         for (ci, key), steps in grouped.items():
             corr = self.correlations[ci]
+            if self.track_changes:
+                self.changed.add((ci, key))
             state = self._states.get((ci, key))
             if state is None:
                 state = self._states[(ci, key)] = new_state(corr)
@@ -206,6 +281,8 @@ class Engine:
         trigger = state.take(seq)
         if trigger is None:
             return  # cleared by an expect event
+        if self.track_changes:
+            self.changed.add((ci, key))
         if state.size() == 0:
             del self._states[(ci, key)]
         self._emit(ci, key, [("trigger", trigger)], deadline, out)
@@ -267,13 +344,79 @@ class Engine:
                     del self._states[(ci, key)]
                 continue
             # Buffered events are at or after the watermark, so windows start after wm - within.
+            before = state.size()
             state.expire(wm - corr.within_ns)
+            if state.size() != before and self.track_changes:
+                self.changed.add((ci, key))
             if state.size() == 0:
                 del self._states[(ci, key)]
         for (ci, key), anchor in list(self._anchors.items()):
-            suppress = self.correlations[ci].suppress_ns
-            if suppress is None or anchor.anchor_ns + suppress <= wm:
+            corr = self.correlations[ci]
+            # A future match ends at or after the watermark, except an absence: its last event is
+            # the trigger, which can be up to `within` older than the watermark when it fires.
+            horizon = wm - corr.within_ns if corr.type is CorrelationType.ABSENCE else wm
+            if corr.suppress_ns is None or anchor.anchor_ns + corr.suppress_ns <= horizon:
                 del self._anchors[(ci, key)]
+                if self.track_changes:
+                    self.changed.add((ci, key))
+
+    # -- persistence (the worker writes changed entries to a changelog-backed table) ---------
+
+    def _unhold(self, item: HeldItem) -> None:
+        for ci, _si, key in item[4]:
+            held = self._held.get((ci, key))
+            if held is not None:
+                held[:] = [h for h in held if h is not item]
+                if not held:
+                    del self._held[(ci, key)]
+
+    def take_changes(self) -> set[tuple[int, KeyTuple]]:
+        """The (correlation index, key) entries changed since the last call."""
+        changed, self.changed = self.changed, set()
+        return changed
+
+    def entry(self, ci: int, key: KeyTuple) -> EngineEntry | None:
+        """Everything the engine holds for one (correlation, key), or None when nothing."""
+        entry = EngineEntry(
+            state=self._states.get((ci, key)),
+            held=[
+                (t, seq, n, event, [m for m in matches if m[0] == ci and m[2] == key])
+                for t, seq, n, event, matches in self._held.get((ci, key), ())
+            ],
+            anchor=self._anchors.get((ci, key)),
+            sources=self._sources.get((ci, key), {}),
+        )
+        if entry.state is None and not entry.held and entry.anchor is None:
+            self._sources.pop((ci, key), None)
+            return None
+        return entry
+
+    def restore(self, ci: int, key: KeyTuple, entry: EngineEntry) -> None:
+        """Put back an entry saved with `entry()` (recovery after a restart or a rebalance)."""
+        if entry.state is not None:
+            self._states[(ci, key)] = entry.state
+            if isinstance(entry.state, AbsenceState):
+                within = self.correlations[ci].within_ns
+                for trigger in [entry.state.pending, *entry.state.due.values()]:
+                    if trigger is not None:
+                        deadline = trigger.time_ns + within
+                        heapq.heappush(self._deadlines, (deadline, trigger.seq, ci, key))
+        if entry.anchor is not None:
+            self._anchors[(ci, key)] = entry.anchor
+        if entry.sources:
+            self._sources[(ci, key)] = dict(entry.sources)
+        for time_ns, seq, _, event, matches in entry.held:
+            item = (time_ns, seq, (ci, next(self._item_numbers)), event, matches)
+            heapq.heappush(self._buffer, item)
+            self._held.setdefault((ci, key), []).append(item)
+
+    def restore_clock(self, max_time_ns: int, watermark_ns: int) -> None:
+        self.max_time_ns = max(self.max_time_ns, max_time_ns)
+        self.watermark_ns = max(self.watermark_ns, watermark_ns)
+
+    def entry_keys(self) -> set[tuple[int, KeyTuple]]:
+        """Every (correlation index, key) the engine holds anything for."""
+        return set(self._states) | set(self._held) | set(self._anchors)
 
     @property
     def state_entries(self) -> int:

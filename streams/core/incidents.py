@@ -57,7 +57,6 @@ def event_record(step: str, event: Event) -> dict[str, Any]:
         "time": format_time(event.time_ns),
         "rule": event.rule,
         "priority": event.priority,
-        "source": raw.get("source"),
         "hostname": raw.get("hostname"),
         "output": raw.get("output"),
         "output_fields": event.fields,

@@ -113,6 +113,14 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
             else:
                 disabled.append(built.name)
     if errors:
+        order = {str(path): index for index, path in enumerate(files)}
+        errors.sort(
+            key=lambda e: (
+                order.get(e.location.path, len(order)),
+                e.location.line,
+                e.location.column,
+            )
+        )
         raise RuleLoadError(errors)
     return Ruleset(
         correlations=tuple(correlations),
@@ -150,7 +158,7 @@ def _condition_message(exc: ConditionSyntaxError, text: str) -> str:
 def _read_items(path: str, text: str, errors: list[RuleError]) -> list[RawItem]:
     root, found = compose_file(path, text)
     errors.extend(found)
-    if root is None:
+    if root is None or any("cannot load value" in e.message for e in found):
         return []
     if not isinstance(root, yaml.SequenceNode):
         errors.append(RuleError(location(path, root), "a rules file is a YAML sequence of items"))

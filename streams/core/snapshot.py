@@ -1,0 +1,130 @@
+"""Engine entries as JSON-able data, for the worker's changelog-backed table.
+
+One entry per (correlation, key): its state machine, the events it still holds in the reorder
+buffer, its suppression anchor and its redelivery marks. Events are stored as
+`[payload, time_ns, seq]`. Correlations are named, not numbered, so a rules reload keeps state of
+every correlation that still exists with the same type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.core.correlators import (
+    AbsenceState,
+    AllState,
+    CountState,
+    DistinctState,
+    KeyState,
+    SequenceState,
+)
+from streams.core.engine import EngineEntry, HeldItem, KeyTuple, StepMatch
+from streams.core.events import Event
+from streams.core.incidents import IncidentAnchor
+from streams.core.rules import Correlation, CorrelationType
+
+__all__ = ["SNAPSHOT_VERSION", "entry_from_data", "entry_to_data"]
+
+SNAPSHOT_VERSION = 1
+
+
+def _ev(event: Event) -> list[Any]:
+    return [event.raw, event.time_ns, event.seq]
+
+
+def _unev(data: list[Any]) -> Event:
+    return Event(data[0], int(data[1]), int(data[2]))
+
+
+def _state_to_data(state: KeyState) -> dict[str, Any]:
+    if isinstance(state, SequenceState):
+        return {"cands": [[_ev(e) for e in c] for c in state.candidates]}
+    if isinstance(state, AllState):
+        return {"latest": [None if e is None else _ev(e) for e in state.latest]}
+    if isinstance(state, CountState):
+        return {"events": [_ev(e) for e in state.events]}
+    if isinstance(state, DistinctState):
+        return {"values": [[v, _ev(e)] for v, e in state.values.items()]}
+    if isinstance(state, AbsenceState):
+        return {
+            "pending": None if state.pending is None else _ev(state.pending),
+            "due": [_ev(e) for e in state.due.values()],
+        }
+    raise TypeError(f"unknown state {type(state).__name__}")
+
+
+def _state_from_data(corr: Correlation, data: dict[str, Any]) -> KeyState:
+    kind = corr.type
+    if kind is CorrelationType.SEQUENCE:
+        seq_state = SequenceState(len(corr.steps))
+        cands = data["cands"]
+        if len(cands) != len(seq_state.candidates):
+            raise ValueError("number of steps changed")
+        seq_state.candidates = [[_unev(e) for e in c] for c in cands]
+        return seq_state
+    if kind is CorrelationType.ALL:
+        all_state = AllState(len(corr.steps))
+        latest = data["latest"]
+        if len(latest) != len(all_state.latest):
+            raise ValueError("number of steps changed")
+        all_state.latest = [None if e is None else _unev(e) for e in latest]
+        return all_state
+    if kind is CorrelationType.COUNT:
+        count_state = CountState()
+        count_state.events = [_unev(e) for e in data["events"]]
+        return count_state
+    if kind is CorrelationType.DISTINCT:
+        distinct_state = DistinctState()
+        distinct_state.values = {str(v): _unev(e) for v, e in data["values"]}
+        return distinct_state
+    absence = AbsenceState()
+    absence.pending = None if data["pending"] is None else _unev(data["pending"])
+    absence.due = {e.seq: e for e in (_unev(d) for d in data["due"])}
+    return absence
+
+
+def entry_to_data(corr: Correlation, key: KeyTuple, entry: EngineEntry) -> dict[str, Any]:
+    anchor = entry.anchor
+    return {
+        "v": SNAPSHOT_VERSION,
+        "c": corr.name,
+        "t": corr.type.value,
+        "k": list(key),
+        "st": None if entry.state is None else _state_to_data(entry.state),
+        "held": [[_ev(item[3]), sorted({m[1] for m in item[4]})] for item in entry.held],
+        "anchor": None
+        if anchor is None
+        else [anchor.id, anchor.anchor_ns, anchor.first_seen_ns, anchor.count],
+        "src": {str(p): o for p, o in entry.sources.items()},
+    }
+
+
+def entry_from_data(
+    correlations: dict[str, tuple[int, Correlation]], data: dict[str, Any]
+) -> tuple[int, KeyTuple, EngineEntry] | None:
+    """The entry for the current rules, or None when its correlation is gone or changed type."""
+    if data.get("v") != SNAPSHOT_VERSION:
+        return None
+    found = correlations.get(data["c"])
+    if found is None:
+        return None
+    ci, corr = found
+    if corr.type.value != data["t"]:
+        return None
+    key = tuple(data["k"])
+    try:
+        state = None if data["st"] is None else _state_from_data(corr, data["st"])
+    except (ValueError, KeyError):
+        state = None  # the correlation's shape changed: its partial state cannot carry over
+    held: list[HeldItem] = []
+    for raw_event, steps in data["held"]:
+        event = _unev(raw_event)
+        matches: list[StepMatch] = [(ci, si, key) for si in steps if si < len(corr.steps)]
+        if matches:
+            held.append((event.time_ns, event.seq, (ci, 0), event, matches))
+    raw_anchor = data["anchor"]
+    anchor = None
+    if raw_anchor is not None:
+        anchor = IncidentAnchor(raw_anchor[0], raw_anchor[1], raw_anchor[2], raw_anchor[3])
+    sources = {int(p): int(o) for p, o in data["src"].items()}
+    return ci, key, EngineEntry(state=state, held=held, anchor=anchor, sources=sources)

@@ -1,0 +1,75 @@
+"""Notifiers: route incidents to Slack, webhooks, ... with retries, rate limits and metrics.
+
+Adding a notifier type: its module (a pure payload builder, a config parser and a class with
+`parse_options`, `create`, `send`, `close`), one line in `NOTIFIER_TYPES`, and its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from streams.notifiers._delivery import (
+    Delivered,
+    DeliveryFailure,
+    DeliveryPolicy,
+    DeliveryResult,
+    Skipped,
+    idempotency_key,
+)
+from streams.notifiers._secret import Secret
+from streams.notifiers.base import (
+    InMemoryThreadStore,
+    Notifier,
+    NotifierContext,
+    NotifierType,
+    ThreadStore,
+)
+from streams.notifiers.config import parse_notifier_specs
+from streams.notifiers.dispatch import Dispatcher
+from streams.notifiers.metrics import NotifierMetrics
+from streams.notifiers.routing import Route
+from streams.notifiers.slack import SlackConfig, SlackNotifier, build_slack_payload
+from streams.notifiers.webhook import WebhookConfig, WebhookNotifier, build_webhook_request
+
+__all__ = [
+    "NOTIFIER_TYPES",
+    "Delivered",
+    "DeliveryFailure",
+    "DeliveryPolicy",
+    "DeliveryResult",
+    "Dispatcher",
+    "InMemoryThreadStore",
+    "Notifier",
+    "NotifierContext",
+    "NotifierMetrics",
+    "Route",
+    "Secret",
+    "Skipped",
+    "SlackConfig",
+    "ThreadStore",
+    "WebhookConfig",
+    "build_slack_payload",
+    "build_webhook_request",
+    "idempotency_key",
+    "load_notifiers",
+]
+
+NOTIFIER_TYPES: dict[str, NotifierType] = {
+    "slack": SlackNotifier,
+    "webhook": WebhookNotifier,
+}
+
+
+def load_notifiers(
+    section: object,
+    context: NotifierContext | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> list[Notifier]:
+    """Notifiers from the `notifiers:` config list; ConfigError names the offending key.
+
+    Secrets (`${env:NAME}`, `${file:/path}`) are resolved here, from `env` (default os.environ).
+    """
+    ctx = context if context is not None else NotifierContext()
+    specs = parse_notifier_specs(section, NOTIFIER_TYPES, env=env)
+    return [NOTIFIER_TYPES[spec.type].create(spec, ctx) for spec in specs]

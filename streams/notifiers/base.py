@@ -1,0 +1,90 @@
+"""What every notifier is: the Notifier protocol, its type protocol and shared dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streams.notifiers._delivery import Clock, DeliveryPolicy, DeliveryResult, Sleep
+from streams.notifiers._fields import Fields
+from streams.notifiers.metrics import NotifierMetrics
+from streams.notifiers.routing import Route
+
+__all__ = [
+    "InMemoryThreadStore",
+    "Notifier",
+    "NotifierContext",
+    "NotifierSpec",
+    "NotifierType",
+    "ThreadStore",
+]
+
+
+class ThreadStore(Protocol):
+    """Incident id -> the Slack `ts` of its first message. The worker backs it with a table."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str) -> None: ...
+
+
+class InMemoryThreadStore:
+    """A ThreadStore in a dict: for tests and one-shot runs (lost on restart)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self._data.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self._data[key] = value
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierSpec:
+    """One parsed entry of the `notifiers:` list; `options` is the type's own config object."""
+
+    name: str
+    type: str
+    route: Route
+    policy: DeliveryPolicy
+    options: Any
+
+
+@dataclass(slots=True)
+class NotifierContext:
+    """Dependencies shared by the notifiers of one worker; tests inject clocks and registries."""
+
+    metrics: NotifierMetrics = field(default_factory=NotifierMetrics.shared)
+    thread_store: ThreadStore = field(default_factory=InMemoryThreadStore)
+    clock: Clock = time.monotonic
+    wall_clock: Clock = time.time
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random | None = None
+
+
+class Notifier(Protocol):
+    """A configured destination. `send` never raises for delivery problems: it returns them."""
+
+    name: str
+    route: Route
+
+    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult: ...
+
+    async def close(self) -> None: ...
+
+
+class NotifierType(Protocol):
+    """A notifier class as the registry sees it (the class object itself conforms)."""
+
+    @property
+    def default_policy(self) -> DeliveryPolicy: ...
+
+    def parse_options(self, fields: Fields) -> Any: ...
+
+    def create(self, spec: NotifierSpec, context: NotifierContext) -> Notifier: ...

@@ -1,0 +1,93 @@
+"""Which incidents a notifier receives: a pure filter over the incident record."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from streams.core.priority import canonical_priority, priority_rank
+from streams.errors import ConfigError
+from streams.notifiers._fields import Fields
+
+__all__ = ["STATUSES", "Route", "parse_route"]
+
+STATUSES = frozenset({"new", "update"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """All given conditions must hold; an empty condition matches everything.
+
+    - `min_severity`: the incident's severity is at least this (case-insensitive names).
+    - `correlations`: the correlation name matches one of these globs (case-sensitive).
+    - `tags`: the incident has at least one of these tags.
+    - `namespaces`: `context["k8s.ns.name"]` matches one of these globs; an incident without a
+      namespace does not match a route that names namespaces.
+    - `statuses`: `new`, `update` or both.
+
+    An incident whose severity is not a priority name passes `min_severity`: a record from our
+    own engine always has one, and a malformed one should reach a human rather than vanish.
+    """
+
+    min_severity: str | None = None
+    correlations: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    statuses: frozenset[str] = STATUSES
+
+    def matches(self, incident: Mapping[str, Any]) -> bool:
+        if incident.get("status", "new") not in self.statuses:
+            return False
+        if self.min_severity is not None:
+            rank = priority_rank(incident.get("severity"))
+            wanted = priority_rank(self.min_severity)
+            if rank is not None and wanted is not None and rank < wanted:
+                return False
+        if self.correlations:
+            name = incident.get("correlation")
+            if not isinstance(name, str) or not any(
+                fnmatchcase(name, pattern) for pattern in self.correlations
+            ):
+                return False
+        if self.tags:
+            tags = incident.get("tags")
+            if not isinstance(tags, list) or not set(self.tags).intersection(
+                t for t in tags if isinstance(t, str)
+            ):
+                return False
+        if self.namespaces:
+            context = incident.get("context")
+            namespace = context.get("k8s.ns.name") if isinstance(context, Mapping) else None
+            if not isinstance(namespace, str) or not any(
+                fnmatchcase(namespace, pattern) for pattern in self.namespaces
+            ):
+                return False
+        return True
+
+
+def parse_route(fields: Fields) -> Route:
+    """A Route from the `route:` mapping of one notifier."""
+    min_severity = fields.string("min_severity", None)
+    if min_severity is not None:
+        canonical = canonical_priority(min_severity)
+        if canonical is None:
+            raise ConfigError(
+                f"{fields.key('min_severity')}: unknown priority {min_severity!r} "
+                "(Emergency, Alert, Critical, Error, Warning, Notice, Informational, Debug)"
+            )
+        min_severity = canonical
+    statuses = fields.strings("statuses")
+    for index, status in enumerate(statuses):
+        if status not in STATUSES:
+            raise ConfigError(f"{fields.key('statuses')}[{index}]: expected new or update")
+    route = Route(
+        min_severity=min_severity,
+        correlations=fields.strings("correlations"),
+        tags=fields.strings("tags"),
+        namespaces=fields.strings("namespaces"),
+        statuses=frozenset(statuses) if statuses else STATUSES,
+    )
+    fields.finish()
+    return route

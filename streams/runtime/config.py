@@ -1,0 +1,483 @@
+"""Worker configuration: one YAML file, then environment variables, which win.
+
+Pure Python (no Faust), so the CLI and the tests build a `WorkerConfig` without a broker.
+Every setting is described once in `SETTINGS` (section, key, environment variables, parser,
+meaning); docs/configuration.md is the same table for people. Errors name the key and where the
+value came from, e.g. `worker.yaml:4:14: app.lateness: invalid duration '10x': ...` or
+`env FC_APP_LATENESS: app.lateness: ...`, and all of them are reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streams.core.durations import NS_PER_UNIT, parse_duration
+from streams.errors import ConfigError
+
+__all__ = [
+    "SETTINGS",
+    "AppConfig",
+    "KafkaConfig",
+    "LogFormat",
+    "LogLevel",
+    "SaslMechanism",
+    "Secret",
+    "SecurityProtocol",
+    "Setting",
+    "StoreKind",
+    "TopicsConfig",
+    "WorkerConfig",
+    "load_config",
+    "resolve_secret",
+]
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class StoreKind(StrEnum):
+    ROCKSDB = "rocksdb"
+    MEMORY = "memory"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Secret:
+    """A credential whose value shows only through `reveal()`: repr, str and f-strings redact it.
+
+    Same behaviour and repr as the notifiers' `Secret` (streams/notifiers/_secret.py), which this
+    module does not import so that loading the worker config pulls in no HTTP client.
+    Not a dataclass on purpose: `dataclasses.asdict` would copy the value out of it.
+    """
+
+    __slots__ = ("_source", "_value")
+
+    def __init__(self, value: str, source: str = "literal") -> None:
+        self._value = value
+        self._source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def source(self) -> str:
+        """Where the value came from (`env:NAME`, `file:/path`, `literal`): safe to show."""
+        return self._source
+
+    def __repr__(self) -> str:
+        return f"Secret(*** from {self._source})"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+_SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
+
+
+def resolve_secret(raw: str, environ: Mapping[str, str]) -> Secret:
+    """`${env:NAME}`, `${file:/path}` or a literal; ValueError (never showing the value) otherwise.
+
+    A reference is the whole value (`Bearer ${env:T}` is a literal), as for the notifiers.
+    """
+    match = _SECRET_REF.fullmatch(raw.strip())
+    if match is None:
+        return Secret(raw)
+    kind, target = match.group(1), match.group(2).strip()
+    if kind == "env":
+        value = environ.get(target, "")
+        if not value:
+            raise ValueError(f"secret environment variable {target} is not set or empty")
+        return Secret(value, f"env:{target}")
+    try:
+        content = Path(target).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {target}: {exc.strerror}") from None
+    # `echo x > file` and many secret mounts end the file with a newline that is not part of it.
+    value = content.removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise ValueError(f"secret file {target} is empty")
+    return Secret(value, f"file:{target}")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    sasl_mechanism: SaslMechanism = SaslMechanism.PLAIN
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TopicsConfig:
+    events: str = "falco"
+    incidents: str = "falco-incidents"
+    dead_letter: str = "falco-dlq"
+    notify_dead_letter: str = "falco-notify-dlq"
+    partitions: int = 3
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    id: str = "falco-correlator"
+    rules: tuple[str, ...] = ("rules/",)
+    lateness_ns: int = 10 * NS_PER_UNIT["s"]
+    store: StoreKind = StoreKind.ROCKSDB
+    data_dir: str = "var/falco-correlator"
+    web_port: int = 6066
+    tick_interval_ns: int = 1 * NS_PER_UNIT["s"]
+    max_pending_per_key: int = 10_000
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = LogFormat.JSON
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+
+
+# --- parsers: raw value (YAML value, or the text of an environment variable) -> typed value ---
+
+_Parser = Callable[[object, Mapping[str, str]], object]
+
+
+def _text(raw: object, _environ: Mapping[str, str]) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("must be a non-empty string")
+    return raw.strip()
+
+
+def _existing_file(raw: object, environ: Mapping[str, str]) -> str:
+    path = _text(raw, environ)
+    if not Path(path).is_file():
+        raise ValueError(f"file {path!r} does not exist")
+    return path
+
+
+def _secret(raw: object, environ: Mapping[str, str]) -> Secret:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("must be a non-empty string, ${env:NAME} or ${file:/path}")
+    return resolve_secret(raw, environ)
+
+
+def _integer(minimum: int, maximum: int | None = None) -> _Parser:
+    def parse(raw: object, _environ: Mapping[str, str]) -> int:
+        if isinstance(raw, str) and re.fullmatch(r"\s*-?[0-9]+\s*", raw):
+            raw = int(raw)
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise ValueError(f"must be an integer, got {raw!r}")
+        if raw < minimum or (maximum is not None and raw > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ValueError(f"must be at least {minimum}{upper}, got {raw}")
+        return raw
+
+    return parse
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def _boolean(raw: object, _environ: Mapping[str, str]) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _choice(enum: type[StrEnum], aliases: Mapping[str, str] | None = None) -> _Parser:
+    by_name = {member.value.lower(): member for member in enum}
+    for alias, target in (aliases or {}).items():
+        by_name[alias] = by_name[target.lower()]
+
+    def parse(raw: object, _environ: Mapping[str, str]) -> StrEnum:
+        if isinstance(raw, str) and raw.strip().lower() in by_name:
+            return by_name[raw.strip().lower()]
+        allowed = "|".join(member.value for member in enum)
+        raise ValueError(f"must be one of {allowed}, got {raw!r}")
+
+    return parse
+
+
+def _duration(minimum_ns: int) -> _Parser:
+    def parse(raw: object, _environ: Mapping[str, str]) -> int:
+        ns = parse_duration(raw)
+        if ns < minimum_ns:
+            raise ValueError(f"must be more than 0, got {raw!r}")
+        return ns
+
+    return parse
+
+
+def _bootstrap(raw: object, environ: Mapping[str, str]) -> str:
+    servers = [part.strip() for part in _text(raw, environ).split(",")]
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port[,host:port...], got {raw!r}")
+    return ",".join(servers)
+
+
+# Kafka's rule for topic names; the app id prefixes internal topics, so it follows it too.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _topic_name(raw: object, environ: Mapping[str, str]) -> str:
+    name = _text(raw, environ)
+    if not _TOPIC_NAME.fullmatch(name) or name in {".", ".."}:
+        raise ValueError(f"{name!r} is not a valid topic name (letters, digits, '.', '_', '-')")
+    return name
+
+
+def _paths(raw: object, environ: Mapping[str, str]) -> tuple[str, ...]:
+    # An environment variable lists paths separated by commas; YAML gives a list or one string.
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise ValueError("must be a non-empty list of paths")
+    return tuple(_text(item, environ) for item in items)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration key: where it lives, how it is read, what it means."""
+
+    section: str
+    key: str
+    attr: str
+    parse: _Parser
+    default: str  # as the docs show it; "" means unset
+    meaning: str
+    extra_env: tuple[str, ...] = ()  # consulted before FC_<SECTION>_<KEY>, which wins
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> tuple[str, ...]:
+        """Environment variables in increasing precedence."""
+        return (*self.extra_env, f"FC_{self.section}_{self.key}".upper())
+
+
+def _s(section: str, key: str, parse: _Parser, default: str, meaning: str, **kw: Any) -> Setting:
+    attr = kw.pop("attr", key)
+    return Setting(section, key, attr, parse, default, meaning, **kw)
+
+
+_PROTOCOL = "PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL"
+_LEVELS = "|".join(LogLevel)
+SETTINGS: tuple[Setting, ...] = (
+    _s("kafka", "bootstrap_servers", _bootstrap, "127.0.0.1:9092",
+       "Kafka brokers, `host:port[,host:port...]`", extra_env=("KAFKA_BOOTSTRAP_SERVERS",)),
+    _s("kafka", "security_protocol", _choice(SecurityProtocol), "PLAINTEXT", _PROTOCOL),
+    _s("kafka", "sasl_mechanism", _choice(SaslMechanism), "PLAIN",
+       "PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 (SASL_* protocols only)"),
+    _s("kafka", "sasl_username", _text, "", "SASL user; required with SASL_*"),
+    _s("kafka", "sasl_password", _secret, "",
+       "SASL password (secret): `${env:NAME}`, `${file:/path}` or the value; required with SASL_*"),
+    _s("kafka", "ssl_cafile", _existing_file, "",
+       "CA bundle (PEM) that signed the brokers' certificates"),
+    _s("kafka", "ssl_certfile", _existing_file, "", "client certificate (PEM) for mutual TLS"),
+    _s("kafka", "ssl_keyfile", _existing_file, "", "private key (PEM) of the client certificate"),
+    _s("kafka", "ssl_check_hostname", _boolean, "true", "verify the brokers' host names"),
+    _s("topics", "events", _topic_name, "falco", "Falco events in (falcosidekick's Kafka output)"),
+    _s("topics", "incidents", _topic_name, "falco-incidents", "incidents out, keyed by their id"),
+    _s("topics", "dead_letter", _topic_name, "falco-dlq", "input records that are not events"),
+    _s("topics", "notify_dead_letter", _topic_name, "falco-notify-dlq",
+       "notifications that exhausted their retries"),
+    _s("topics", "partitions", _integer(1), "3", "partitions of the topics the worker creates"),
+    _s("topics", "replication_factor", _integer(1), "1",
+       "replication factor of the topics the worker creates"),
+    _s("app", "id", _topic_name, "falco-correlator",
+       "Faust app id: consumer group and prefix of internal topics"),
+    _s("app", "rules", _paths, "rules/",
+       "rule files or directories (env: comma-separated); `--rules` overrides"),
+    _s("app", "lateness", _duration(0), "10s", "how late an event may arrive (watermark lag)",
+       attr="lateness_ns"),
+    _s("app", "store", _choice(StoreKind), "rocksdb", "table store: rocksdb|memory"),
+    _s("app", "data_dir", _text, "var/falco-correlator", "where the RocksDB tables live"),
+    _s("app", "web_port", _integer(1, 65535), "6066", "port of /health, /ready and /metrics"),
+    _s("app", "tick_interval", _duration(1), "1s",
+       "how often ticks advance the watermark and fire absence deadlines", attr="tick_interval_ns"),
+    _s("app", "max_pending_per_key", _integer(1), "10000",
+       "cap on the partial matches kept per correlation key (bounds memory)"),
+    _s("app", "log_level", _choice(LogLevel, {"warn": "WARNING"}), "INFO", _LEVELS),
+    _s("app", "log_format", _choice(LogFormat), "json", "json|console"),
+)  # fmt: skip
+
+_SECTIONS = ("kafka", "topics", "app")
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
+    """Defaults, then the YAML file at `path` (if any), then `environ`. ConfigError lists every
+    problem, each naming its key and source. An empty environment variable counts as unset."""
+    errors: list[str] = []
+    raw: dict[str, tuple[object, str]] = {}  # key name -> (value, where it came from)
+    if path is not None:
+        raw.update(_read_file(path, errors))
+    for setting in SETTINGS:
+        for env_name in setting.env:
+            value = environ.get(env_name, "")
+            if value.strip():
+                raw[setting.name] = (value, f"env {env_name}")
+
+    values: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
+    for name, (raw_value, where) in raw.items():
+        setting = _BY_NAME[name]
+        try:
+            values[setting.section][setting.attr] = setting.parse(raw_value, environ)
+        except ValueError as exc:
+            errors.append(f"{where}: {name}: {exc}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+    config = WorkerConfig(
+        kafka=dataclasses.replace(KafkaConfig(), **values["kafka"]),
+        topics=dataclasses.replace(TopicsConfig(), **values["topics"]),
+        app=dataclasses.replace(AppConfig(), **values["app"]),
+    )
+    errors.extend(_check_security(config.kafka, {name: where for name, (_, where) in raw.items()}))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return config
+
+
+def _check_security(kafka: KafkaConfig, sources: Mapping[str, str]) -> list[str]:
+    """Settings that only make sense together with the chosen security protocol."""
+    errors: list[str] = []
+    protocol = kafka.security_protocol
+    protocol_where = sources.get("kafka.security_protocol", "default")
+    sasl = protocol in {SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL}
+    tls = protocol in {SecurityProtocol.SSL, SecurityProtocol.SASL_SSL}
+    if sasl and kafka.sasl_username is None:
+        errors.append(f"{protocol_where}: kafka.sasl_username: required with {protocol}")
+    if sasl and kafka.sasl_password is None:
+        errors.append(f"{protocol_where}: kafka.sasl_password: required with {protocol}")
+    # Credentials or certificates the chosen protocol would silently ignore are a misconfiguration.
+    unused = [] if sasl else ["sasl_mechanism", "sasl_username", "sasl_password"]
+    unused += [] if tls else ["ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"]
+    for key in unused:
+        name = f"kafka.{key}"
+        if name in sources:
+            errors.append(
+                f"{sources[name]}: {name}: not used with kafka.security_protocol {protocol}"
+            )
+    if kafka.ssl_keyfile is not None and kafka.ssl_certfile is None:
+        where = sources["kafka.ssl_keyfile"]
+        errors.append(f"{where}: kafka.ssl_keyfile: needs kafka.ssl_certfile")
+    return errors
+
+
+def _read_file(path: str, errors: list[str]) -> dict[str, tuple[object, str]]:
+    """`section.key -> (value, "path:line:col")`; appends problems to `errors`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    try:
+        # Composing keeps each value's line and column; SafeLoader builds only plain data.
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if root is None or _is_null(root):
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{_at(path, root)}: the configuration must be a mapping of sections "
+                          f"({', '.join(_SECTIONS)})")  # fmt: skip
+    constructor = yaml.SafeLoader("")
+    found: dict[str, tuple[object, str]] = {}
+    for section, section_node in _mapping_items(path, root, "", _SECTIONS, errors):
+        if _is_null(section_node):
+            continue
+        if not isinstance(section_node, yaml.MappingNode):
+            errors.append(f"{_at(path, section_node)}: {section}: must be a mapping of keys")
+            continue
+        keys = tuple(s.key for s in SETTINGS if s.section == section)
+        for key, value_node in _mapping_items(path, section_node, f"{section}.", keys, errors):
+            value = constructor.construct_object(value_node, deep=True)
+            found[f"{section}.{key}"] = (value, _at(path, value_node))
+    return found
+
+
+def _mapping_items(
+    path: str, node: yaml.MappingNode, prefix: str, known: tuple[str, ...], errors: list[str]
+) -> list[tuple[str, yaml.Node]]:
+    items: list[tuple[str, yaml.Node]] = []
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        is_text = isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR_TAG
+        key = key_node.value if is_text else None
+        if not isinstance(key, str):
+            errors.append(f"{_at(path, key_node)}: {prefix or 'top level'}: keys must be strings")
+        elif key in seen:
+            errors.append(f"{_at(path, key_node)}: duplicate key {prefix}{key}")
+        elif key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            kind = "key" if prefix else "section"
+            errors.append(f"{_at(path, key_node)}: unknown {kind} {prefix}{key}{hint}")
+        else:
+            items.append((key, value_node))
+        if isinstance(key, str):
+            seen.add(key)
+    return items
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
+
+
+def _at(path: str, node: yaml.Node) -> str:
+    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
