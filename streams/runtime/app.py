@@ -1,0 +1,241 @@
+"""The Faust application: topics, the ingest and correlate agents, ticks, web endpoints.
+
+The only module that imports Faust. Design notes (docs/worker.md): aiokafka transport,
+at-least-once with deterministic incident ids, raw serializers + orjson, one agent per topic
+(`concurrency=1`: a repartitioned stream must not commit past an in-flight message), per-key
+state in a plain changelog-backed Table keyed by the correlate topic's key, and tick records
+produced into every correlate partition so idle partitions advance their watermark inside stream
+iteration (a timer may not write tables).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.core.rules import Ruleset
+from streams.runtime.config import StoreKind, WorkerConfig
+from streams.runtime.kafka_options import faust_broker_credentials
+from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.partitions import PartitionCorrelator
+from streams.runtime.records import TICK_KEY, Ingestor, tick_value
+
+__all__ = ["WorkerApp", "build_app", "correlate_topic_name"]
+
+log = logging.getLogger("streams.worker")
+
+
+def correlate_topic_name(app_id: str) -> str:
+    return f"{app_id}-correlate"
+
+
+@dataclass
+class WorkerApp:
+    """The Faust app and the pure stages it drives (exposed for reloads and tests)."""
+
+    app: faust.App
+    config: WorkerConfig
+    ingestor: Ingestor
+    correlator: PartitionCorrelator
+    metrics: WorkerMetrics
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    def reload(self, ruleset: Ruleset) -> None:
+        self.ingestor.reload(ruleset)
+        self.correlator.reload(ruleset)
+
+
+def build_app(
+    config: WorkerConfig,
+    ruleset: Ruleset,
+    *,
+    metrics: WorkerMetrics | None = None,
+    wall_clock: Callable[[], int] = time.time_ns,
+) -> WorkerApp:
+    cfg_app, topics = config.app, config.topics
+    partitions = topics.partitions
+    store = "rocksdb://" if cfg_app.store is StoreKind.ROCKSDB else "memory://"
+    app = faust.App(
+        cfg_app.id,
+        broker=[f"kafka://{server}" for server in config.kafka.bootstrap_servers.split(",")],
+        broker_credentials=faust_broker_credentials(config.kafka),
+        store=store,
+        datadir=cfg_app.data_dir,
+        topic_partitions=partitions,
+        topic_replication_factor=topics.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee="at_least_once",
+        web_enabled=True,
+        web_port=cfg_app.web_port,
+        web_bind="0.0.0.0",  # noqa: S104 - probes and Prometheus scrape the pod IP
+        web_in_thread=False,
+        table_standby_replicas=0,
+        topic_allow_declare=True,
+        stream_buffer_maxsize=8192,
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=5,
+    )
+    metrics = metrics or WorkerMetrics.create()
+    events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
+    correlate_topic = app.topic(
+        correlate_topic_name(cfg_app.id),
+        partitions=partitions,
+        internal=True,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    incidents_topic = app.topic(topics.incidents, key_serializer="raw", value_serializer="raw")
+    dead_letter_topic = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
+    # key and value are bytes: the app's default serializers are raw
+    table = app.Table("correlation-state", partitions=partitions, key_type=bytes, value_type=bytes)
+    ingestor = Ingestor(ruleset, cfg_app.lateness_ns)
+    correlator = PartitionCorrelator(
+        ruleset,
+        table,
+        lateness_ns=cfg_app.lateness_ns,
+        max_pending=cfg_app.max_pending_per_key,
+        wall_clock=wall_clock,
+    )
+    worker = WorkerApp(app, config, ingestor, correlator, metrics)
+    _set_ruleset_metric(metrics, ruleset)
+
+    @app.agent(events_topic, name="ingest", concurrency=1)
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            metrics.events.labels(message.topic, str(message.partition)).inc()
+            result = worker.ingestor.ingest(
+                message.value, message.partition, message.offset, message.timestamp * 1000
+            )
+            if result.invalid is not None:
+                metrics.invalid.inc()
+                log.warning(
+                    "invalid event at %s/%d/%d: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    result.invalid,
+                )
+                await dead_letter_topic.send(
+                    key=message.key,
+                    value=message.value or b"",
+                    headers=[
+                        ("fc-reason", result.invalid.encode()),
+                        ("fc-source-topic", message.topic.encode()),
+                        ("fc-source-partition", str(message.partition).encode()),
+                        ("fc-source-offset", str(message.offset).encode()),
+                    ],
+                )
+                continue
+            if result.late:
+                metrics.late.labels("ingest").inc()
+                continue
+            for key, value in result.records:
+                await correlate_topic.send(key=key, value=value)
+
+    @app.agent(correlate_topic, name="correlate", concurrency=1)
+    async def correlate(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            partition = message.partition
+            outcome = worker.correlator.on_message(
+                partition, message.offset, message.key, message.value
+            )
+            if message.key != TICK_KEY:
+                metrics.records.labels(str(partition)).inc()
+                if outcome.source_timestamp_ms:
+                    delay = wall_clock() / 1e9 - outcome.source_timestamp_ms / 1000
+                    metrics.latency.observe(max(delay, 0.0))
+            if outcome.late:
+                metrics.late.labels("correlate").inc()
+            if outcome.duplicate:
+                metrics.duplicates.inc()
+            for incident in outcome.incidents:
+                metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
+                metrics.matches.labels(incident["correlation"]).inc()
+                await incidents_topic.send(
+                    key=incident["id"].encode(), value=orjson.dumps(incident)
+                )
+                log.info(
+                    "incident %s %s %s key=%s count=%d",
+                    incident["id"],
+                    incident["status"],
+                    incident["correlation"],
+                    incident["key"],
+                    incident["count"],
+                )
+
+    tick_interval = cfg_app.tick_interval_ns / 1e9
+
+    @app.timer(interval=tick_interval, name="watermark-ticks")
+    async def ticks() -> None:
+        value = tick_value(wall_clock(), worker.ingestor.high_water_ns)
+        for partition in range(partitions):
+            await correlate_topic.send(key=TICK_KEY, value=value, partition=partition)
+        _update_gauges(worker, wall_clock())
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", set())
+        name = correlate_topic_name(cfg_app.id)
+        worker.correlator.revoke({tp.partition for tp in revoked if tp.topic == name})
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+        if app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
+            return web.json({"status": "recovering or rebalancing"}, status=503)
+        return web.json({"status": "ready", "ruleset": worker.ingestor.ruleset.digest})
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        # aiohttp wants the charset apart from the content type
+        content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return web.bytes(generate_latest(metrics.registry), content_type=content_type)
+
+    # keep references so Faust's decorators' results are not garbage collected or unused
+    worker.ready.update(ingest=ingest, correlate=correlate, ticks=ticks, on_revoked=on_revoked)
+    return worker
+
+
+def _set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset) -> None:
+    metrics.ruleset.clear()
+    metrics.ruleset.labels(ruleset.digest).set(1)
+    metrics.reload_success.set(1)
+
+
+def _update_gauges(worker: WorkerApp, now_ns: int) -> None:
+    metrics = worker.metrics
+    template_errors = evicted = 0
+    for partition, engine in worker.correlator.partitions().items():
+        label = str(partition)
+        metrics.state_entries.labels(label).set(engine.state_entries)
+        metrics.held_events.labels(label).set(engine.buffered)
+        if engine.watermark_ns > -(2**63):
+            metrics.watermark_lag.labels(label).set((now_ns - engine.watermark_ns) / 1e9)
+        template_errors += engine.stats.template_errors
+        evicted += engine.stats.evicted
+    _raise_counter(metrics.template_errors, template_errors, worker.ready, "template_errors")
+    _raise_counter(metrics.evicted, evicted, worker.ready, "evicted")
+
+
+def _raise_counter(counter: Any, total: int, seen: dict[str, Any], name: str) -> None:
+    """Counters only go up: add what the engines counted since the last look."""
+    previous = seen.get(name, 0)
+    if total > previous:
+        counter.inc(total - previous)
+    seen[name] = max(total, previous)

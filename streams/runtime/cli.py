@@ -1,0 +1,200 @@
+"""`falco-correlator worker`: configuration, topics, logging, rules reload, then Faust."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from streams.core.loader import load_rules, rule_files
+from streams.core.rules import Ruleset
+from streams.errors import ConfigError, RuleLoadError
+from streams.runtime.config import LogFormat, WorkerConfig, load_config
+from streams.runtime.kafka_options import confluent_config
+
+__all__ = ["ensure_topics", "run_worker", "setup_logging"]
+
+log = logging.getLogger("streams.worker")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def setup_logging(config: WorkerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.app.log_format is LogFormat.JSON:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.app.log_level.value.upper())
+    # aiokafka and faust are chatty at INFO about every rebalance step
+    for noisy in ("aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
+
+
+def ensure_topics(config: WorkerConfig, timeout_s: float = 30.0) -> None:
+    """Create the external topics with the configured partitions if they do not exist."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient(confluent_config(config.kafka))
+    topics = config.topics
+    wanted = [topics.events, topics.incidents, topics.dead_letter, topics.notify_dead_letter]
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [
+        NewTopic(
+            name, num_partitions=topics.partitions, replication_factor=topics.replication_factor
+        )
+        for name in dict.fromkeys(wanted)
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        try:
+            future.result()
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+class RulesWatcher:
+    """Reload rules on SIGHUP and when a rule file changes; keep the old rules on errors."""
+
+    def __init__(self, paths: Sequence[str], worker: object, metrics: object) -> None:
+        self.paths = list(paths)
+        self.worker = worker
+        self.metrics = metrics
+        self._signature = self._files_signature()
+
+    def _files_signature(self) -> tuple[tuple[str, int, int], ...]:
+        signature = []
+        for path in rule_files(self.paths):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            signature.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(signature)
+
+    def changed(self) -> bool:
+        signature = self._files_signature()
+        if signature != self._signature:
+            self._signature = signature
+            return True
+        return False
+
+    def reload(self, reason: str) -> bool:
+        from streams.runtime.app import WorkerApp, _set_ruleset_metric
+
+        assert isinstance(self.worker, WorkerApp)
+        metrics = self.worker.metrics
+        try:
+            ruleset: Ruleset = load_rules(self.paths)
+        except RuleLoadError as exc:
+            metrics.reload_success.set(0)
+            metrics.reloads.labels("error").inc()
+            log.error(
+                "rules reload (%s) failed, keeping the previous rules: %d error(s)\n%s",
+                reason,
+                len(exc.errors),
+                "\n".join(str(e) for e in exc.errors),
+            )
+            return False
+        self.worker.reload(ruleset)
+        _set_ruleset_metric(metrics, ruleset)
+        metrics.reloads.labels("ok").inc()
+        log.info(
+            "rules reloaded (%s): %d correlations, ruleset %s",
+            reason,
+            len(ruleset.correlations),
+            ruleset.digest,
+        )
+        return True
+
+
+def run_worker(*, config_path: str | None, rules: Sequence[str] | None) -> int:
+    try:
+        config = load_config(config_path, os.environ)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    if rules:
+        config = replace(config, app=replace(config.app, rules=tuple(rules)))
+    setup_logging(config)
+    try:
+        ruleset = load_rules(config.app.rules)
+    except RuleLoadError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s); the worker does not start", file=sys.stderr)
+        return 1
+    try:
+        ensure_topics(config)
+    except Exception as exc:  # any broker problem at start is fatal, said plainly
+        print(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}", file=sys.stderr)
+        return 3
+    Path(config.app.data_dir).mkdir(parents=True, exist_ok=True)
+
+    import faust
+
+    from streams.runtime.app import build_app
+
+    worker_app = build_app(config, ruleset)
+    watcher = RulesWatcher(config.app.rules, worker_app, worker_app.metrics)
+    app = worker_app.app
+
+    @app.task
+    async def install_sighup() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: watcher.reload("SIGHUP"))
+
+    @app.timer(interval=2.0, name="rules-file-watch")
+    async def watch_rules() -> None:
+        if watcher.changed():
+            watcher.reload("file change")
+
+    log.info(
+        "starting worker %s: %d correlations (ruleset %s), events from %s on %s",
+        config.app.id,
+        len(ruleset.correlations),
+        ruleset.digest,
+        config.topics.events,
+        config.kafka.bootstrap_servers,
+    )
+    started = time.monotonic()
+    worker = faust.Worker(
+        app,
+        loglevel=config.app.log_level.value.upper(),
+        override_logging=False,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0
+        log.info("worker stopped after %.0f s (exit %d)", time.monotonic() - started, code)
+        return code
+    return 0
