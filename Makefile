@@ -31,7 +31,11 @@ lint: venv
 	$(BIN)/ruff check streams tests bench
 	$(BIN)/mypy
 
-## Offline demo: replay a scripted multi-stage attack through the shipped rules.
+## The demo: local broker + worker + a scripted multi-stage attack sent as falcosidekick would.
+demo: venv
+	$(BIN)/python deploy/demo/demo.py
+
+## Offline demo: replay the same attack through the shipped rules (no broker).
 replay-demo: venv
 	$(BIN)/falco-correlator replay --rules rules/ deploy/demo/attack.jsonl
 
