@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from streams.core.durations import parse_duration
 from streams.core.loader import load_rules
 from streams.core.rules import Ruleset
-from streams.errors import RuleLoadError
+from streams.errors import ConfigError, RuleLoadError
 
 __all__ = ["main"]
 
@@ -49,7 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Faust stream worker")
     worker.add_argument("--config", metavar="FILE")
     worker.add_argument("--rules", action="append", metavar="PATH")
+
+    redeliver = sub.add_parser(
+        "redeliver", help="send dead-lettered notifications again (exit 1 if some fail again)"
+    )
+    redeliver.add_argument("--config", metavar="FILE")
+    redeliver.add_argument("--notifier", metavar="NAME", help="only this notifier's records")
+    redeliver.add_argument("--max", type=_positive, metavar="N", help="at most N records")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _load(paths: Sequence[str]) -> Ruleset | None:
@@ -100,9 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.cli.ruletest import run_rule_tests
 
         return run_rule_tests(args.paths, rules_override=args.rules, verbose=args.verbose)
+    if args.command == "redeliver":
+        from streams.runtime.redeliver import run_redeliver
+
+        return run_redeliver(config_path=args.config, notifier=args.notifier, max_records=args.max)
     from streams.runtime.cli import run_worker
 
-    return run_worker(config_path=args.config, rules=args.rules)
+    try:
+        return run_worker(config_path=args.config, rules=args.rules)
+    except ConfigError as exc:  # the `notifiers:` section is validated when the app is built
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -209,6 +209,10 @@ def build_app(
 
     # keep references so Faust's decorators' results are not garbage collected or unused
     worker.ready.update(ingest=ingest, correlate=correlate, ticks=ticks, on_revoked=on_revoked)
+    if config.notifiers:  # notify stage: its own consumer group (streams/runtime/notify.py)
+        from streams.runtime.notify import install_notify
+
+        install_notify(worker)
     return worker
 
 

@@ -177,6 +177,9 @@ class WorkerConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     app: AppConfig = field(default_factory=AppConfig)
+    # --- notify stage: raw YAML data, validated when the worker starts (streams/runtime/notify.py)
+    notifiers: object = None  # the `notifiers:` list, see streams.notifiers.load_notifiers
+    delivery: object = None  # the `delivery:` mapping of the notify stage
 
 
 # --- parsers: raw value (YAML value, or the text of an environment variable) -> typed value ---
@@ -350,6 +353,8 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 _SECTIONS = ("kafka", "topics", "app")
+# Sections carried to WorkerConfig as plain data; the notify stage validates them at start.
+_RAW_SECTIONS = ("notifiers", "delivery")
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
@@ -360,6 +365,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
     raw: dict[str, tuple[object, str]] = {}  # key name -> (value, where it came from)
     if path is not None:
         raw.update(_read_file(path, errors))
+    data = {name: raw.pop(name)[0] for name in _RAW_SECTIONS if name in raw}
     for setting in SETTINGS:
         for env_name in setting.env:
             value = environ.get(env_name, "")
@@ -380,6 +386,8 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
         kafka=dataclasses.replace(KafkaConfig(), **values["kafka"]),
         topics=dataclasses.replace(TopicsConfig(), **values["topics"]),
         app=dataclasses.replace(AppConfig(), **values["app"]),
+        notifiers=data.get("notifiers"),
+        delivery=data.get("delivery"),
     )
     errors.extend(_check_security(config.kafka, {name: where for name, (_, where) in raw.items()}))
     if errors:
@@ -434,7 +442,12 @@ def _read_file(path: str, errors: list[str]) -> dict[str, tuple[object, str]]:
                           f"({', '.join(_SECTIONS)})")  # fmt: skip
     constructor = yaml.SafeLoader("")
     found: dict[str, tuple[object, str]] = {}
-    for section, section_node in _mapping_items(path, root, "", _SECTIONS, errors):
+    known = _SECTIONS + _RAW_SECTIONS
+    for section, section_node in _mapping_items(path, root, "", known, errors):
+        if section in _RAW_SECTIONS:
+            value = constructor.construct_object(section_node, deep=True)
+            found[section] = (value, _at(path, section_node))
+            continue
         if _is_null(section_node):
             continue
         if not isinstance(section_node, yaml.MappingNode):

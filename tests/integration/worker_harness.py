@@ -1,0 +1,533 @@
+"""Run the real `falco-correlator worker` against the local Kafka broker, from a test.
+
+Everything here talks to a real broker on loopback (no mocks): a `WorkerProcess` is the console
+script in a subprocess with its own YAML config (unique app id, topics and web port), and
+`produce_events` / `consume_incidents` / `consume_all` play falcosidekick and a downstream
+consumer with confluent-kafka clients. `replay_incidents` runs `falco-correlator replay` on the same
+events: the reference the worker's output is compared with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+VENV_BIN = Path(sys.executable).parent
+_CONSOLE_SCRIPT = VENV_BIN / "falco-correlator"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+def falco_correlator() -> list[str]:
+    """The console script of this virtualenv (or `python -m streams.cli.main` as a fallback)."""
+    if _CONSOLE_SCRIPT.exists():
+        return [str(_CONSOLE_SCRIPT)]
+    found = shutil.which("falco-correlator")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "streams.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# --- Falco-shaped events ---------------------------------------------------------------------
+
+
+def format_ns(time_ns: int) -> str:
+    """RFC 3339 UTC with 9 fractional digits, as Falco writes `time`."""
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def falco_event(
+    rule: str,
+    time_ns: int,
+    *,
+    priority: str = "Warning",
+    hostname: str = "node-1",
+    container_id: str | None = "ee97d9c4186f",
+    fields: dict[str, Any] | None = None,
+    tags: Sequence[str] = ("container",),
+) -> dict[str, Any]:
+    """A falcosidekick-shaped payload (uuid, container plugin fields, evt.time in ns)."""
+    output_fields: dict[str, Any] = {
+        "container.id": container_id,
+        "container.name": f"c-{container_id}" if container_id else None,
+        "container.image.repository": "docker.io/library/alpine",
+        "container.image.tag": "3.20",
+        "evt.time": time_ns,
+        "k8s.ns.name": "default",
+        "k8s.pod.name": f"pod-{container_id}" if container_id else None,
+        "proc.name": "sh",
+        "proc.cmdline": "sh -c id",
+        "user.name": "root",
+    }
+    output_fields.update(fields or {})
+    return {
+        "uuid": str(uuid.uuid4()),
+        "hostname": hostname,
+        "output": f"{format_ns(time_ns)[11:29]}: {priority} {rule} (container_id={container_id})",
+        "priority": priority,
+        "rule": rule,
+        "source": "syscall",
+        "tags": list(tags),
+        "time": format_ns(time_ns),
+        "output_fields": output_fields,
+    }
+
+
+# --- the worker process --------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerTopics:
+    events: str
+    incidents: str
+    dead_letter: str
+    notify_dead_letter: str
+
+    @classmethod
+    def fresh(cls, prefix: str = "it") -> WorkerTopics:
+        tag = uuid.uuid4().hex[:10]
+        return cls(
+            events=f"{prefix}-events-{tag}",
+            incidents=f"{prefix}-incidents-{tag}",
+            dead_letter=f"{prefix}-dlq-{tag}",
+            notify_dead_letter=f"{prefix}-notify-dlq-{tag}",
+        )
+
+    def names(self) -> list[str]:
+        return [self.events, self.incidents, self.dead_letter, self.notify_dead_letter]
+
+
+@dataclass
+class WorkerSettings:
+    """What one worker's YAML config says (one per process; share app_id for one group)."""
+
+    bootstrap: str
+    app_id: str
+    topics: WorkerTopics
+    rules: list[Path]
+    directory: Path
+    partitions: int = 3
+    lateness: str = "2s"
+    tick_interval: str = "1s"
+    store: str = "memory"
+    log_level: str = "INFO"
+
+    def write(self, name: str, web_port: int) -> Path:
+        data_dir = self.directory / f"{name}-data"
+        config = {
+            "kafka": {"bootstrap_servers": self.bootstrap},
+            "topics": {
+                "events": self.topics.events,
+                "incidents": self.topics.incidents,
+                "dead_letter": self.topics.dead_letter,
+                "notify_dead_letter": self.topics.notify_dead_letter,
+                "partitions": self.partitions,
+                "replication_factor": 1,
+            },
+            "app": {
+                "id": self.app_id,
+                "rules": [str(p) for p in self.rules],
+                "lateness": self.lateness,
+                "tick_interval": self.tick_interval,
+                "store": self.store,
+                "data_dir": str(data_dir),
+                "web_port": web_port,
+                "log_format": "console",
+                "log_level": self.log_level,
+            },
+        }
+        path = self.directory / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return path
+
+
+@dataclass
+class WorkerProcess:
+    """One `falco-correlator worker --config FILE` subprocess; logs go to `<name>.log`."""
+
+    settings: WorkerSettings
+    name: str = "worker"
+    web_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    config_path: Path | None = None
+    starts: int = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, *, wait_ready: bool = True) -> WorkerProcess:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.config_path = self.settings.write(self.name, self.web_port)
+        self.starts += 1
+        self.log_path = self.settings.directory / f"{self.name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FC_")}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start #{self.starts} at {time.time():.3f} =====\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [*falco_correlator(), "worker", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.settings.directory,
+            )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.web_port}{path}"
+
+    def http_get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:  # noqa: S310
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
+        """Seconds until /readyz answered 200; fails with the log tail otherwise."""
+        started = time.monotonic()
+        deadline = started + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if not self.running():
+                self.fail(f"worker exited with {self.returncode()} before it was ready")
+            try:
+                status, body = self.http_get("/readyz", timeout=1.0)
+                last = f"{status} {body[:200]!r}"
+                if status == 200:
+                    return time.monotonic() - started
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        self.fail(f"/readyz not 200 within {timeout:.0f} s (last: {last})")
+        raise AssertionError  # unreachable
+
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and wait: the return code (fails with the log tail on a timeout)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.fail(f"worker did not exit within {timeout:.0f} s of SIGTERM")
+            raise AssertionError from None  # unreachable
+
+    def kill(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        return self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop_quietly(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL if it does not go; never raises."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(Exception):
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=15)
+            return
+        with contextlib.suppress(Exception):
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+    # -- observation --------------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def fail(self, message: str) -> None:
+        pytest.fail(f"{self.name}: {message}\n--- {self.log_path} (tail) ---\n{self.log_tail()}")
+
+    def metrics(self) -> dict[str, float]:
+        """/metrics as {'name{labels}': value} (Prometheus text format)."""
+        status, body = self.http_get("/metrics")
+        assert status == 200, body
+        return parse_metrics(body.decode())
+
+    def metric_sum(self, name: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == name)
+
+    def wait_metric(
+        self,
+        name: str,
+        predicate: Callable[[float], bool],
+        timeout: float,
+        what: str = "",
+    ) -> float:
+        deadline = time.monotonic() + timeout
+        value = float("nan")
+        while time.monotonic() < deadline:
+            if not self.running():
+                self.fail(f"worker exited with {self.returncode()} while waiting for {name}")
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                value = self.metric_sum(name)
+                if predicate(value):
+                    return value
+            time.sleep(0.2)
+        self.fail(f"{name} {what} not reached within {timeout:.0f} s (last {value})")
+        raise AssertionError  # unreachable
+
+    def wait_log(self, pattern: str, timeout: float) -> re.Match[str]:
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = regex.search(self.log_text())
+            if found:
+                return found
+            time.sleep(0.2)
+        self.fail(f"log line /{pattern}/ not seen within {timeout:.0f} s")
+        raise AssertionError  # unreachable
+
+
+_METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s+(\S+)$")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        found = _METRIC_LINE.match(line)
+        if found:
+            out[found.group(1)] = float(found.group(2))
+    return out
+
+
+# --- Kafka clients -------------------------------------------------------------------------------
+
+
+def create_topics(admin: Any, names: Iterable[str], partitions: int) -> None:
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        operation_timeout=30,
+    )
+    for future in futures.values():
+        future.result(timeout=30)
+
+
+def delete_topics_quietly(admin: Any, names: Iterable[str]) -> None:
+    names = list(names)
+    if not names:
+        return
+    with contextlib.suppress(Exception):
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+
+
+def internal_topics(admin: Any, app_id: str) -> list[str]:
+    """The topics Faust declared for an app id (repartition, changelog, leader, ...)."""
+    return [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
+
+
+class EventProducer:
+    """falcosidekick's Kafka output: no key, no headers, round-robin over the partitions."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.sent = 0
+        self.positions: list[tuple[int, int]] = []  # (partition, offset) per delivered message
+        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        assert err is None, err
+        self.positions.append((int(msg.partition() or 0), int(msg.offset() or 0)))
+
+    def send_raw(
+        self,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> tuple[int, int]:
+        """One message, flushed: its (partition, offset)."""
+        part = self.sent % self.partitions if partition is None else partition
+        self.sent += 1
+        before = len(self.positions)
+        kwargs: dict[str, Any] = {}
+        if headers:
+            kwargs["headers"] = headers
+        self._producer.produce(
+            self.topic, value=value, key=key, partition=part, on_delivery=self._on_delivery, **kwargs
+        )
+        assert self._producer.flush(30) == 0
+        assert len(self.positions) == before + 1
+        return self.positions[-1]
+
+    def send(self, event: dict[str, Any]) -> tuple[int, int]:
+        return self.send_raw(orjson.dumps(event))
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+
+def _consumer(bootstrap: str, topics: list[str]) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("it-reader"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    consumer.subscribe(topics)
+    return consumer
+
+
+class TopicReader:
+    """Reads a topic from the beginning (own group); keeps every message read so far."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.messages: list[Message] = []
+        self._consumer = _consumer(bootstrap, [topic])
+
+    def poll_until(
+        self, done: Callable[[list[Message]], bool], timeout: float
+    ) -> list[Message]:
+        """Poll until `done(messages)` or the timeout; returns every message read."""
+        deadline = time.monotonic() + timeout
+        while not done(self.messages) and time.monotonic() < deadline:
+            msg = self._consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue
+                raise AssertionError(str(err))
+            self.messages.append(msg)
+        return self.messages
+
+    def wait_count(self, count: int, timeout: float) -> list[Message]:
+        return self.poll_until(lambda msgs: len(msgs) >= count, timeout)
+
+    def drain(self, seconds: float) -> list[Message]:
+        """Keep reading for `seconds` (to see that nothing more arrives)."""
+        return self.poll_until(lambda _msgs: False, seconds)
+
+    def values(self) -> list[dict[str, Any]]:
+        return [orjson.loads(m.value()) for m in self.messages]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("it-offsets")})
+    try:
+        total = 0
+        for p in range(partitions):
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high
+        return total
+    finally:
+        consumer.close()
+
+
+# --- the reference: `falco-correlator replay` ----------------------------------------------------
+
+
+def replay_incidents(
+    rules: Sequence[Path],
+    events: Sequence[dict[str, Any]],
+    directory: Path,
+    *,
+    lateness: str = "2s",
+    flush: bool = False,
+) -> list[dict[str, Any]]:
+    """Incidents of `falco-correlator replay` over the events, in the order they were produced."""
+    path = directory / f"replay-input-{uuid.uuid4().hex[:6]}.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    command = [*falco_correlator(), "replay", "--lateness", lateness]
+    for rule in rules:
+        command += ["--rules", str(rule)]
+    if flush:
+        command.append("--flush")
+    command.append(str(path))
+    done = subprocess.run(command, capture_output=True, timeout=120, check=False)  # noqa: S603
+    assert done.returncode == 0, done.stderr.decode()
+    assert b" 0 late" in done.stderr, done.stderr.decode()  # the input is in order enough
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def comparable(incident: dict[str, Any]) -> dict[str, Any]:
+    """An incident without what legitimately differs between worker and replay (`detected_at`)."""
+    return {k: v for k, v in incident.items() if k != "detected_at"}
+
+
+def incident_signature(incident: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        incident["id"],
+        incident["status"],
+        incident["count"],
+        incident["correlation"],
+        json.dumps(incident["key"], sort_keys=True),
+        incident["first_seen"],
+        incident["last_seen"],
+        tuple(e.get("uuid") for e in incident["events"]),
+    )
