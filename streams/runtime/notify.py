@@ -583,9 +583,7 @@ def load_notify_parts(
     """Settings, notifiers and (when a Slack bot needs it) the thread store; ConfigError names
     the key. Notifier metrics go to `registry` (the worker's, served on /metrics)."""
     settings = parse_notify_settings(config.delivery)
-    threads = KafkaThreadStore(
-        config, thread_topic_name(config.app.id), settings.thread_retention
-    )
+    threads = KafkaThreadStore(config, thread_topic_name(config.app.id), settings.thread_retention)
     metrics = NotifierMetrics.shared(REGISTRY if registry is None else registry)
     context = NotifierContext(metrics=metrics, thread_store=threads)
     notifiers = load_notifiers(config.notifiers, context, env=env)

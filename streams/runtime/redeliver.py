@@ -162,7 +162,11 @@ async def redeliver(
         if threads is not None:
             await threads.start(worker.producer)
         await consumer.start()
-        await _consume(consumer, worker, config.topics.notify_dead_letter, max_records)
+        topic = config.topics.notify_dead_letter
+        if topic in await consumer.topics():
+            found = await worker.producer.partitions_for(topic)
+            tps = [TopicPartition(topic, p) for p in sorted(found)]
+            await _consume(consumer, worker, tps, max_records)
     finally:
         await consumer.stop()
         if threads is not None:
@@ -174,11 +178,8 @@ async def redeliver(
 
 
 async def _consume(
-    consumer: Any, worker: _Redeliverer, topic: str, max_records: int | None
+    consumer: Any, worker: _Redeliverer, tps: list[TopicPartition], max_records: int | None
 ) -> None:
-    if topic not in await consumer.topics():
-        return
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     consumer.assign(tps)
     end = await consumer.end_offsets(tps)
     handled = 0
