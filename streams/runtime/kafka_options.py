@@ -5,9 +5,9 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from streams.runtime.config import KafkaConfig, SecurityProtocol
+from streams.runtime.config import KafkaConfig, SecurityProtocol, WorkerConfig
 
-__all__ = ["confluent_config", "faust_broker_credentials", "ssl_context"]
+__all__ = ["aiokafka_options", "confluent_config", "faust_broker_credentials", "ssl_context"]
 
 
 def ssl_context(kafka: KafkaConfig) -> ssl.SSLContext:
@@ -56,3 +56,21 @@ def confluent_config(kafka: KafkaConfig) -> dict[str, Any]:
             "https" if kafka.ssl_check_hostname else "none"
         )
     return config
+
+
+def aiokafka_options(config: WorkerConfig) -> dict[str, Any]:
+    """Connection settings for aiokafka clients, from the same `kafka:` section Faust uses."""
+    kafka = config.kafka
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "security_protocol": kafka.security_protocol.value,
+    }
+    if kafka.security_protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL):
+        options["sasl_mechanism"] = kafka.sasl_mechanism.value
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = (
+            kafka.sasl_password.reveal() if kafka.sasl_password else None
+        )
+    if kafka.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+        options["ssl_context"] = ssl_context(kafka)
+    return options

@@ -34,10 +34,10 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from streams.errors import ConfigError
 from streams.notifiers import DeliveryFailure, Notifier, NotifierMetrics
 from streams.runtime.config import WorkerConfig, load_config
+from streams.runtime.kafka_options import aiokafka_options
 from streams.runtime.notify import (
     NOTIFIER_HEADER,
     KafkaThreadStore,
-    aiokafka_options,
     dead_letter_message,
     dead_letter_record,
     load_notify_parts,
