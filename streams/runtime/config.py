@@ -22,6 +22,7 @@ import yaml
 
 from streams.core.durations import NS_PER_UNIT, parse_duration
 from streams.errors import ConfigError
+from streams.secrets import Secret, read_secret
 
 __all__ = [
     "SETTINGS",
@@ -37,7 +38,6 @@ __all__ = [
     "TopicsConfig",
     "WorkerConfig",
     "load_config",
-    "resolve_secret",
 ]
 
 
@@ -70,69 +70,6 @@ class LogLevel(StrEnum):
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
-
-
-class Secret:
-    """A credential whose value shows only through `reveal()`: repr, str and f-strings redact it.
-
-    Same behaviour and repr as the notifiers' `Secret` (streams/notifiers/_secret.py), which this
-    module does not import so that loading the worker config pulls in no HTTP client.
-    Not a dataclass on purpose: `dataclasses.asdict` would copy the value out of it.
-    """
-
-    __slots__ = ("_source", "_value")
-
-    def __init__(self, value: str, source: str = "literal") -> None:
-        self._value = value
-        self._source = source
-
-    def reveal(self) -> str:
-        return self._value
-
-    @property
-    def source(self) -> str:
-        """Where the value came from (`env:NAME`, `file:/path`, `literal`): safe to show."""
-        return self._source
-
-    def __repr__(self) -> str:
-        return f"Secret(*** from {self._source})"
-
-    def __str__(self) -> str:
-        return "***"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-_SECRET_REF = re.compile(r"\$\{(env|file):([^}]+)\}")
-
-
-def resolve_secret(raw: str, environ: Mapping[str, str]) -> Secret:
-    """`${env:NAME}`, `${file:/path}` or a literal; ValueError (never showing the value) otherwise.
-
-    A reference is the whole value (`Bearer ${env:T}` is a literal), as for the notifiers.
-    """
-    match = _SECRET_REF.fullmatch(raw.strip())
-    if match is None:
-        return Secret(raw)
-    kind, target = match.group(1), match.group(2).strip()
-    if kind == "env":
-        value = environ.get(target, "")
-        if not value:
-            raise ValueError(f"secret environment variable {target} is not set or empty")
-        return Secret(value, f"env:{target}")
-    try:
-        content = Path(target).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {target}: {exc.strerror}") from None
-    # `echo x > file` and many secret mounts end the file with a newline that is not part of it.
-    value = content.removesuffix("\n").removesuffix("\r")
-    if not value:
-        raise ValueError(f"secret file {target} is empty")
-    return Secret(value, f"file:{target}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +140,7 @@ def _existing_file(raw: object, environ: Mapping[str, str]) -> str:
 def _secret(raw: object, environ: Mapping[str, str]) -> Secret:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError("must be a non-empty string, ${env:NAME} or ${file:/path}")
-    return resolve_secret(raw, environ)
+    return read_secret(raw, environ)
 
 
 def _integer(minimum: int, maximum: int | None = None) -> _Parser:

@@ -105,7 +105,7 @@ def test_full_config_parses_into_typed_specs(tmp_path: Path) -> None:
         ),
         (
             [{"name": "x", "type": "webhook", "webhook": {"url": "${env:NOPE}"}}],
-            "notifiers[0].webhook.url: environment variable NOPE is not set or empty",
+            "notifiers[0].webhook.url: secret environment variable NOPE is not set or empty",
         ),
         (
             [{"name": "x", "type": "webhook", "webhook": {"url": "${file:/nonexistent/x}"}}],

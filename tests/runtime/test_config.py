@@ -24,8 +24,8 @@ from streams.runtime.config import (
     TopicsConfig,
     WorkerConfig,
     load_config,
-    resolve_secret,
 )
+from streams.secrets import read_secret
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 SECRET = "s3cr3t-hunter2"
@@ -425,7 +425,7 @@ def test_an_empty_secret_file_is_an_error(tmp_path: Path) -> None:
     empty = tmp_path / "pw"
     empty.write_text("\n", encoding="utf-8")
     with pytest.raises(ValueError, match="is empty"):
-        resolve_secret(f"${{file:{empty}}}", {})
+        read_secret(f"${{file:{empty}}}", {})
 
 
 def test_repr_str_and_formatting_never_show_a_secret() -> None:
