@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--flush", action="store_true", help="fire every pending absence at the end"
     )
+    replay.add_argument(
+        "--enrich",
+        action="store_true",
+        help="run the enrichers of --config's `enrichment:` section (off: replay stays offline)",
+    )
+    replay.add_argument("--config", metavar="FILE", help="worker config file, for --enrich")
     replay.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
 
     test = sub.add_parser("test", help="run rule tests (*.test.yaml fixtures)")
@@ -94,6 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ruleset = _load(args.rules)
         if ruleset is None:
             return 1
+        enrichment = None
+        if args.enrich:
+            from streams.enrich import BlockingEnrichment
+
+            try:
+                enrichment = BlockingEnrichment.from_config_file(args.config, os.environ)
+            except ConfigError as exc:
+                print(f"replay: {exc}", file=sys.stderr)
+                return 2
         try:
             result, engine = replay_lines(
                 ruleset,
@@ -102,10 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=args.flush,
                 out=sys.stdout.buffer,
                 err=sys.stderr,
+                enrich=enrichment.enrich if enrichment is not None else None,
             )
         except OSError as exc:
             print(f"replay: {exc}", file=sys.stderr)
             return 2
+        finally:
+            if enrichment is not None:
+                enrichment.close()
         sys.stdout.flush()
         print_summary(result, engine, sys.stderr)
         return 0

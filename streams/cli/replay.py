@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -45,6 +45,7 @@ def replay_lines(
     out: IO[bytes],
     err: IO[str],
     engine: Engine | None = None,
+    enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[ReplayResult, Engine]:
     engine = engine or Engine(ruleset, lateness_ns=lateness_ns)
     result = ReplayResult()
@@ -53,6 +54,8 @@ def replay_lines(
 
     def emit(incidents: list[dict[str, Any]]) -> None:
         for incident in incidents:
+            if enrich is not None:
+                enrich(incident)  # in place, bounded by the pipeline deadline
             write(dumps(incident) + b"\n")
         result.incidents += len(incidents)
 

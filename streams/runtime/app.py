@@ -21,6 +21,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.core.rules import Ruleset
+from streams.enrich import EnrichmentPipeline
 from streams.runtime.config import StoreKind, WorkerConfig
 from streams.runtime.kafka_options import faust_broker_credentials
 from streams.runtime.metrics import WorkerMetrics
@@ -46,6 +47,7 @@ class WorkerApp:
     correlator: PartitionCorrelator
     metrics: WorkerMetrics
     ready: dict[str, Any] = field(default_factory=dict)
+    enrichment: EnrichmentPipeline = field(default_factory=EnrichmentPipeline)
 
     def reload(self, ruleset: Ruleset) -> None:
         self.ingestor.reload(ruleset)
@@ -58,6 +60,7 @@ def build_app(
     *,
     metrics: WorkerMetrics | None = None,
     wall_clock: Callable[[], int] = time.time_ns,
+    enrichment: EnrichmentPipeline | None = None,
 ) -> WorkerApp:
     cfg_app, topics = config.app, config.topics
     partitions = topics.partitions
@@ -107,6 +110,8 @@ def build_app(
         wall_clock=wall_clock,
     )
     worker = WorkerApp(app, config, ingestor, correlator, metrics)
+    if enrichment is not None:
+        worker.enrichment = enrichment
     _set_ruleset_metric(metrics, ruleset)
 
     @app.agent(events_topic, name="ingest", concurrency=1)
@@ -161,6 +166,8 @@ def build_app(
             if outcome.duplicate:
                 metrics.duplicates.inc()
             for incident in outcome.incidents:
+                # bounded by the pipeline deadline; never drops the incident
+                await worker.enrichment.enrich(incident)
                 metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
                 metrics.matches.labels(incident["correlation"]).inc()
                 await incidents_topic.send(

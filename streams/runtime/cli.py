@@ -157,11 +157,23 @@ def run_worker(*, config_path: str | None, rules: Sequence[str] | None) -> int:
         return 3
     Path(config.app.data_dir).mkdir(parents=True, exist_ok=True)
 
+    from streams.enrich import EnrichmentMetrics, load_enrichment
+    from streams.runtime.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics.create()
+    try:
+        enrichment = load_enrichment(
+            config.enrichment, env=os.environ, metrics=EnrichmentMetrics.shared(metrics.registry)
+        )
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+
     import faust
 
     from streams.runtime.app import build_app
 
-    worker_app = build_app(config, ruleset)
+    worker_app = build_app(config, ruleset, metrics=metrics, enrichment=enrichment)
     watcher = RulesWatcher(config.app.rules, worker_app, worker_app.metrics)
     app = worker_app.app
 

@@ -117,6 +117,8 @@ class WorkerConfig:
     # --- notify stage: raw YAML data, validated when the worker starts (streams/runtime/notify.py)
     notifiers: object = None  # the `notifiers:` list, see streams.notifiers.load_notifiers
     delivery: object = None  # the `delivery:` mapping of the notify stage
+    # --- correlate stage: the `enrichment:` section, see streams.enrich.load_enrichment
+    enrichment: object = None
 
 
 # --- parsers: raw value (YAML value, or the text of an environment variable) -> typed value ---
@@ -291,7 +293,7 @@ SETTINGS: tuple[Setting, ...] = (
 
 _SECTIONS = ("kafka", "topics", "app")
 # Sections carried to WorkerConfig as plain data; the notify stage validates them at start.
-_RAW_SECTIONS = ("notifiers", "delivery")
+_RAW_SECTIONS = ("notifiers", "delivery", "enrichment")
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
@@ -325,6 +327,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
         app=dataclasses.replace(AppConfig(), **values["app"]),
         notifiers=data.get("notifiers"),
         delivery=data.get("delivery"),
+        enrichment=data.get("enrichment"),
     )
     errors.extend(_check_security(config.kafka, {name: where for name, (_, where) in raw.items()}))
     if errors:
