@@ -25,6 +25,7 @@ from streams.notifiers._delivery import (
     error_for_status,
     idempotency_key,
 )
+from streams.notifiers._enrichment_text import enrichment_lines
 from streams.notifiers._fields import Fields
 from streams.notifiers._secret import Secret
 from streams.notifiers._slack_text import (
@@ -165,6 +166,11 @@ def _new_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, 
         },
         {"type": "section", "fields": _fields(incident)},
     ]
+    enrichment = enrichment_lines(incident)
+    if enrichment:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": fit_line("\n".join(enrichment))}}
+        )
     for chunk in chunk_lines(_timeline(incident, max(2, config.max_timeline_events))):
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
     tags = [t for t in incident.get("tags") or [] if isinstance(t, str)]
