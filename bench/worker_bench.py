@@ -34,6 +34,7 @@ import contextlib
 import cProfile
 import os
 import pstats
+import shutil
 import signal
 import socket
 import statistics
@@ -57,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from bench.synthetic import _fmt, synthetic_events  # noqa: E402
 
 PARTITIONS = 3
+RULES = ROOT / "rules"  # replaced by a frozen copy in main()
 PREFIX = "fcbench-"
 VENV_BIN = Path(sys.executable).parent
 
@@ -238,6 +240,25 @@ def raw_baseline(bootstrap: str, topic: str, expected: int) -> float:
     return elapsed
 
 
+def snapshot_rules(workdir: Path, source: str) -> Path:
+    """A frozen copy of the rules, so an edit of rules/ during the run reloads nothing.
+
+    `source` is a directory, or `git:REV` for the rules/ committed at REV.
+    """
+    target = workdir / "rules"
+    if source.startswith("git:"):
+        target.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", source[4:], "rules/"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
+    else:
+        shutil.copytree(source, target)
+    return target
+
+
 # --------------------------------------------------------------------------------------------
 # the worker
 
@@ -298,6 +319,7 @@ def start_worker(
     lateness: str,
     workdir: Path,
     profile_out: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Worker:
     app_id = f"{PREFIX}{run_id}-{tag}"
     port = free_port()
@@ -313,7 +335,7 @@ def start_worker(
         },
         "app": {
             "id": app_id,
-            "rules": [str(ROOT / "rules")],
+            "rules": [str(RULES)],
             "lateness": lateness,
             "store": store,
             "data_dir": str(data_dir),
@@ -327,20 +349,116 @@ def start_worker(
     log_path = workdir / f"worker-{tag}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FC_")}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    if profile_out is None:
+    env.update(extra_env or {})
+    if profile_out is not None:
+        env["FC_BENCH_PROFILE"] = str(profile_out)
+    if profile_out is None and not extra_env:
         cmd = [str(VENV_BIN / "falco-correlator"), "worker", "--config", str(cfg_path)]
     else:
-        env["FC_BENCH_PROFILE"] = str(profile_out)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--inproc-worker", str(cfg_path)]
     handle = log_path.open("wb")
     proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     return Worker(proc, port, app_id, log_path, data_dir)
 
 
+def install_trace() -> None:
+    """Time the awaits where the worker can stall (FC_BENCH_TRACE=1); printed at exit."""
+    import atexit
+    from collections import Counter
+
+    from faust.topics import Topic
+    from faust.transport.consumer import Consumer
+    from faust.transport.producer import ProducerBuffer
+    from mode.utils.queues import FlowControlQueue
+
+    spent: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    started = time.perf_counter()
+
+    def timed(cls: Any, name: str, label: str, only_if: Any = None, count: Any = None) -> None:
+        original = getattr(cls, name)
+
+        async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if only_if is not None and not only_if(self):
+                return await original(self, *args, **kwargs)
+            t0 = time.perf_counter()
+            result = None
+            try:
+                result = await original(self, *args, **kwargs)
+                return result
+            finally:
+                spent[label] += time.perf_counter() - t0
+                calls[label] += 1
+                if count is not None and result is not None:
+                    calls[label + " (items)"] += count(result)
+
+        setattr(cls, name, wrapper)
+
+    timed(Consumer, "_commit_tps", "consumer commit (incl. producer flush)")
+    timed(
+        Consumer,
+        "_wait_next_records",
+        "drain loop waits for fetched records",
+        count=lambda r: sum(len(v) for v in (r[0] or {}).values()),
+    )
+    timed(ProducerBuffer, "flush_atmost", "producer buffer full: flush_atmost")
+    from faust.channels import Channel
+
+    original_anext = Channel.__anext__
+
+    async def anext(self: Any) -> Any:
+        queue = self.queue
+        label = f"agent on {getattr(self, 'topics', ['?'])[0]} waits on an empty stream queue"
+        calls[label.replace("waits on", "reads") + " (all reads)"] += 1
+        if not queue.empty():
+            return await original_anext(self)
+        t0 = time.perf_counter()
+        try:
+            return await original_anext(self)
+        finally:
+            spent[label] += time.perf_counter() - t0
+            calls[label] += 1
+
+    Channel.__anext__ = anext  # type: ignore[method-assign]
+    del FlowControlQueue
+    timed(Topic, "send", "agent awaits topic.send")
+
+    def report() -> None:
+        wall = time.perf_counter() - started
+        lines = [f"FCBENCH-TRACE wall {wall:.1f}s since start"]
+        for label, n in calls.items():
+            if label.endswith("(all reads)"):
+                lines.append(f"FCBENCH-TRACE {label}: {n}")
+        for label, total in spent.most_common():
+            items = calls.get(label + " (items)")
+            extra = f", {items} items" if items else ""
+            lines.append(f"FCBENCH-TRACE {label}: {total:.2f}s in {calls[label]} calls{extra}")
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+
+    atexit.register(report)
+
+
 def inproc_worker(config_path: str) -> int:
-    """The worker in this process, profiled when FC_BENCH_PROFILE names an output file."""
+    """The worker in this process: FC_BENCH_PROFILE=<file> profiles it with cProfile,
+    FC_BENCH_TRACE=1 times its stalls, FC_BENCH_APP=<file.py> swaps in a prototype build_app
+    (a copy of streams/runtime/app.py kept outside the repo)."""
+    import streams.runtime.app as app_module
     from streams.runtime.cli import run_worker
 
+    proto = os.environ.get("FC_BENCH_APP")
+    if proto:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("fc_bench_proto_app", proto)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        app_module.build_app = module.build_app  # type: ignore[attr-defined]
+    if os.environ.get("FC_BENCH_TRACE"):
+        install_trace()
     out = os.environ.get("FC_BENCH_PROFILE")
     if not out:
         return run_worker(config_path=config_path, rules=None)
@@ -368,6 +486,29 @@ class ThroughputRun:
     cpu_s: float
 
 
+def thread_cpu_seconds(pid: int) -> list[float]:
+    """CPU seconds of each thread of `pid`, the main thread first."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = []
+    with contextlib.suppress(OSError):
+        for task in sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda p: int(p.name)):
+            with contextlib.suppress(OSError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out.append((int(fields[11]) + int(fields[12])) / ticks)
+    return out
+
+
+def log_warnings(path: Path, limit: int = 4) -> None:
+    seen: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            if " WARNING " in line or " ERROR " in line:
+                text = line.split(": ", 1)[-1][:120]
+                seen[text] = seen.get(text, 0) + 1
+    for text, n in sorted(seen.items(), key=lambda kv: -kv[1])[:limit]:
+        log(f"  worker log x{n}: {text}")
+
+
 def proc_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -386,12 +527,22 @@ def throughput_worker(
     store: str,
     workdir: Path,
     profile_out: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> ThroughputRun:
     bootstrap = args.bootstrap
     incidents_topic = f"{PREFIX}{run_id}-{tag}-incidents"
     create_topics(bootstrap, [incidents_topic])
     worker = start_worker(
-        bootstrap, run_id, tag, events_topic, incidents_topic, store, "10s", workdir, profile_out
+        bootstrap,
+        run_id,
+        tag,
+        events_topic,
+        incidents_topic,
+        store,
+        "10s",
+        workdir,
+        profile_out,
+        extra_env,
     )
     samples: list[tuple[float, float]] = []  # (monotonic, fc_events_total)
     t_first = t_last = None
@@ -403,7 +554,9 @@ def throughput_worker(
         prev_records = -1.0
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
-                raise RuntimeError(f"worker exited ({worker.proc.returncode}), see {worker.log_path}")
+                raise RuntimeError(
+                    f"worker exited ({worker.proc.returncode}), see {worker.log_path}"
+                )
             m = worker.metrics()
             now = time.monotonic()
             if m is not None:
@@ -421,6 +574,8 @@ def throughput_worker(
                         stable_since = stable_since or now
                         if now - stable_since >= 1.0:
                             cpu_at_end = proc_cpu_seconds(worker.proc.pid)
+                            threads = [round(c, 1) for c in thread_cpu_seconds(worker.proc.pid)]
+                            log(f"  worker thread CPU s (main first): {threads}")
                             break
                     else:
                         stable_since = None
@@ -428,13 +583,19 @@ def throughput_worker(
             time.sleep(0.2)
         else:
             raise RuntimeError(f"timeout: worker at {last.get('fc_events_total')} of {total}")
-        t_done = (stable_since or time.monotonic())
-        assert t_first is not None and t_last is not None
+        t_done = stable_since or time.monotonic()
+        assert t_first is not None
+        assert t_last is not None
         # incidents held back by the watermark come out once the stream is idle for `lateness`
         time.sleep(args.settle)
         final = worker.metrics() or last
     finally:
         code = worker.stop()
+        log_warnings(worker.log_path)
+        with contextlib.suppress(OSError):
+            for line in worker.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("FCBENCH-TRACE"):
+                    log("  " + line)
     messages = read_topic(bootstrap, incidents_topic, None, 60)
     ids = {m.key() for m in messages}
     lo, hi = 0.1 * total, 0.9 * total
@@ -466,10 +627,22 @@ def throughput_worker(
     return run
 
 
+def ingest_ceiling(lines: list[bytes]) -> float:
+    """events/s of the pure ingest stage (decode, validate, match, re-key): no Kafka, no Faust."""
+    from streams.core.loader import load_rules
+    from streams.runtime.records import Ingestor
+
+    ingestor = Ingestor(load_rules([str(RULES)]), 10_000_000_000)
+    start = time.perf_counter()
+    for offset, line in enumerate(lines):
+        ingestor.ingest(line, offset % PARTITIONS, offset, 0.0)
+    return len(lines) / (time.perf_counter() - start)
+
+
 def replay_counts(lines_path: Path) -> dict[str, int]:
     counts = {}
     for flush in (False, True):
-        cmd = [str(VENV_BIN / "falco-correlator"), "replay", "--rules", str(ROOT / "rules")]
+        cmd = [str(VENV_BIN / "falco-correlator"), "replay", "--rules", str(RULES)]
         if flush:
             cmd.append("--flush")
         proc = subprocess.run(
@@ -671,7 +844,9 @@ def print_profile(path: Path, events: int, top: int) -> None:
     print(f"  => {busy / events * 1e6:.0f} us of worker CPU per event (profiling inflates this)")
     print("  by layer (own time, C calls charged to their Python callers):")
     for name, tt in sorted(layers.items(), key=lambda kv: -kv[1]):
-        print(f"    {name:<48} {tt:7.2f}s  {100 * tt / busy:5.1f}%  {tt / events * 1e6:6.1f} us/event")
+        print(
+            f"    {name:<48} {tt:7.2f}s  {100 * tt / busy:5.1f}%  {tt / events * 1e6:6.1f} us/event"
+        )
     print(f"\n  top {top} functions by own time:")
     stats.sort_stats("tottime").print_stats(top)
     print(f"  top {top} functions by cumulative time:")
@@ -679,6 +854,18 @@ def print_profile(path: Path, events: int, top: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def variants(args: argparse.Namespace) -> list[tuple[str, str, dict[str, str]]]:
+    """(label, store, extra environment) of each worker run in a throughput round."""
+    out = [(store, store, {}) for store in args.stores.split(",")]
+    trace = {"FC_BENCH_TRACE": "1"} if args.trace else {}
+    if args.trace:
+        out = [(f"{store}-trace", store, dict(trace)) for _, store, _ in out]
+    for proto in args.proto or []:
+        name = Path(proto).stem
+        out.append((f"{name}", "memory", {"FC_BENCH_APP": str(Path(proto).resolve()), **trace}))
+    return out
 
 
 def main() -> int:
@@ -700,6 +887,20 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true")
     parser.add_argument("--profile-top", type=int, default=35)
     parser.add_argument("--keep-topics", action="store_true")
+    parser.add_argument(
+        "--trace", action="store_true", help="run the workers in-process, timing their stalls"
+    )
+    parser.add_argument(
+        "--proto",
+        action="append",
+        metavar="APP.py",
+        help="also run a prototype copy of streams/runtime/app.py (store memory), in-process",
+    )
+    parser.add_argument(
+        "--rules",
+        default=str(ROOT / "rules"),
+        help="rules directory to freeze for the run, or git:REV (e.g. git:HEAD)",
+    )
     parser.add_argument("--inproc-worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inproc_worker:
@@ -712,9 +913,13 @@ def main() -> int:
     lat_runs: list[LatencyRun] = []
     replay: dict[str, int] = {}
     total = 0
+    ceiling = 0.0
     try:
         with tempfile.TemporaryDirectory(prefix="fcbench-") as tmp:
             workdir = Path(tmp)
+            global RULES  # noqa: PLW0603 - every helper reads the frozen copy
+            RULES = snapshot_rules(workdir, args.rules)
+            log(f"rules: {args.rules} frozen in {RULES} ({len(list(RULES.glob('*.yaml')))} files)")
             if not args.skip_throughput or args.profile or args.profile_only:
                 tmpl = templates(args.events, seed=7)
                 # the generator's times (~1 ms apart, 0-2 s disorder), moved to end at "now"
@@ -728,6 +933,8 @@ def main() -> int:
                 took = fill_topic(args.bootstrap, events_topic, lines)
                 size = lines_path.stat().st_size / 1e6
                 log(f"filled {events_topic}: {total} events, {size:.0f} MB in {took:.1f}s")
+                ceiling = ingest_ceiling(lines)
+                log(f"pure Ingestor.ingest (no Kafka, no Faust): {ceiling:,.0f} events/s")
                 del lines, tmpl
                 replay = replay_counts(lines_path)
                 log(f"replay: {replay['plain']} incidents, --flush {replay['flush']}")
@@ -736,18 +943,28 @@ def main() -> int:
                     for r in range(args.repeat):
                         raw_times.append(raw_baseline(args.bootstrap, events_topic, total))
                         log(f"raw consumer: {total / raw_times[-1]:,.0f} events/s")
-                        for store in args.stores.split(","):
-                            tp_runs.append(
-                                throughput_worker(
-                                    args, run_id, f"{store}{r}", events_topic, total, store, workdir
-                                )
+                        for label, store, extra in variants(args):
+                            run = throughput_worker(
+                                args,
+                                run_id,
+                                f"{label}{r}",
+                                events_topic,
+                                total,
+                                store,
+                                workdir,
+                                None,
+                                extra,
                             )
+                            run.store = label
+                            tp_runs.append(run)
                 if args.profile or args.profile_only:
                     prof = workdir / "worker.prof"
                     throughput_worker(
                         args, run_id, "prof", events_topic, total, "memory", workdir, prof
                     )
-                    keep = ROOT / "bench" / ".worker.prof"
+                    keep = (
+                        Path(tempfile.gettempdir()) / "fcbench-worker.prof"
+                    )  # outlives the workdir
                     keep.write_bytes(prof.read_bytes())
                     print_profile(keep, total, args.profile_top)
             if not args.skip_latency and not args.profile_only:
@@ -758,6 +975,8 @@ def main() -> int:
             with contextlib.suppress(Exception):
                 delete_topics(args.bootstrap, run_id)
     summary(args, total, raw_times, tp_runs, lat_runs, replay)
+    if ceiling:
+        print(f"pure ingest stage in-process (no Kafka/Faust): {ceiling:,.0f} events/s")
     return 0
 
 
@@ -776,7 +995,7 @@ def summary(
         print(f"events: {total}; load now {os.getloadavg()}")
         print(f"{'stage':<34}{'median ev/s':>14}{'runs':>36}{'raw/x':>8}")
         print(f"{'raw confluent consumer + orjson':<34}{raw_rate:>14,.0f}{rates:>36}{'1.0':>8}")
-        for store in args.stores.split(","):
+        for store in [label for label, _, _ in variants(args)]:
             runs = [r for r in tp_runs if r.store == store]
             if not runs:
                 continue

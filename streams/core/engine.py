@@ -165,11 +165,15 @@ class Engine:
         event: Event,
         matches: list[StepMatch] | None = None,
         source: tuple[int, int] | None = None,
+        *,
+        observe: bool = True,
     ) -> list[dict[str, Any]]:
         """Accept one valid event; returns the incidents this made ready, in emission order.
 
         `matches` skips matching when the caller matched already (the worker matches at ingest);
-        `source` (partition, offset) drops a redelivered copy for keys that applied it already.
+        `source` (partition, offset) drops a redelivered copy for keys that applied it already;
+        `observe=False` leaves the event's time out of the watermark (the worker drives it from
+        the ingest stage's high-water mark instead).
         """
         self.stats.events += 1
         if event.time_ns < self.watermark_ns:
@@ -190,7 +194,7 @@ class Engine:
                     if not held or held[-1] is not item:
                         held.append(item)
                     self.changed.add((ci, key))
-        return self.observe(event.time_ns)
+        return self.observe(event.time_ns) if observe else []
 
     def observe(self, time_ns: int) -> list[dict[str, Any]]:
         """Take a time as seen (an event's, or a high-water mark carried from upstream)."""

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.core.rules import Ruleset
@@ -29,6 +33,9 @@ from streams.runtime.partitions import PartitionCorrelator
 from streams.runtime.records import TICK_KEY, Ingestor, tick_value
 
 __all__ = ["WorkerApp", "build_app", "correlate_topic_name"]
+
+_BATCH = 1000  # messages per agent iteration
+_BATCH_WAIT_S = 0.05  # how long a partial batch waits for more
 
 log = logging.getLogger("streams.worker")
 
@@ -83,9 +90,12 @@ def build_app(
         table_standby_replicas=0,
         topic_allow_declare=True,
         stream_buffer_maxsize=8192,
+        consumer_max_fetch_size=16 * 1024 * 1024,
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=cfg_app.session_timeout_ns / 1e9,
+        broker_heartbeat_interval=min(3.0, cfg_app.session_timeout_ns / 3e9),
         producer_linger_ms=5,
     )
     metrics = metrics or WorkerMetrics.create()
@@ -101,7 +111,7 @@ def build_app(
     dead_letter_topic = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
     # key and value are bytes: the app's default serializers are raw
     table = app.Table("correlation-state", partitions=partitions, key_type=bytes, value_type=bytes)
-    ingestor = Ingestor(ruleset, cfg_app.lateness_ns)
+    ingestor = Ingestor(ruleset, cfg_app.lateness_ns, wall_clock=wall_clock)
     correlator = PartitionCorrelator(
         ruleset,
         table,
@@ -115,57 +125,85 @@ def build_app(
     _set_ruleset_metric(metrics, ruleset)
 
     @app.agent(events_topic, name="ingest", concurrency=1)
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            metrics.events.labels(message.topic, str(message.partition)).inc()
-            result = worker.ingestor.ingest(
-                message.value, message.partition, message.offset, message.timestamp * 1000
-            )
-            if result.invalid is not None:
-                metrics.invalid.inc()
-                log.warning(
-                    "invalid event at %s/%d/%d: %s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    result.invalid,
+    async def ingest(stream: Any) -> None:  # a faust.Stream (StreamT lacks take_events)
+        # Batches amortise Faust's per-message cost; offsets are acked after the batch.
+        async for events in stream.take_events(_BATCH, within=_BATCH_WAIT_S):
+            consumed: Counter[tuple[str, int]] = Counter()
+            late = 0
+            for event in events:
+                message = event.message
+                consumed[(message.topic, message.partition)] += 1
+                result = worker.ingestor.ingest(
+                    message.value, message.partition, message.offset, message.timestamp * 1000
                 )
-                await dead_letter_topic.send(
-                    key=message.key,
-                    value=message.value or b"",
-                    headers=[
-                        ("fc-reason", result.invalid.encode()),
-                        ("fc-source-topic", message.topic.encode()),
-                        ("fc-source-partition", str(message.partition).encode()),
-                        ("fc-source-offset", str(message.offset).encode()),
-                    ],
-                )
-                continue
-            if result.late:
-                metrics.late.labels("ingest").inc()
-                continue
-            for key, value in result.records:
-                await correlate_topic.send(key=key, value=value)
+                if result.invalid is not None:
+                    await _dead_letter(message, result.invalid)
+                elif result.late:
+                    late += 1
+                else:
+                    for key, value in result.records:
+                        await correlate_topic.send(key=key, value=value)
+            for (topic, partition), count in consumed.items():
+                metrics.events.labels(topic, str(partition)).inc(count)
+            if late:
+                metrics.late.labels("ingest").inc(late)
+
+    async def _dead_letter(message: Any, reason: str) -> None:
+        metrics.invalid.inc()
+        log.warning(
+            "invalid event at %s/%d/%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+        )
+        await dead_letter_topic.send(
+            key=message.key,
+            value=message.value or b"",
+            headers=[
+                ("fc-reason", reason.encode()),
+                ("fc-source-topic", message.topic.encode()),
+                ("fc-source-partition", str(message.partition).encode()),
+                ("fc-source-offset", str(message.offset).encode()),
+            ],
+        )
 
     @app.agent(correlate_topic, name="correlate", concurrency=1)
-    async def correlate(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            partition = message.partition
-            outcome = worker.correlator.on_message(
-                partition, message.offset, message.key, message.value
-            )
-            if message.key != TICK_KEY:
-                metrics.records.labels(str(partition)).inc()
-                if outcome.source_timestamp_ms:
-                    delay = wall_clock() / 1e9 - outcome.source_timestamp_ms / 1000
-                    metrics.latency.observe(max(delay, 0.0))
-            if outcome.late:
-                metrics.late.labels("correlate").inc()
-            if outcome.duplicate:
-                metrics.duplicates.inc()
-            for incident in outcome.incidents:
+    async def correlate(stream: Any) -> None:
+        correlator = worker.correlator
+        async for events in stream.take_events(_BATCH, within=_BATCH_WAIT_S):
+            incidents: list[dict[str, Any]] = []
+            last_of_partition: dict[int, Any] = {}
+            records: Counter[int] = Counter()
+            late = duplicates = 0
+            now_s = wall_clock() / 1e9
+            for event in events:
+                message = event.message
+                partition = message.partition
+                outcome = correlator.on_message(
+                    partition, message.offset, message.key, message.value, persist=False
+                )
+                last_of_partition[partition] = event
+                if message.key != TICK_KEY:
+                    records[partition] += 1
+                    if outcome.source_timestamp_ms:
+                        delay = now_s - outcome.source_timestamp_ms / 1000
+                        metrics.latency.observe(max(delay, 0.0))
+                late += outcome.late
+                duplicates += outcome.duplicate
+                incidents.extend(outcome.incidents)
+            # One table write per changed entry per batch, each under an event of its own
+            # partition: Faust writes the changelog (and RocksDB) to the current event's partition.
+            for partition, event in last_of_partition.items():
+                with _current(event):
+                    correlator.persist(partition)
+            for partition, count in records.items():
+                metrics.records.labels(str(partition)).inc(count)
+            if late:
+                metrics.late.labels("correlate").inc(late)
+            if duplicates:
+                metrics.duplicates.inc(duplicates)
+            for incident in incidents:
                 # bounded by the pipeline deadline; never drops the incident
                 await worker.enrichment.enrich(incident)
                 metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
@@ -197,6 +235,14 @@ def build_app(
         name = correlate_topic_name(cfg_app.id)
         worker.correlator.revoke({tp.partition for tp in revoked if tp.topic == name})
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", set())
+        # The ingest watermark waits for every assigned source partition (or its idleness).
+        worker.ingestor.progress.assign(
+            {tp.partition for tp in assigned if tp.topic == topics.events}
+        )
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
@@ -215,12 +261,28 @@ def build_app(
         return web.bytes(generate_latest(metrics.registry), content_type=content_type)
 
     # keep references so Faust's decorators' results are not garbage collected or unused
-    worker.ready.update(ingest=ingest, correlate=correlate, ticks=ticks, on_revoked=on_revoked)
+    worker.ready.update(
+        ingest=ingest,
+        correlate=correlate,
+        ticks=ticks,
+        on_revoked=on_revoked,
+        on_assigned=on_assigned,
+    )
     if config.notifiers:  # notify stage: its own consumer group (streams/runtime/notify.py)
         from streams.runtime.notify import install_notify
 
         install_notify(worker)
     return worker
+
+
+@contextmanager
+def _current(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event, so table writes go to its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def _set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from streams.core.durations import NS_PER_UNIT, parse_duration
+from streams.core.durations import NS_PER_UNIT, format_duration, parse_duration
 from streams.errors import ConfigError
 from streams.secrets import Secret, read_secret
 
@@ -105,6 +105,7 @@ class AppConfig:
     web_port: int = 6066
     tick_interval_ns: int = 1 * NS_PER_UNIT["s"]
     max_pending_per_key: int = 10_000
+    session_timeout_ns: int = 30 * NS_PER_UNIT["s"]
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.JSON
 
@@ -189,7 +190,8 @@ def _duration(minimum_ns: int) -> _Parser:
     def parse(raw: object, _environ: Mapping[str, str]) -> int:
         ns = parse_duration(raw)
         if ns < minimum_ns:
-            raise ValueError(f"must be more than 0, got {raw!r}")
+            least = "more than 0" if minimum_ns <= 1 else f"at least {format_duration(minimum_ns)}"
+            raise ValueError(f"must be {least}, got {raw!r}")
         return ns
 
     return parse
@@ -287,6 +289,9 @@ SETTINGS: tuple[Setting, ...] = (
        "how often ticks advance the watermark and fire absence deadlines", attr="tick_interval_ns"),
     _s("app", "max_pending_per_key", _integer(1), "10000",
        "cap on the partial matches kept per correlation key (bounds memory)"),
+    _s("app", "session_timeout", _duration(NS_PER_UNIT["s"]), "30s",
+       "Kafka group session timeout: how soon a crashed worker's partitions move to the others",
+       attr="session_timeout_ns"),
     _s("app", "log_level", _choice(LogLevel, {"warn": "WARNING"}), "INFO", _LEVELS),
     _s("app", "log_format", _choice(LogFormat), "json", "json|console"),
 )  # fmt: skip

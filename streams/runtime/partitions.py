@@ -72,6 +72,8 @@ class PartitionCorrelator:
         self.idle_after_ns = lateness_ns if idle_after_ns is None else idle_after_ns
         self._partitions: dict[int, _Partition] = {}
         self._pending_ruleset: Ruleset | None = None
+        self._by_name_for: Ruleset | None = None
+        self._by_name_cache: dict[str, tuple[int, Correlation]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -97,7 +99,10 @@ class PartitionCorrelator:
         )
 
     def _by_name(self) -> dict[str, tuple[int, Correlation]]:
-        return {c.name: (i, c) for i, c in enumerate(self.ruleset.correlations)}
+        if self._by_name_for is not self.ruleset:
+            self._by_name_cache = {c.name: (i, c) for i, c in enumerate(self.ruleset.correlations)}
+            self._by_name_for = self.ruleset
+        return self._by_name_cache
 
     def _partition(self, partition: int) -> _Partition:
         part = self._partitions.get(partition)
@@ -158,8 +163,15 @@ class PartitionCorrelator:
     # -- records --------------------------------------------------------------------------------
 
     def on_message(
-        self, partition: int, offset: int, key: bytes | None, value: bytes
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        *,
+        persist: bool = True,
     ) -> RecordOutcome:
+        """Apply one record; with `persist=False` the caller calls `persist` after a batch."""
         if self._pending_ruleset is not None:
             self._apply_reload()
         part = self._partition(partition)
@@ -173,8 +185,15 @@ class PartitionCorrelator:
             outcome = self._record(engine, partition, offset, value)
         if engine.max_time_ns > before_max:
             part.advanced_wall_ns = self.wall_clock()
-        self._persist(partition, part)
+        if persist:
+            self._persist(partition, part)
         return outcome
+
+    def persist(self, partition: int) -> None:
+        """Write the entries changed since the last write of this partition to the store."""
+        part = self._partitions.get(partition)
+        if part is not None:
+            self._persist(partition, part)
 
     def _record(self, engine: Engine, partition: int, offset: int, value: bytes) -> RecordOutcome:
         record = orjson.loads(value)
@@ -190,8 +209,12 @@ class PartitionCorrelator:
         else:  # matched under other rules: match again against this correlation only
             matches = [m for m in engine.match(event) if m[0] == ci and m[2] == key]
         late, dups = engine.stats.late, engine.stats.duplicates
-        incidents = engine.submit(event, matches, source=(record["src"][0], record["src"][1]))
-        incidents.extend(engine.observe(int(record.get("hw", 0))))
+        # The watermark follows the ingest stage's high-water mark (the slowest source
+        # partition), not this record's time: records of fast partitions must not make
+        # those of slow ones late.
+        source = (record["src"][0], record["src"][1])
+        incidents = engine.submit(event, matches, source=source, observe=False)
+        incidents.extend(engine.observe(int(record["hw"])))
         outcome.incidents = incidents
         outcome.late = engine.stats.late != late
         outcome.duplicate = engine.stats.duplicates != dups

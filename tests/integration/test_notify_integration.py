@@ -586,7 +586,7 @@ def test_the_worker_reports_a_bad_notifier_at_start_naming_the_key(
     )
 
     assert done.returncode == 2, done.stderr
-    assert "notifiers[0].webhook.url: environment variable IT_NO_SUCH_HOOK" in done.stderr
+    assert "notifiers[0].webhook.url: secret environment variable IT_NO_SUCH_HOOK" in done.stderr
 
 
 # --- isolation: a slow notifier does not hold back another -------------------------------------

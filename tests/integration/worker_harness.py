@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,8 @@ class WorkerSettings:
     tick_interval: str = "1s"
     store: str = "memory"
     log_level: str = "INFO"
+    # short, so that a SIGKILLed worker's partitions come back to its restart quickly
+    session_timeout: str = "10s"
 
     def write(self, name: str, web_port: int) -> Path:
         data_dir = self.directory / f"{name}-data"
@@ -160,6 +162,7 @@ class WorkerSettings:
                 "rules": [str(p) for p in self.rules],
                 "lateness": self.lateness,
                 "tick_interval": self.tick_interval,
+                "session_timeout": self.session_timeout,
                 "store": self.store,
                 "data_dir": str(data_dir),
                 "web_port": web_port,
@@ -222,7 +225,7 @@ class WorkerProcess:
 
     def http_get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:
                 return int(response.status), response.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
@@ -410,14 +413,34 @@ class EventProducer:
         if headers:
             kwargs["headers"] = headers
         self._producer.produce(
-            self.topic, value=value, key=key, partition=part, on_delivery=self._on_delivery, **kwargs
+            self.topic,
+            value=value,
+            key=key,
+            partition=part,
+            on_delivery=self._on_delivery,
+            **kwargs,
         )
         assert self._producer.flush(30) == 0
         assert len(self.positions) == before + 1
         return self.positions[-1]
 
-    def send(self, event: dict[str, Any]) -> tuple[int, int]:
-        return self.send_raw(orjson.dumps(event))
+    def send(self, event: dict[str, Any]) -> None:
+        self.send_raw(orjson.dumps(event))
+
+    def send_many(self, events: Iterable[dict[str, Any]]) -> None:
+        """A burst (round-robin, one flush at the end): a backlog the worker finds at start."""
+        for event in events:
+            part = self.sent % self.partitions
+            self.sent += 1
+            self._producer.produce(
+                self.topic,
+                value=orjson.dumps(event),
+                partition=part,
+                on_delivery=self._on_delivery,
+            )
+            self._producer.poll(0)
+        assert self._producer.flush(30) == 0
+        assert len(self.positions) == self.sent
 
     def close(self) -> None:
         self._producer.flush(30)
@@ -437,6 +460,17 @@ def _consumer(bootstrap: str, topics: list[str]) -> Consumer:
     return consumer
 
 
+def message_json(msg: Message) -> Any:
+    value = msg.value()
+    assert value is not None, f"null value at {msg.topic()}/{msg.partition()}/{msg.offset()}"
+    return orjson.loads(value)
+
+
+def message_contains(msg: Message, needle: bytes) -> bool:
+    value = msg.value()
+    return value is not None and needle in value
+
+
 class TopicReader:
     """Reads a topic from the beginning (own group); keeps every message read so far."""
 
@@ -445,9 +479,7 @@ class TopicReader:
         self.messages: list[Message] = []
         self._consumer = _consumer(bootstrap, [topic])
 
-    def poll_until(
-        self, done: Callable[[list[Message]], bool], timeout: float
-    ) -> list[Message]:
+    def poll_until(self, done: Callable[[list[Message]], bool], timeout: float) -> list[Message]:
         """Poll until `done(messages)` or the timeout; returns every message read."""
         deadline = time.monotonic() + timeout
         while not done(self.messages) and time.monotonic() < deadline:
@@ -470,7 +502,7 @@ class TopicReader:
         return self.poll_until(lambda _msgs: False, seconds)
 
     def values(self) -> list[dict[str, Any]]:
-        return [orjson.loads(m.value()) for m in self.messages]
+        return [message_json(m) for m in self.messages]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -509,7 +541,7 @@ def replay_incidents(
     if flush:
         command.append("--flush")
     command.append(str(path))
-    done = subprocess.run(command, capture_output=True, timeout=120, check=False)  # noqa: S603
+    done = subprocess.run(command, capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr.decode()
     assert b" 0 late" in done.stderr, done.stderr.decode()  # the input is in order enough
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
@@ -531,3 +563,287 @@ def incident_signature(incident: dict[str, Any]) -> tuple[Any, ...]:
         incident["last_seen"],
         tuple(e.get("uuid") for e in incident["events"]),
     )
+
+
+# --- the per-test environment ------------------------------------------------------------------
+
+
+class WorkerEnv:
+    """Unique app ids and topics per test; stops its workers and deletes its topics afterwards."""
+
+    def __init__(self, bootstrap: str, admin: Any, directory: Path) -> None:
+        self.bootstrap = bootstrap
+        self.admin = admin
+        self.directory = directory
+        self.workers: list[WorkerProcess] = []
+        self.readers: list[TopicReader] = []
+        self.producers: list[EventProducer] = []
+        self.topics: set[str] = set()
+        self.app_ids: set[str] = set()
+
+    def rules_file(self, name: str, text: str) -> Path:
+        path = self.directory / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def settings(self, rules: Sequence[Path], **options: Any) -> WorkerSettings:
+        app_id = unique("fc-it")
+        topics = WorkerTopics.fresh("fc-it")
+        self.app_ids.add(app_id)
+        self.topics.update(topics.names())
+        return WorkerSettings(
+            bootstrap=self.bootstrap,
+            app_id=app_id,
+            topics=topics,
+            rules=list(rules),
+            directory=self.directory,
+            **options,
+        )
+
+    def worker(self, settings: WorkerSettings, name: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(settings, name=name)
+        self.workers.append(worker)
+        return worker
+
+    def producer(self, settings: WorkerSettings) -> EventProducer:
+        producer = EventProducer(self.bootstrap, settings.topics.events, settings.partitions)
+        self.producers.append(producer)
+        return producer
+
+    def reader(self, topic: str) -> TopicReader:
+        reader = TopicReader(self.bootstrap, topic)
+        self.readers.append(reader)
+        return reader
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop_quietly()
+        for reader in self.readers:
+            reader.close()
+        for producer in self.producers:
+            with contextlib.suppress(Exception):
+                producer.close()
+        # shown by pytest only when the test failed
+        for worker in self.workers:
+            print(f"--- {worker.name}: {worker.log_path} (rc {worker.returncode()}) ---")
+            print(worker.log_tail(40))
+        names = set(self.topics)
+        with contextlib.suppress(Exception):
+            for app_id in self.app_ids:
+                names.update(internal_topics(self.admin, app_id))
+        delete_topics_quietly(self.admin, names)
+        if self.app_ids:  # the workers' consumer groups (the readers commit nothing)
+            with contextlib.suppress(Exception):
+                futures = self.admin.delete_consumer_groups(
+                    sorted(self.app_ids), request_timeout=10
+                )
+                for future in futures.values():
+                    with contextlib.suppress(Exception):
+                        future.result(timeout=10)
+
+
+@contextlib.contextmanager
+def worker_environment(bootstrap: str, admin: Any, directory: Path) -> Iterator[WorkerEnv]:
+    """What each test module's `worker_env` fixture yields."""
+    env = WorkerEnv(bootstrap, admin, directory)
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+# --- a mixed, real-time stream -----------------------------------------------------------------
+
+SHELL = "Terminal shell in container"
+EGRESS = "Unexpected outbound connection destination"
+READ = "Read sensitive file untrusted"
+WRITE_ETC = "Write below etc"
+SNAPSHOT = "Falco internal: metrics snapshot"
+
+# container id -> (pod, node): two containers share a pod, so pod keys and container keys differ
+CONTAINERS = {
+    "c0ffee000001": ("web-1", "node-a"),
+    "c0ffee000002": ("web-1", "node-a"),
+    "c0ffee000003": ("db-0", "node-b"),
+    "c0ffee000004": ("batch-7", "node-b"),
+}
+SENSITIVE_FILES = [
+    "/etc/shadow",
+    "/etc/sudoers",
+    "/etc/pam.conf",
+    "/root/.ssh/id_rsa",
+    "/etc/gshadow",
+]
+
+
+def container_event(rng: Any, rule: str, time_ns: int, cid: str) -> dict[str, Any]:
+    pod, node = CONTAINERS[cid]
+    fields: dict[str, Any] = {"k8s.pod.name": pod, "k8s.ns.name": "shop"}
+    priority = "Warning"
+    if rule == SHELL:
+        fields.update({"proc.name": "bash", "proc.cmdline": "bash -i", "proc.tty": 34816})
+        priority = "Notice"
+    elif rule == EGRESS:
+        fields.update(
+            {
+                "fd.name": f"10.0.0.5:4{rng.randint(1000, 9999)}->203.0.113.7:443",
+                "fd.sip": "203.0.113.7",
+                "proc.name": "curl",
+            }
+        )
+        priority = "Critical"
+    elif rule == READ:
+        fields.update(
+            {
+                "fd.name": rng.choice(SENSITIVE_FILES),
+                "proc.name": "cat",
+                "proc.cmdline": "cat file",
+                "proc.aname[2]": "runc",
+                "proc.aname[3]": None,
+            }
+        )
+    elif rule == WRITE_ETC:
+        fields.update({"fd.name": "/etc/passwd", "proc.name": "sed"})
+        priority = "Error"
+    return falco_event(
+        rule,
+        time_ns,
+        priority=priority,
+        hostname=node,
+        container_id=cid,
+        fields=fields,
+        tags=["container", "mitre_test"],
+    )
+
+
+def snapshot_event(time_ns: int, hostname: str) -> dict[str, Any]:
+    event = falco_event(
+        SNAPSHOT, time_ns, priority="Informational", hostname=hostname, container_id=None, tags=[]
+    )
+    event["source"] = "internal"
+    event["output_fields"] = {
+        "evt.time": time_ns,
+        "falco.host_num_cpus": 4,
+        "falco.version": "0.40.0",
+    }
+    return event
+
+
+def backlog_stream(rng: Any, count: int, start_ns: int, step_ns: int) -> list[dict[str, Any]]:
+    """Historical container events `step_ns` apart (a quarter up to 400 ms early)."""
+    rules = [SHELL] * 3 + [EGRESS] * 3 + [READ] * 6 + [WRITE_ETC] * 2
+    events = []
+    for i in range(count):
+        t = start_ns + i * step_ns
+        if rng.random() < 0.25:
+            t -= rng.randint(1, 400) * 1_000_000
+        events.append(container_event(rng, rng.choice(rules), t, rng.choice(list(CONTAINERS))))
+    return events
+
+
+def produce_mixed_stream(
+    rng: Any,
+    send: Callable[[dict[str, Any]], None],
+    *,
+    slots: int = 140,
+    spacing_s: float = 0.04,
+    max_disorder_s: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Paced in real time (event time = wall time, some up to `max_disorder_s` older).
+
+    Heartbeats: node-a all along, node-b for the first 40 % of the run, node-c once at the start.
+    Returns the events in the order they were sent.
+    """
+    sent: list[dict[str, Any]] = []
+    start = time.monotonic()
+    next_beat = {"node-a": start, "node-b": start + 0.1, "node-c": start + 0.2}
+    stop_b = start + slots * spacing_s * 0.4
+
+    def emit(event: dict[str, Any]) -> None:
+        send(event)
+        sent.append(event)
+
+    def event_time() -> int:
+        now = time.time_ns()
+        if rng.random() < 0.25:
+            now -= int(rng.uniform(0.05, max_disorder_s) * 1e9)
+        return now
+
+    rules = [SHELL] * 3 + [EGRESS] * 3 + [READ] * 6 + [WRITE_ETC] * 2
+    for slot in range(slots):
+        target = start + slot * spacing_s
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.monotonic()
+        for host in list(next_beat):
+            if now >= next_beat[host]:
+                emit(snapshot_event(event_time(), host))
+                if host == "node-c" or (host == "node-b" and now >= stop_b):
+                    del next_beat[host]
+                else:
+                    next_beat[host] = now + 0.7
+        emit(container_event(rng, rng.choice(rules), event_time(), rng.choice(list(CONTAINERS))))
+    return sent
+
+
+MIXED_RULES = f"""
+- list: sensitive_reads
+  items: ["{READ}", "Read sensitive file trusted after startup"]
+- macro: shell_event
+  condition: rule = "{SHELL}"
+
+- correlation: Shell then egress
+  type: sequence
+  by: [container.id]
+  within: 3s
+  steps:
+    - name: shell
+      condition: shell_event
+    - name: egress
+      condition: rule = "{EGRESS}"
+  severity: Critical
+  output: "shell then egress in {{{{ key['container.id'] }}}} to {{{{ steps.egress['fd.name'] }}}}"
+  tags: [mitre_execution]
+
+- correlation: Sensitive read burst
+  type: count
+  by: [container.id]
+  condition: rule in (sensitive_reads)
+  threshold: 3
+  within: 2s
+  suppress: 3s
+  output: "{{{{ events|length }}}} reads in {{{{ key['container.id'] }}}} (match {{{{ count }}}})"
+
+- correlation: Many sensitive files in a pod
+  type: distinct
+  by: [k8s.ns.name, k8s.pod.name]
+  condition: rule in (sensitive_reads)
+  field: fd.name
+  threshold: 3
+  within: 3s
+  output: "{{{{ events|length }}}} files in {{{{ key['k8s.pod.name'] }}}}"
+
+- correlation: Write below etc and shell
+  type: all
+  by: [container.id]
+  within: 2s
+  suppress: 2s
+  steps:
+    - name: write
+      condition: rule = "{WRITE_ETC}"
+    - name: shell
+      condition: shell_event
+  output: "etc write and shell in {{{{ key['container.id'] }}}}"
+
+- correlation: Sensor silent
+  type: absence
+  by: [hostname]
+  within: 1500ms
+  trigger:
+    condition: 'rule = "{SNAPSHOT}"'
+  expect:
+    condition: 'rule = "{SNAPSHOT}"'
+  severity: Critical
+  output: "no metrics from {{{{ key['hostname'] }}}}"
+"""

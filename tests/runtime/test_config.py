@@ -218,6 +218,7 @@ INVALID: dict[str, tuple[object, str | None, str]] = {
     "app.web_port": (70000, "70000", "at most 65535"),
     "app.tick_interval": ("0s", "0s", "must be more than 0"),
     "app.max_pending_per_key": (True, "-1", "must be"),
+    "app.session_timeout": ("500ms", "0s", "must be at least 1s"),
     "app.log_level": ("LOUD", "LOUD", "must be one of DEBUG|INFO"),
     "app.log_format": ("xml", "xml", "must be one of json|console"),
 }

@@ -202,3 +202,31 @@ def test_idle_ticks_advance_the_watermark_with_wall_time(ruleset: Any) -> None:
     # deadline 45 s after the beat, plus lateness: fires once idle for more than 48 s
     assert [i["correlation"] for i in fired] == ["silent"]
     assert second == 49
+
+
+def test_a_backlog_read_one_partition_after_another_makes_no_event_late(ruleset: Any) -> None:
+    """After downtime a consumer may read partition 0 to its end before partition 1: the
+    watermark follows the slowest assigned partition, so nothing becomes late."""
+    now = [0]
+    ingestor = Ingestor(ruleset, LATENESS, wall_clock=lambda: now[0])
+    ingestor.progress.assign({0, 1})
+    events = [
+        orjson.dumps({"rule": "Shell", "time": format_time(BASE + i * 10**9), "output_fields": {}})
+        for i in range(100)
+    ]
+    results = [ingestor.ingest(e, 0, i, 0.0) for i, e in enumerate(events[0::2])]
+    results += [ingestor.ingest(e, 1, i, 0.0) for i, e in enumerate(events[1::2])]
+    assert not any(r.late for r in results)
+    assert ingestor.high_water_ns == BASE + 98 * 10**9  # the slower partition's newest
+
+
+def test_an_assigned_partition_that_stays_silent_stops_holding_the_watermark(ruleset: Any) -> None:
+    now = [0]
+    ingestor = Ingestor(ruleset, LATENESS, wall_clock=lambda: now[0])
+    ingestor.progress.assign({0, 1})
+    beat = orjson.dumps({"rule": "Beat", "hostname": "n1", "time": format_time(BASE)})
+    ingestor.ingest(beat, 0, 0, 0.0)
+    assert ingestor.high_water_ns < BASE  # partition 1 may still bring older events
+    now[0] = LATENESS + 1
+    ingestor.ingest(beat, 0, 1, 0.0)
+    assert ingestor.high_water_ns == BASE  # partition 1 is idle now
