@@ -142,6 +142,8 @@ class WorkerSettings:
     tick_interval: str = "1s"
     store: str = "memory"
     log_level: str = "INFO"
+    # further top-level sections of the config file (e.g. `enrichment`, `notifiers`)
+    extra: dict[str, Any] = field(default_factory=dict)
     # short, so that a SIGKILLed worker's partitions come back to its restart quickly
     session_timeout: str = "10s"
 
@@ -170,6 +172,7 @@ class WorkerSettings:
                 "log_level": self.log_level,
             },
         }
+        config.update(self.extra)
         path = self.directory / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         return path
