@@ -11,7 +11,7 @@ from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError
 from streams.notifiers._fields import Fields
 
-__all__ = ["STATUSES", "Route", "parse_route"]
+__all__ = ["STATUSES", "Route", "incident_value", "parse_route"]
 
 STATUSES = frozenset({"new", "update"})
 
@@ -26,6 +26,8 @@ class Route:
     - `namespaces`: `context["k8s.ns.name"]` matches one of these globs; an incident without a
       namespace does not match a route that names namespaces.
     - `statuses`: `new`, `update` or both.
+    - `fields`: `{dotted.path: [globs]}`: the incident's value at each path (e.g.
+      `enrichment.ownership.team`) matches one of its globs; a missing value does not match.
 
     An incident whose severity is not a priority name passes `min_severity`: a record from our
     own engine always has one, and a malformed one should reach a human rather than vanish.
@@ -36,6 +38,7 @@ class Route:
     tags: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     statuses: frozenset[str] = STATUSES
+    fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def matches(self, incident: Mapping[str, Any]) -> bool:
         if incident.get("status", "new") not in self.statuses:
@@ -64,7 +67,36 @@ class Route:
                 fnmatchcase(namespace, pattern) for pattern in self.namespaces
             ):
                 return False
+        for path, patterns in self.fields:
+            value = incident_value(incident, path)
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                return False
+            if not any(fnmatchcase(str(value), pattern) for pattern in patterns):
+                return False
         return True
+
+
+def incident_value(incident: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (`enrichment.ownership.slack_channel`), None if absent.
+
+    Context and key names contain dots themselves (`context.k8s.ns.name`): at each level the
+    longest key that matches is taken.
+    """
+    current: Any = incident
+    rest = path
+    while rest:
+        if not isinstance(current, Mapping):
+            return None
+        parts = rest.split(".")
+        for cut in range(len(parts), 0, -1):
+            name = ".".join(parts[:cut])
+            if name in current:
+                current = current[name]
+                rest = ".".join(parts[cut:])
+                break
+        else:
+            return None
+    return current
 
 
 def parse_route(fields: Fields) -> Route:
@@ -82,7 +114,14 @@ def parse_route(fields: Fields) -> Route:
     for index, status in enumerate(statuses):
         if status not in STATUSES:
             raise ConfigError(f"{fields.key('statuses')}[{index}]: expected new or update")
+    raw_fields = fields.raw("fields", {})
+    if not isinstance(raw_fields, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
+        for k, v in raw_fields.items()
+    ):
+        raise ConfigError(f"{fields.key('fields')}: expected {{dotted.path: [glob, ...]}}")
     route = Route(
+        fields=tuple((k, tuple(v)) for k, v in raw_fields.items()),
         min_severity=min_severity,
         correlations=fields.strings("correlations"),
         tags=fields.strings("tags"),

@@ -7,6 +7,7 @@ attacker-controlled: a command line must not be able to ping a channel or plant 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,9 +40,11 @@ from streams.notifiers._slack_text import (
     timestamp,
 )
 from streams.notifiers.base import NotifierContext, NotifierSpec, ThreadStore
-from streams.notifiers.routing import Route
+from streams.notifiers.routing import Route, incident_value
 
 __all__ = ["SlackConfig", "SlackNotifier", "build_slack_payload"]
+
+_CHANNEL = re.compile(r"#?[a-z0-9][a-z0-9._-]{0,79}|[CG][A-Z0-9]{8,}")
 
 MAX_BLOCKS = 50
 SLACK_API_URL = "https://slack.com/api/"
@@ -86,6 +89,8 @@ class SlackConfig:
     icon_url: str | None = None
     base_url: str = SLACK_API_URL
     max_timeline_events: int = 10
+    # a dotted incident path (e.g. `enrichment.ownership.slack_channel`) naming the channel
+    channel_from: str | None = None
 
     @property
     def mode(self) -> str:
@@ -232,6 +237,12 @@ def build_slack_payload(incident: Mapping[str, Any], config: SlackConfig) -> dic
         value = getattr(config, option)
         if value:
             payload[option] = value
+    if config.channel_from:
+        # The owner's channel from enrichment tables (our configuration, not event content);
+        # still only a plain channel name or id is accepted.
+        routed = incident_value(incident, config.channel_from)
+        if isinstance(routed, str) and _CHANNEL.fullmatch(routed):
+            payload["channel"] = routed
     return payload
 
 
@@ -264,6 +275,7 @@ def _parse_config(fields: Fields) -> SlackConfig:
         icon_url=fields.string("icon_url", None),
         base_url=base_url,
         max_timeline_events=fields.integer("max_timeline_events", 10, minimum=2),
+        channel_from=fields.string("channel_from", None),
     )
     fields.finish()
     return config

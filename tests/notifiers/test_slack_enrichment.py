@@ -61,3 +61,26 @@ def test_the_slack_message_carries_the_enrichment_block_only_when_enriched() -> 
     rich = build_slack_payload(_incident(ENRICHED), config)
     assert len(rich["blocks"]) == len(plain["blocks"]) + 1
     assert "Risk 92/100" in rich["blocks"][2]["text"]["text"]
+
+
+def test_channel_from_sends_to_the_owners_channel_and_falls_back_to_the_configured_one() -> None:
+    config = SlackConfig(channel="#security", channel_from="enrichment.ownership.slack_channel")
+    owned = build_slack_payload(_incident(ENRICHED), config)
+    unowned = build_slack_payload(_incident({}), config)
+    hostile = build_slack_payload(
+        _incident({"ownership": {"slack_channel": "<!channel> x"}}), config
+    )
+    assert owned["channel"] == "#pay-sec"
+    assert unowned["channel"] == "#security"
+    assert hostile["channel"] == "#security"
+
+
+def test_a_route_on_an_enrichment_field_selects_the_owning_team() -> None:
+    from streams.notifiers._fields import Fields
+    from streams.notifiers.routing import incident_value, parse_route
+
+    route = parse_route(Fields({"fields": {"enrichment.ownership.team": ["Pay*"]}}, "route"))
+    assert route.matches(_incident(ENRICHED))
+    assert not route.matches(_incident({"ownership": {"team": "Checkout"}}))
+    assert not route.matches(_incident({}))
+    assert incident_value(_incident(ENRICHED), "key.container.id") == "c1"
