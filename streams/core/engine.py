@@ -414,6 +414,13 @@ class Engine:
             heapq.heappush(self._buffer, item)
             self._held.setdefault((ci, key), []).append(item)
 
+    def newest_event_ns(self) -> int:
+        """The latest event time the engine holds (buffered or in state), or -inf."""
+        newest = max((item[0] for item in self._buffer), default=_NEG_INF)
+        for state in self._states.values():
+            newest = max(newest, state.newest_ns)
+        return newest
+
     def restore_clock(self, max_time_ns: int, watermark_ns: int) -> None:
         self.max_time_ns = max(self.max_time_ns, max_time_ns)
         self.watermark_ns = max(self.watermark_ns, watermark_ns)

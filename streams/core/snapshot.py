@@ -116,6 +116,8 @@ def entry_from_data(
         state = None if data["st"] is None else _state_from_data(corr, data["st"])
     except (ValueError, KeyError):
         state = None  # the correlation's shape changed: its partial state cannot carry over
+    if state is not None:
+        state.newest_ns = max((t for t in _event_times(data["st"])), default=0)
     held: list[HeldItem] = []
     for raw_event, steps in data["held"]:
         event = _unev(raw_event)
@@ -128,3 +130,14 @@ def entry_from_data(
         anchor = IncidentAnchor(raw_anchor[0], raw_anchor[1], raw_anchor[2], raw_anchor[3])
     sources = {int(p): int(o) for p, o in data["src"].items()}
     return ci, key, EngineEntry(state=state, held=held, anchor=anchor, sources=sources)
+
+
+def _event_times(data: Any) -> list[int]:
+    """Times of every `[payload, time_ns, seq]` inside a state's data."""
+    if isinstance(data, list):
+        if len(data) == 3 and isinstance(data[0], dict) and isinstance(data[1], int):
+            return [data[1]]
+        return [t for item in data for t in _event_times(item)]
+    if isinstance(data, dict):
+        return [t for value in data.values() for t in _event_times(value)]
+    return []

@@ -136,13 +136,16 @@ def build_app(
                 result = worker.ingestor.ingest(
                     message.value, message.partition, message.offset, message.timestamp * 1000
                 )
-                if result.invalid is not None:
-                    await _dead_letter(message, result.invalid)
-                elif result.late:
-                    late += 1
-                else:
-                    for key, value in result.records:
-                        await correlate_topic.send(key=key, value=value)
+                # Sends attach to the current event: Faust publishes (and awaits) them before it
+                # commits that event's offset, which is what makes the output at-least-once.
+                with _current(event):
+                    if result.invalid is not None:
+                        await _dead_letter(message, result.invalid)
+                    elif result.late:
+                        late += 1
+                    else:
+                        for key, value in result.records:
+                            await correlate_topic.send(key=key, value=value)
             for (topic, partition), count in consumed.items():
                 metrics.events.labels(topic, str(partition)).inc(count)
             if late:
@@ -203,6 +206,11 @@ def build_app(
                 metrics.late.labels("correlate").inc(late)
             if duplicates:
                 metrics.duplicates.inc(duplicates)
+            if incidents:
+                await _emit(incidents, events[-1])
+
+    async def _emit(incidents: list[dict[str, Any]], last_event: Any) -> None:
+        with _current(last_event):  # published before the batch's offsets are committed
             for incident in incidents:
                 # bounded by the pipeline deadline; never drops the incident
                 await worker.enrichment.enrich(incident)

@@ -25,7 +25,6 @@ from streams.runtime.records import TICK_KEY, entry_key, meta_key
 __all__ = ["PartitionCorrelator", "RecordOutcome", "StateStore"]
 
 log = logging.getLogger(__name__)
-_META_EVERY_NS = 1_000_000_000
 
 
 class StateStore(Protocol):
@@ -50,7 +49,7 @@ class RecordOutcome:
 class _Partition:
     engine: Engine
     advanced_wall_ns: int  # wall time when the partition's max event time last increased
-    meta_written_wm: int = -(2**63)
+    meta_written: tuple[int, int] = (-(2**63), -(2**63))  # (max time, watermark) last written
 
 
 class PartitionCorrelator:
@@ -130,6 +129,11 @@ class PartitionCorrelator:
                 restored += 1
         if restored:
             log.info("partition %d: restored %d state entries", partition, restored)
+            # Without a meta entry (or with an older one), the restored events themselves say
+            # how far event time got, so an idle stream still releases what they hold.
+            newest = engine.newest_event_ns()
+            if newest > engine.max_time_ns:
+                engine.restore_clock(newest, newest - self.lateness_ns)
         return _Partition(engine, self.wall_clock())
 
     def _iter_store(self) -> Iterator[tuple[bytes, bytes]]:
@@ -243,8 +247,9 @@ class PartitionCorrelator:
                 data = entry_to_data(corr, key, entry)
                 data["p"] = partition
                 self.store[name] = orjson.dumps(data)
-        if engine.watermark_ns - part.meta_written_wm >= _META_EVERY_NS:
-            part.meta_written_wm = engine.watermark_ns
+        clock = (engine.max_time_ns, engine.watermark_ns)
+        if clock != part.meta_written:  # once per batch at most: persist() follows a batch
+            part.meta_written = clock
             self.store[meta_key(partition)] = orjson.dumps(
                 {"max": engine.max_time_ns, "wm": engine.watermark_ns, "p": partition}
             )

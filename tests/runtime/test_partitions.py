@@ -230,3 +230,33 @@ def test_an_assigned_partition_that_stays_silent_stops_holding_the_watermark(rul
     now[0] = LATENESS + 1
     ingestor.ingest(beat, 0, 1, 0.0)
     assert ingestor.high_water_ns == BASE  # partition 1 is idle now
+
+
+def test_a_restart_on_an_idle_stream_releases_what_the_state_holds(ruleset: Any) -> None:
+    """After a restart nothing new may arrive: held events and pending absences must still be
+    released by idle ticks, even when the partition's meta entry was never written."""
+    now = [BASE]
+    table: dict[bytes, bytes] = {}
+
+    def correlator() -> PartitionCorrelator:
+        return PartitionCorrelator(
+            ruleset, table, lateness_ns=LATENESS, max_pending=100, wall_clock=lambda: now[0]
+        )
+
+    ingestor = Ingestor(ruleset, LATENESS, wall_clock=lambda: now[0])
+    first = correlator()
+    for offset, (rule, at) in enumerate([("Shell", 0), ("Egress", 10**9)]):
+        line = orjson.dumps(
+            {"rule": rule, "time": format_time(BASE + at), "output_fields": {"container.id": "c1"}}
+        )
+        for key, value in ingestor.ingest(line, 0, offset, 0.0).records:
+            assert first.on_message(0, offset, key, value).incidents == []
+    for key in [k for k in table if k.startswith(b"\x00meta")]:
+        del table[key]
+    second = correlator()  # the restarted worker: no ingest progress, no meta entry
+    fired: list[dict[str, Any]] = []
+    for second_of_idle in range(1, 30):
+        now[0] = BASE + second_of_idle * 10**9
+        tick = tick_value(now[0], -(2**63))
+        fired += second.on_message(0, 100 + second_of_idle, TICK_KEY, tick).incidents
+    assert [i["correlation"] for i in fired] == ["chain"]
