@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 
-__all__ = ["synthetic_events"]
+__all__ = ["synthetic_events", "typical_events"]
 
 _BASE_NS = 1_714_564_800_000_000_000  # 2024-05-01T12:00:00Z
 _NOISE_RULES = [
@@ -113,3 +114,41 @@ def _fmt(ns: int) -> str:
 
     seconds, nanos = divmod(ns, 1_000_000_000)
     return strftime("%Y-%m-%dT%H:%M:%S", gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+_BENIGN = (
+    Path(__file__).resolve().parent.parent / "rules" / "tests" / "fixtures" / "benign-noise.jsonl"
+)
+_TILE_NS = 4 * 3600 * 1_000_000_000  # the benign fixture spans four hours
+
+
+def typical_events(count: int, *, seed: int = 7, chain_every: int = 1000) -> Iterator[bytes]:
+    """A busy cluster without much going on: the benign-noise fixture of the shipped rules (hours
+    of ordinary single alerts, allow-listed tools, metrics snapshots) tiled in time, with one
+    shell-then-C2 chain every `chain_every` events. Incidents are rare, as in production."""
+    rng = random.Random(seed)
+    noise = [orjson.loads(line) for line in _BENIGN.read_bytes().splitlines() if line.strip()]
+    produced = 0
+    tile = 0
+    while produced < count:
+        shift = tile * _TILE_NS
+        for payload in noise:
+            if produced >= count:
+                return
+            event = dict(payload)
+            fields = dict(event.get("output_fields") or {})
+            t = int(fields.get("evt.time") or 0) + shift
+            fields["evt.time"] = t
+            event["output_fields"] = fields
+            event["time"] = _fmt(t)
+            event["uuid"] = f"{tile:04d}-{produced:09d}"
+            yield orjson.dumps(event)
+            produced += 1
+            if produced % chain_every == 0:
+                container = rng.randrange(2000)
+                yield _payload(rng, t, "Terminal shell in container", "Notice", container)
+                yield _payload(
+                    rng, t + 1_000_000, "Outbound Connection to C2 Servers", "Critical", container
+                )
+                produced += 2
+        tile += 1

@@ -83,8 +83,10 @@ class SequenceState(KeyState):
         for index in sorted(steps):
             if index < last:
                 self.candidates[index].append(event)
-        while self.size() > cap:
+        excess = self.size() - cap
+        while excess > 0:
             self._evict_oldest()
+            excess -= 1
         return None
 
     def _tightest_chain(self, last_event: Event) -> list[Event] | None:

@@ -109,6 +109,7 @@ class Engine:
         self._anchors: dict[tuple[int, KeyTuple], IncidentAnchor] = {}
         self._by_rule, self._any_rule = self._index()
         self._next_sweep_ns = _NEG_INF
+        self._sweep_after = 0
         # For a persistent host (the worker): which (correlation, key) entries changed since the
         # last `take_changes()`, the events each key still holds in the reorder buffer, and the
         # highest source offset per source partition each key has applied (redelivery dedup).
@@ -247,7 +248,10 @@ class Engine:
                 self._fire_absence(ci, key, seq, deadline, out)
             else:
                 break
-        if wm >= self._next_sweep_ns and wm > _NEG_INF:
+        # Sweep when event time moved on by half the shortest window, but not more often than
+        # every 1000 events: sparse streams with large time gaps would otherwise sweep per event.
+        if wm >= self._next_sweep_ns and wm > _NEG_INF and self.stats.events >= self._sweep_after:
+            self._sweep_after = self.stats.events + 1000
             self._sweep(wm)
         return out
 

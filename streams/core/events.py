@@ -52,16 +52,47 @@ def parse_time(text: object) -> int | None:
     """Nanoseconds since the epoch of an RFC 3339 time, or None when it is not one.
 
     Python's datetime keeps microseconds only; Falco writes nanoseconds, and ordering needs them.
-    The common shape `YYYY-MM-DDTHH:MM:SS.fffZ` takes a fast path with the whole-second part cached.
+    Falco's and falcosidekick's shape `YYYY-MM-DDTHH:MM:SS.fffZ` takes a fast path (slices and a
+    per-day cache); anything else goes through the full pattern.
     """
     if not isinstance(text, str):
         return None
     if len(text) > 21 and text[19] == "." and text[-1] == "Z":
         seconds = _SECONDS_CACHE.get(text[:19])
         frac = text[20:-1]
-        if seconds is not None and len(frac) <= 9 and frac.isascii() and frac.isdigit():
-            return seconds * _NS + int(frac.ljust(9, "0"))
+        if len(frac) <= 9 and frac.isascii() and frac.isdigit():
+            if seconds is None:
+                seconds = _whole_seconds(text)
+            if seconds is not None:
+                return seconds * _NS + int(frac.ljust(9, "0"))
     return _parse_time_slow(text)
+
+
+def _whole_seconds(text: str) -> int | None:
+    """Seconds of `YYYY-MM-DDTHH:MM:SS` at the start of `text`, cached; None if not that."""
+    head = text[:19]
+    if not (
+        head[4] == "-"
+        and head[7] == "-"
+        and head[10] in "Tt "
+        and head[13] == ":"
+        and head[16] == ":"
+    ):
+        return None
+    digits = head[:4] + head[5:7] + head[8:10] + head[11:13] + head[14:16] + head[17:19]
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    hour, minute, second = int(head[11:13]), int(head[14:16]), int(head[17:19])
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    try:
+        seconds = _day_epoch(head[:10]) + hour * 3600 + minute * 60 + second
+    except ValueError:
+        return None
+    if len(_SECONDS_CACHE) > 100_000:
+        _SECONDS_CACHE.clear()
+    _SECONDS_CACHE[head] = seconds
+    return seconds
 
 
 def _parse_time_slow(text: str) -> int | None:
