@@ -37,7 +37,11 @@ def _risk_line(risk: Mapping[str, Any]) -> str | None:
     if not isinstance(score, int | float):
         return None
     factors = [f for f in risk.get("factors") or [] if isinstance(f, Mapping)][:3]
-    parts = [f"{fit(str(f.get('factor', '')), 30)} +{f.get('points', 0):g}" for f in factors]
+    parts = [
+        f"{fit(str(f.get('factor', '')), 30)} +{f['points']:g}"
+        for f in factors
+        if isinstance(f.get("points"), int | float) and not isinstance(f.get("points"), bool)
+    ]
     detail = f" ({', '.join(parts)})" if parts else ""
     return f":dart: *Risk {score:g}/100*{detail}"
 

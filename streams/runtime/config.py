@@ -284,7 +284,7 @@ SETTINGS: tuple[Setting, ...] = (
        attr="lateness_ns"),
     _s("app", "store", _choice(StoreKind), "rocksdb", "table store: rocksdb|memory"),
     _s("app", "data_dir", _text, "var/falco-correlator", "where the RocksDB tables live"),
-    _s("app", "web_port", _integer(1, 65535), "6066", "port of /health, /ready and /metrics"),
+    _s("app", "web_port", _integer(1, 65535), "6066", "port of /healthz, /readyz and /metrics"),
     _s("app", "tick_interval", _duration(1), "1s",
        "how often ticks advance the watermark and fire absence deadlines", attr="tick_interval_ns"),
     _s("app", "max_pending_per_key", _integer(1), "10000",
