@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-from weakref import WeakKeyDictionary
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from streams._metrics import PerRegistry
 
 __all__ = ["CIRCUIT_STATES", "EnrichmentMetrics"]
 
@@ -15,7 +14,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 CIRCUIT_STATES: dict[str, int] = {"closed": 0, "half-open": 1, "open": 2}
 
 
-class EnrichmentMetrics:
+class EnrichmentMetrics(PerRegistry):
     """Metrics labelled by enricher name.
 
     - `latency{enricher,outcome}`: seconds per enrichment call; outcome `ok`, `error`, `timeout`;
@@ -28,19 +27,9 @@ class EnrichmentMetrics:
     A registry holds the names once: use `shared(registry)` to get its one instance.
     """
 
-    _shared: ClassVar[WeakKeyDictionary[CollectorRegistry, EnrichmentMetrics]] = WeakKeyDictionary()
-
-    @classmethod
-    def shared(cls, registry: CollectorRegistry | None = None) -> EnrichmentMetrics:
-        """The instance of `registry` (default: the global one), created on first use."""
-        reg = REGISTRY if registry is None else registry
-        if reg not in cls._shared:
-            cls._shared[reg] = cls(reg)
-        return cls._shared[reg]
-
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        reg = REGISTRY if registry is None else registry
-        self.registry = reg
+        super().__init__(registry)
+        reg = self.registry
         self.latency = Histogram(
             "falco_correlator_enrichment_latency_seconds",
             "Seconds an enricher took for one incident",

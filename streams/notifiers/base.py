@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streams.notifiers._delivery import Clock, DeliveryPolicy, DeliveryResult, Sleep
+from streams.notifiers._delivery import Clock, Deliverer, DeliveryPolicy, DeliveryResult, Sleep
 from streams.notifiers._fields import Fields
+from streams.notifiers._secret import Secret
 from streams.notifiers.metrics import NotifierMetrics
 from streams.notifiers.routing import Route
 
@@ -66,6 +67,19 @@ class NotifierContext:
     wall_clock: Clock = time.time
     sleep: Sleep = asyncio.sleep
     rng: random.Random | None = None
+
+    def deliverer(self, spec: NotifierSpec, secrets: Iterable[Secret]) -> Deliverer:
+        """The delivery loop of one notifier, with this context's clocks and metrics."""
+        return Deliverer(
+            spec.name,
+            spec.policy,
+            self.metrics,
+            clock=self.clock,
+            wall_clock=self.wall_clock,
+            sleep=self.sleep,
+            rng=self.rng,
+            secrets=secrets,
+        )
 
 
 class Notifier(Protocol):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-from weakref import WeakKeyDictionary
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from streams._metrics import PerRegistry
 
 __all__ = ["NotifierMetrics"]
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
 
 
-class NotifierMetrics:
+class NotifierMetrics(PerRegistry):
     """Counters and a latency histogram labelled by notifier name.
 
     - `sent`: incidents delivered; `failed`: deliveries given up (a `DeliveryFailure` was returned);
@@ -25,19 +24,9 @@ class NotifierMetrics:
     A registry holds the names once: use `shared(registry)` to get its one instance.
     """
 
-    _shared: ClassVar[WeakKeyDictionary[CollectorRegistry, NotifierMetrics]] = WeakKeyDictionary()
-
-    @classmethod
-    def shared(cls, registry: CollectorRegistry | None = None) -> NotifierMetrics:
-        """The instance of `registry` (default: the global one), created on first use."""
-        reg = REGISTRY if registry is None else registry
-        if reg not in cls._shared:
-            cls._shared[reg] = cls(reg)
-        return cls._shared[reg]
-
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        reg = REGISTRY if registry is None else registry
-        self.registry = reg
+        super().__init__(registry)
+        reg = self.registry
         self.sent = Counter(
             "falco_correlator_notifications_sent",
             "Incidents delivered by a notifier",

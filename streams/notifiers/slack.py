@@ -20,7 +20,6 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import (
-    Deliverer,
     DeliveryPolicy,
     DeliveryResult,
     error_for_status,
@@ -292,16 +291,7 @@ class SlackNotifier:
         self.config: SlackConfig = spec.options
         self.threads: ThreadStore = context.thread_store
         secrets = [s for s in (self.config.webhook_url, self.config.token) if s is not None]
-        self.deliverer = Deliverer(
-            spec.name,
-            spec.policy,
-            context.metrics,
-            clock=context.clock,
-            wall_clock=context.wall_clock,
-            sleep=context.sleep,
-            rng=context.rng,
-            secrets=secrets,
-        )
+        self.deliverer = context.deliverer(spec, secrets)
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod

@@ -18,7 +18,6 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import (
-    Deliverer,
     DeliveryPolicy,
     DeliveryResult,
     error_for_status,
@@ -187,16 +186,7 @@ class WebhookNotifier:
         secrets = [self.config.url, *(v for _, v in self.config.headers)]
         if self.config.hmac_secret is not None:
             secrets.append(self.config.hmac_secret)
-        self.deliverer = Deliverer(
-            spec.name,
-            spec.policy,
-            context.metrics,
-            clock=context.clock,
-            wall_clock=context.wall_clock,
-            sleep=context.sleep,
-            rng=context.rng,
-            secrets=secrets,
-        )
+        self.deliverer = context.deliverer(spec, secrets)
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod

@@ -25,8 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-from weakref import WeakKeyDictionary
+from typing import TYPE_CHECKING, Any
 
 import mode
 import orjson
@@ -34,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from streams._metrics import PerRegistry
 from streams.notifiers import (
     DeliveryFailure,
     Dispatcher,
@@ -189,16 +189,10 @@ class OffsetTracker:
 # --- the stage ---------------------------------------------------------------------------------
 
 
-class _StageMetrics:
-    _shared: ClassVar[WeakKeyDictionary[CollectorRegistry, _StageMetrics]] = WeakKeyDictionary()
-
-    @classmethod
-    def shared(cls, registry: CollectorRegistry) -> _StageMetrics:
-        if registry not in cls._shared:
-            cls._shared[registry] = cls(registry)
-        return cls._shared[registry]
-
-    def __init__(self, registry: CollectorRegistry) -> None:
+class _StageMetrics(PerRegistry):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        registry = self.registry
         self.records = Counter(
             "falco_correlator_notify_records", "Incident records consumed", registry=registry
         )
