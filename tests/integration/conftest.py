@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException
@@ -74,3 +76,12 @@ def make_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
         futures = kafka_admin.delete_topics(created, operation_timeout=_ADMIN_TIMEOUT_S)
         for future in futures.values():
             future.result(timeout=_ADMIN_TIMEOUT_S)
+
+
+@pytest.fixture
+def worker_env(kafka_bootstrap: str, kafka_admin: AdminClient, tmp_path: Path) -> Iterator[Any]:
+    """Unique app ids and topics for one test's workers; stopped and deleted afterwards."""
+    from worker_harness import worker_environment
+
+    with worker_environment(kafka_bootstrap, kafka_admin, tmp_path) as env:
+        yield env

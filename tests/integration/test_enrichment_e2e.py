@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from enrich.helpers import FakeHarbor, LocalServer, fixture_json
-from worker_harness import WorkerEnv, create_topics, worker_environment
+from worker_harness import WorkerEnv, create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +59,6 @@ class HarborThread:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
         self._loop.close()
-
-
-@pytest.fixture
-def worker_env(kafka_bootstrap: str, kafka_admin: Any, tmp_path: Path) -> Iterator[WorkerEnv]:
-    with worker_environment(kafka_bootstrap, kafka_admin, tmp_path) as env:
-        yield env
 
 
 def _event(rule: str, at_ns: int, priority: str) -> dict[str, Any]:

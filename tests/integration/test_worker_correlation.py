@@ -10,8 +10,6 @@ from __future__ import annotations
 import collections
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,16 +30,9 @@ from worker_harness import (
     produce_mixed_stream,
     replay_incidents,
     snapshot_event,
-    worker_environment,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def worker_env(kafka_bootstrap: str, kafka_admin: Any, tmp_path: Path) -> Iterator[WorkerEnv]:
-    with worker_environment(kafka_bootstrap, kafka_admin, tmp_path) as env:
-        yield env
 
 
 LATENESS_S = 2.0

@@ -12,8 +12,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,16 +30,9 @@ from worker_harness import (
     message_json,
     produce_mixed_stream,
     replay_incidents,
-    worker_environment,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def worker_env(kafka_bootstrap: str, kafka_admin: Any, tmp_path: Path) -> Iterator[WorkerEnv]:
-    with worker_environment(kafka_bootstrap, kafka_admin, tmp_path) as env:
-        yield env
 
 
 SEQUENCE_RULES = f"""
