@@ -77,7 +77,10 @@ def test_sigkill_then_restart_recovers_state_from_the_changelog(worker_env: Work
     rules = worker_env.rules_file("seq.yaml", sequence_rules("v1"))
     rng = random.Random(4)
     stores = ("memory", "rocksdb")
-    settings = {s: worker_env.settings([rules], store=s, lateness="2s") for s in stores}
+    settings = {
+        s: worker_env.settings([rules], store=s, lateness="2s", session_timeout="10s")
+        for s in stores
+    }
     workers = {s: worker_env.worker(settings[s], name=f"worker-{s}") for s in stores}
     for w in workers.values():
         w.start(wait_ready=False)

@@ -144,8 +144,10 @@ class WorkerSettings:
     log_level: str = "INFO"
     # further top-level sections of the config file (e.g. `enrichment`, `notifiers`)
     extra: dict[str, Any] = field(default_factory=dict)
-    # short, so that a SIGKILLed worker's partitions come back to its restart quickly
-    session_timeout: str = "10s"
+    # The product default; the SIGKILL test shortens it so the killed member leaves sooner. A
+    # 10 s timeout for every test coincided with intermittent rebalances and silent workers under
+    # load (3 workers on 2 cores), most likely from missed heartbeats.
+    session_timeout: str = "30s"
 
     def write(self, name: str, web_port: int) -> Path:
         data_dir = self.directory / f"{name}-data"
