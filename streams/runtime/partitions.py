@@ -1,30 +1,36 @@
 """The correlate stage: one engine per partition of the correlate topic, persisted in a table.
 
 Pure (no Faust): the table is any mapping-like store, so tests use a dict and the worker a
-changelog-backed Faust table. After every record the entries the engine changed are written
-back (`store[key] = bytes`), which is what makes a restarted or rebalanced worker continue
-exactly where the state was: on the first record of a partition the engine is rebuilt from the
-entries of that partition.
+changelog-backed Faust table. A record is a `CorrelateBatch` (streams/runtime/records.py): its
+events are submitted to the partition's engine with the matches found at ingest, then the
+partition's merged source progress (streams/runtime/progress.py) moves the watermark. After a
+batch the entries the engine changed are written back once (`store[key] = bytes`), which is what
+makes a restarted or rebalanced worker continue exactly where the state was: on the first record
+of a partition the engine is rebuilt from the entries of that partition.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-from streams.core.engine import Engine, KeyTuple
+from streams.core.engine import Engine, KeyTuple, StepMatch
 from streams.core.events import Event
 from streams.core.rules import Correlation, Ruleset
 from streams.core.snapshot import entry_from_data, entry_to_data
-from streams.runtime.records import TICK_KEY, entry_key, meta_key
+from streams.runtime.progress import NEG_INF, MergedProgress
+from streams.runtime.records import CorrelateBatch, entry_key, meta_key
 
-__all__ = ["PartitionCorrelator", "RecordOutcome", "StateStore"]
+__all__ = ["BatchOutcome", "PartitionCorrelator", "StateStore"]
 
 log = logging.getLogger(__name__)
+
+_SEQ_SHIFT = 20  # an event's tie-breaking sequence: record offset << 20 | index in the record
 
 
 class StateStore(Protocol):
@@ -38,18 +44,20 @@ class StateStore(Protocol):
 
 
 @dataclass
-class RecordOutcome:
-    incidents: list[dict[str, Any]]
-    late: bool = False
-    duplicate: bool = False
-    source_timestamp_ms: float | None = None
+class BatchOutcome:
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    events: int = 0
+    late: int = 0
+    duplicates: int = 0
+    produced_ms: list[float] = field(default_factory=list)  # source produce times (latency)
 
 
 @dataclass
 class _Partition:
     engine: Engine
-    advanced_wall_ns: int  # wall time when the partition's max event time last increased
-    meta_written: tuple[int, int] = (-(2**63), -(2**63))  # (max time, watermark) last written
+    progress: MergedProgress
+    meta_written: tuple[int, int, int] = (NEG_INF, NEG_INF, -1)  # (max, watermark, reports)
+    reports: int = 0  # progress merges that changed something, for the meta entry
 
 
 class PartitionCorrelator:
@@ -60,15 +68,13 @@ class PartitionCorrelator:
         *,
         lateness_ns: int,
         max_pending: int,
-        wall_clock: Callable[[], int],
-        idle_after_ns: int | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.ruleset = ruleset
         self.store = store
         self.lateness_ns = lateness_ns
         self.max_pending = max_pending
         self.wall_clock = wall_clock
-        self.idle_after_ns = lateness_ns if idle_after_ns is None else idle_after_ns
         self._partitions: dict[int, _Partition] = {}
         self._pending_ruleset: Ruleset | None = None
         self._by_name_for: Ruleset | None = None
@@ -87,6 +93,10 @@ class PartitionCorrelator:
 
     def partitions(self) -> dict[int, Engine]:
         return {p: part.engine for p, part in self._partitions.items()}
+
+    def high_water(self, partition: int) -> int:
+        part = self._partitions.get(partition)
+        return NEG_INF if part is None else part.progress.high_water_ns()
 
     def _new_engine(self) -> Engine:
         return Engine(
@@ -111,30 +121,38 @@ class PartitionCorrelator:
 
     def _recover(self, partition: int) -> _Partition:
         engine = self._new_engine()
+        progress = MergedProgress()
         by_name = self._by_name()
-        restored = 0
+        restored = unreadable = 0
         for key, value in list(self._iter_store()):
             if key == meta_key(partition):
                 meta = orjson.loads(value)
                 engine.restore_clock(meta["max"], meta["wm"])
+                progress = MergedProgress.from_data(meta.get("progress"))
                 continue
             if key.startswith(b"\x00"):
                 continue
-            data = orjson.loads(value)
-            if data.get("p") != partition:
+            try:
+                data = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                unreadable += 1
+                continue
+            if not isinstance(data, dict) or data.get("p") != partition:
                 continue
             entry = entry_from_data(by_name, data)
             if entry is not None:
                 engine.restore(*entry)
                 restored += 1
+        if unreadable:
+            log.warning("partition %d: %d unreadable state entries skipped", partition, unreadable)
         if restored:
             log.info("partition %d: restored %d state entries", partition, restored)
             # Without a meta entry (or with an older one), the restored events themselves say
-            # how far event time got, so an idle stream still releases what they hold.
+            # how far event time got.
             newest = engine.newest_event_ns()
             if newest > engine.max_time_ns:
                 engine.restore_clock(newest, newest - self.lateness_ns)
-        return _Partition(engine, self.wall_clock())
+        return _Partition(engine, progress)
 
     def _iter_store(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.store.items():
@@ -162,33 +180,61 @@ class PartitionCorrelator:
                 else:
                     self._delete(entry_key(old_rules.correlations[ci].name, key))
             engine.restore_clock(part.engine.max_time_ns, part.engine.watermark_ns)
-            self._partitions[partition] = _Partition(engine, part.advanced_wall_ns)
+            self._partitions[partition] = _Partition(engine, part.progress, reports=part.reports)
 
     # -- records --------------------------------------------------------------------------------
 
-    def on_message(
-        self,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes,
-        *,
-        persist: bool = True,
-    ) -> RecordOutcome:
-        """Apply one record; with `persist=False` the caller calls `persist` after a batch."""
+    def on_batch(
+        self, partition: int, offset: int, batch: CorrelateBatch, *, persist: bool = True
+    ) -> BatchOutcome:
+        """Apply one correlate record; with `persist=False` the caller calls `persist` later."""
         if self._pending_ruleset is not None:
             self._apply_reload()
         part = self._partition(partition)
         engine = part.engine
-        before_max = engine.max_time_ns
-        if key == TICK_KEY:
-            tick = orjson.loads(value)
-            incidents = self._tick(part, int(tick["tick"]), int(tick["hw"]))
-            outcome = RecordOutcome(incidents)
-        else:
-            outcome = self._record(engine, partition, offset, value)
-        if engine.max_time_ns > before_max:
-            part.advanced_wall_ns = self.wall_clock()
+        outcome = BatchOutcome()
+        stats = engine.stats
+        late, dups = stats.late, stats.duplicates
+        if batch.events:
+            by_name = self._by_name()
+            same_rules = batch.digest == self.ruleset.digest
+            base = offset << _SEQ_SHIFT
+            for index, record in enumerate(batch.events):
+                event = Event(record.payload, record.time_ns, base + index)
+                matches: list[StepMatch] = []
+                rematched: list[StepMatch] | None = None
+                for ref in record.matches:
+                    found = by_name.get(ref.correlation)
+                    if found is None:
+                        continue  # its correlation was removed by a reload since ingest
+                    ci = found[0]
+                    key: KeyTuple = ref.key
+                    if same_rules:
+                        matches.extend((ci, si, key) for si in ref.steps)
+                    else:  # matched under other rules: match again, for this (ci, key) only
+                        if rematched is None:
+                            rematched = engine.match(event)
+                        matches.extend(m for m in rematched if m[0] == ci and m[2] == key)
+                if record.produced_ms is not None:
+                    outcome.produced_ms.append(record.produced_ms)
+                if not matches:
+                    continue
+                outcome.events += 1
+                source = (record.source_partition, record.source_offset)
+                outcome.incidents.extend(
+                    engine.submit(event, matches, source=source, observe=False)
+                )
+        if batch.legacy_high_water is not None:
+            outcome.incidents.extend(engine.observe(batch.legacy_high_water))
+        elif part.progress.update(batch.source_partitions, batch.progress):
+            part.reports += 1
+            high_water = part.progress.high_water_ns()
+            if high_water > NEG_INF:
+                # The watermark follows the slowest source partition, not these events' times:
+                # records of fast partitions must not make those of slow ones late.
+                outcome.incidents.extend(engine.observe(high_water))
+        outcome.late = stats.late - late
+        outcome.duplicates = stats.duplicates - dups
         if persist:
             self._persist(partition, part)
         return outcome
@@ -198,42 +244,6 @@ class PartitionCorrelator:
         part = self._partitions.get(partition)
         if part is not None:
             self._persist(partition, part)
-
-    def _record(self, engine: Engine, partition: int, offset: int, value: bytes) -> RecordOutcome:
-        record = orjson.loads(value)
-        found = self._by_name().get(record["c"])
-        outcome = RecordOutcome([], source_timestamp_ms=record.get("ts"))
-        if found is None:
-            return outcome  # its correlation was removed by a reload since ingest
-        ci, _corr = found
-        event = Event(record["e"], int(record["t"]), offset)
-        key: KeyTuple = tuple(record["k"])
-        if record.get("d") == self.ruleset.digest:
-            matches = [(ci, si, key) for si in record["s"]]
-        else:  # matched under other rules: match again against this correlation only
-            matches = [m for m in engine.match(event) if m[0] == ci and m[2] == key]
-        late, dups = engine.stats.late, engine.stats.duplicates
-        # The watermark follows the ingest stage's high-water mark (the slowest source
-        # partition), not this record's time: records of fast partitions must not make
-        # those of slow ones late.
-        source = (record["src"][0], record["src"][1])
-        incidents = engine.submit(event, matches, source=source, observe=False)
-        incidents.extend(engine.observe(int(record["hw"])))
-        outcome.incidents = incidents
-        outcome.late = engine.stats.late != late
-        outcome.duplicate = engine.stats.duplicates != dups
-        return outcome
-
-    def _tick(self, part: _Partition, wall_ns: int, high_water_ns: int) -> list[dict[str, Any]]:
-        engine = part.engine
-        incidents = engine.observe(high_water_ns)
-        if engine.max_time_ns > -(2**63):
-            idle = wall_ns - part.advanced_wall_ns
-            if idle >= self.idle_after_ns:
-                # The stream is idle: let event time advance with wall time so that absences
-                # fire and held events are released although no event arrives.
-                incidents.extend(engine.advance_to(engine.max_time_ns + idle - self.lateness_ns))
-        return incidents
 
     def _persist(self, partition: int, part: _Partition) -> None:
         engine = part.engine
@@ -247,11 +257,16 @@ class PartitionCorrelator:
                 data = entry_to_data(corr, key, entry)
                 data["p"] = partition
                 self.store[name] = orjson.dumps(data)
-        clock = (engine.max_time_ns, engine.watermark_ns)
+        clock = (engine.max_time_ns, engine.watermark_ns, part.reports)
         if clock != part.meta_written:  # once per batch at most: persist() follows a batch
             part.meta_written = clock
             self.store[meta_key(partition)] = orjson.dumps(
-                {"max": engine.max_time_ns, "wm": engine.watermark_ns, "p": partition}
+                {
+                    "max": engine.max_time_ns,
+                    "wm": engine.watermark_ns,
+                    "p": partition,
+                    "progress": part.progress.to_data(),
+                }
             )
 
     def _delete(self, name: bytes) -> None:
