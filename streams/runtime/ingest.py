@@ -199,20 +199,20 @@ def encode_records(
     (a record without events) when they have no events, so every partition learns the progress."""
     out: list[tuple[int, bytes, int]] = []
     for destination, events in batch.records.items():
-        chunk: list[EventRecord] = []
+        chunks: list[list[EventRecord]] = [[]]
         size = 0
         for event, approx in zip(events, batch.sizes[destination], strict=True):
-            if chunk and size + approx > max_record_bytes:
-                out.append(
-                    (destination, _encode(digest, source_partitions, progress, wall_ns, chunk),
-                     len(chunk))
-                )
-                chunk, size = [], 0
-            chunk.append(event)
+            if chunks[-1] and size + approx > max_record_bytes:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(event)
             size += approx
-        if chunk:
+        for number, chunk in enumerate(chunks, 1):
+            # Only the last record of a destination reports the batch's progress: a reader
+            # applies progress after a record's events, and the progress covers the whole batch.
+            reported = progress if number == len(chunks) else {}
             out.append(
-                (destination, _encode(digest, source_partitions, progress, wall_ns, chunk),
+                (destination, _encode(digest, source_partitions, reported, wall_ns, chunk),
                  len(chunk))
             )
     for destination in all_partitions:
