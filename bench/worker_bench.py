@@ -630,12 +630,20 @@ def throughput_worker(
 def ingest_ceiling(lines: list[bytes]) -> float:
     """events/s of the pure ingest stage (decode, validate, match, re-key): no Kafka, no Faust."""
     from streams.core.loader import load_rules
-    from streams.runtime.records import Ingestor
+    from streams.runtime.ingest import Ingestor, SourceMessage, encode_records
 
-    ingestor = Ingestor(load_rules([str(RULES)]), 10_000_000_000)
+    ingestor = Ingestor(load_rules([str(RULES)]), PARTITIONS)
+    messages = [
+        SourceMessage(offset % PARTITIONS, offset, line, None, 0.0)
+        for offset, line in enumerate(lines)
+    ]
     start = time.perf_counter()
-    for offset, line in enumerate(lines):
-        ingestor.ingest(line, offset % PARTITIONS, offset, 0.0)
+    for at in range(0, len(messages), 2000):
+        batch = ingestor.process(messages[at : at + 2000], time.time_ns())
+        encode_records(
+            batch, digest="", source_partitions=PARTITIONS, progress={}, wall_ns=0,
+            max_record_bytes=512 * 1024,
+        )
     return len(lines) / (time.perf_counter() - start)
 
 

@@ -9,8 +9,9 @@ The only module that builds the Faust app. Design notes (docs/worker.md):
   recovery, rebalancing), the lifecycle, signals and the web endpoints. The agent handles one
   batch record at a time (`concurrency=1`); each changed state entry is written once per record,
   under that record's event, so Faust writes the changelog (and RocksDB) to its partition.
-- Incidents are produced attached to the record being processed: Faust publishes them before it
-  commits that record's offset (at-least-once; incident ids are deterministic).
+- State entries (to the table's store, and to its changelog) and incidents are produced with
+  librdkafka (streams/runtime/state.py) and flushed before Faust may commit the records' offsets
+  (at-least-once; incident ids are deterministic).
 - `/healthz` fails when the stall watchdog finds a stalled partition, when partitions stay
   unowned, or when the ingest service died; `/readyz` answers 503 while recovering, rebalancing,
   before the ingest consumer joined its group, or while a partition is unowned.
@@ -50,6 +51,7 @@ from streams.runtime.kafka_options import faust_broker_credentials
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.partitions import PartitionCorrelator
 from streams.runtime.records import RecordError, decode_batch
+from streams.runtime.state import ChangelogStore, OutputProducer
 
 __all__ = [
     "TABLE_NAME",
@@ -63,6 +65,8 @@ __all__ = [
 ]
 
 TABLE_NAME = "correlation-state"
+_RECORDS_PER_FLUSH = 32  # correlate records whose outputs are flushed together
+_RECORDS_WAIT_S = 0.005  # how long a partial group of records waits for more
 
 log = logging.getLogger("streams.worker")
 
@@ -178,9 +182,10 @@ def build_app(
         key_serializer="raw",
         value_serializer="raw",
     )
-    incidents_topic = app.topic(topics.incidents, key_serializer="raw", value_serializer="raw")
     # key and value are bytes: the app's default serializers are raw
     table = app.Table(TABLE_NAME, partitions=partitions, key_type=bytes, value_type=bytes)
+    output = OutputProducer(config)
+    state_store = ChangelogStore(table, changelog_topic_name(cfg_app.id), output)
     ingestor = Ingestor(
         ruleset,
         partitions,
@@ -188,7 +193,7 @@ def build_app(
     )
     correlator = PartitionCorrelator(
         ruleset,
-        table,
+        state_store,
         lateness_ns=cfg_app.lateness_ns,
         max_pending=cfg_app.max_pending_per_key,
         wall_clock=wall_clock,
@@ -224,60 +229,81 @@ def build_app(
 
     @app.agent(correlate_topic, name="correlate", concurrency=1)
     async def correlate(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            partition, offset = message.partition, message.offset
+        # Several records at a time (when they are waiting): their state and incidents are
+        # flushed together, once, before Faust may commit their offsets.
+        async for events in stream.take_events(_RECORDS_PER_FLUSH, within=_RECORDS_WAIT_S):
             started = time.perf_counter()
-            worker.correlate_waiting_on = f"processing {correlate_name}/{partition}@{offset}"
+            incidents: list[tuple[dict[str, Any], Any]] = []
+            for event in events:
+                incidents.extend((incident, event) for incident in _correlate_record(event))
+            if incidents:
+                worker.correlate_waiting_on = "enrichment of incidents"
+                await _emit(incidents)
+            worker.correlate_waiting_on = "flush (broker acknowledgement of state and incidents)"
             try:
-                batch = decode_batch(message.key, message.value)
-            except RecordError as exc:
-                metrics.records_invalid.inc()
-                log.error("skipped correlate record %s/%d/%d: %s",
-                          correlate_name, partition, offset, exc)
-                processed[partition] = offset + 1
-                continue
-            with _current(event):
-                outcome = worker.correlator.on_batch(partition, offset, batch, persist=False)
-                # one table write per changed entry per record, under this record's event:
-                # Faust writes the changelog (and RocksDB) to the current event's partition
-                worker.correlator.persist(partition)
-            if outcome.events:
-                metrics.records.labels(str(partition)).inc(outcome.events)
-                metrics.batch_size.labels("correlate").observe(outcome.events)
-            if outcome.produced_ms:
-                now_s = wall_clock() / 1e9
-                for produced in outcome.produced_ms:
-                    metrics.latency.observe(max(now_s - produced / 1000, 0.0))
-            if outcome.late:
-                metrics.late.labels("correlate").inc(outcome.late)
-            if outcome.duplicates:
-                metrics.duplicates.inc(outcome.duplicates)
-            if outcome.incidents:
-                worker.correlate_waiting_on = "enrichment and producing incidents"
-                await _emit(outcome.incidents, event)
-            processed[partition] = offset + 1
+                await output.flush()
+            except RuntimeError as exc:
+                log.error("correlate outputs not delivered: %s; the worker stops (exit 1)", exc)
+                await runner.crash(exc)
+                return
+            state_store.persist_offsets()
+            for event in events:
+                message = event.message
+                processed[message.partition] = message.offset + 1
             metrics.stage_seconds.labels("correlate").observe(time.perf_counter() - started)
             worker.correlate_waiting_on = f"next record of {correlate_name} (Faust stream)"
 
-    async def _emit(incidents: list[dict[str, Any]], event: Any) -> None:
-        # enrichment of a record's incidents runs concurrently, each bounded by the deadline
-        await asyncio.gather(*(worker.enrichment.enrich(incident) for incident in incidents))
-        with _current(event):  # published before the record's offset is committed
-            for incident in incidents:
-                metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
-                metrics.matches.labels(incident["correlation"]).inc()
-                await incidents_topic.send(
-                    key=incident["id"].encode(), value=orjson.dumps(incident)
-                )
-                log.info(
-                    "incident %s %s %s key=%s count=%d",
-                    incident["id"],
-                    incident["status"],
-                    incident["correlation"],
-                    incident["key"],
-                    incident["count"],
-                )
+    def _correlate_record(event: Any) -> list[dict[str, Any]]:
+        message = event.message
+        partition, offset = message.partition, message.offset
+        worker.correlate_waiting_on = f"processing {correlate_name}/{partition}@{offset}"
+        try:
+            batch = decode_batch(message.key, message.value)
+        except RecordError as exc:
+            metrics.records_invalid.inc()
+            log.error(
+                "skipped correlate record %s/%d/%d: %s", correlate_name, partition, offset, exc
+            )
+            return []
+        with _current(event):
+            outcome = worker.correlator.on_batch(partition, offset, batch, persist=False)
+            # one write per changed entry per record, under this record's event: the store
+            # (RocksDB) and the changelog take the current event's partition
+            worker.correlator.persist(partition)
+        if outcome.events:
+            metrics.records.labels(str(partition)).inc(outcome.events)
+            metrics.batch_size.labels("correlate").observe(outcome.events)
+        if outcome.produced_ms:
+            now_s = wall_clock() / 1e9
+            for produced in outcome.produced_ms:
+                metrics.latency.observe(max(now_s - produced / 1000, 0.0))
+        if outcome.late:
+            metrics.late.labels("correlate").inc(outcome.late)
+        if outcome.duplicates:
+            metrics.duplicates.inc(outcome.duplicates)
+        return outcome.incidents
+
+    async def _emit(incidents: list[tuple[dict[str, Any], Any]]) -> None:
+        # enrichment of a batch's incidents runs concurrently, each bounded by the deadline
+        await asyncio.gather(*(worker.enrichment.enrich(incident) for incident, _ in incidents))
+        for incident, _event in incidents:
+            metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
+            metrics.matches.labels(incident["correlation"]).inc()
+            output.produce(
+                topics.incidents,
+                incident["id"].encode(),
+                orjson.dumps(incident),
+                -1,
+                changelog=False,
+            )
+            log.info(
+                "incident %s %s %s key=%s count=%d",
+                incident["id"],
+                incident["status"],
+                incident["correlation"],
+                incident["key"],
+                incident["count"],
+            )
 
     @app.timer(interval=cfg_app.tick_interval_ns / 1e9, name="health")
     async def health() -> None:
