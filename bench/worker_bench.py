@@ -55,7 +55,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.synthetic import _fmt, synthetic_events  # noqa: E402
+from bench.synthetic import _fmt, synthetic_events, typical_events  # noqa: E402
 
 PARTITIONS = 3
 RULES = ROOT / "rules"  # replaced by a frozen copy in main()
@@ -131,10 +131,13 @@ class Template:
     completes_chain: bool
 
 
-def templates(count: int, seed: int) -> list[Template]:
+def templates(count: int, seed: int, mix: str = "noisy") -> list[Template]:
     out: list[Template] = []
     high = -(2**63)
-    for line in synthetic_events(count, seed=seed):
+    source = typical_events(count, seed=seed) if mix == "typical" else synthetic_events(
+        count, seed=seed
+    )
+    for line in source:
         raw = orjson.loads(line)
         t = int(raw["output_fields"]["evt.time"])
         high = max(high, t)
@@ -240,13 +243,38 @@ def raw_baseline(bootstrap: str, topic: str, expected: int) -> float:
     return elapsed
 
 
+# The issue's side-by-side workload: shell then C2 within 2 min, >= 5 sensitive reads in 1 min.
+TWO_RULES = """
+- correlation: Shell then C2
+  type: sequence
+  by: [container.id]
+  within: 2m
+  steps:
+    - {name: shell, condition: rule = "Terminal shell in container"}
+    - {name: c2, condition: rule = "Outbound Connection to C2 Servers"}
+  severity: Critical
+  output: "shell then C2 in {{ key['container.id'] }}"
+- correlation: Sensitive reads
+  type: count
+  by: [container.id]
+  condition: rule = "Read sensitive file untrusted"
+  threshold: 5
+  within: 1m
+  severity: Warning
+  output: "{{ count }} sensitive reads in {{ key['container.id'] }}"
+"""
+
+
 def snapshot_rules(workdir: Path, source: str) -> Path:
     """A frozen copy of the rules, so an edit of rules/ during the run reloads nothing.
 
     `source` is a directory, or `git:REV` for the rules/ committed at REV.
     """
     target = workdir / "rules"
-    if source.startswith("git:"):
+    if source == "two-rule":
+        target.mkdir()
+        (target / "two.yaml").write_text(TWO_RULES)
+    elif source.startswith("git:"):
         target.mkdir()
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", source[4:], "rules/"],
@@ -887,7 +915,10 @@ def main() -> int:
     parser.add_argument("--stores", default="memory,rocksdb")
     parser.add_argument("--latency-lateness", default="10s,200ms")
     parser.add_argument("--disorder", type=float, default=1.0, help="scale the 0-2 s disorder")
-    parser.add_argument("--settle", type=float, default=15.0, help="s to wait for held incidents")
+    parser.add_argument(
+        "--settle", type=float, default=20.0,
+        help="s to wait for held incidents (lateness 10 s + idle_timeout 2 s + ticks)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="s per worker run")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
@@ -907,7 +938,15 @@ def main() -> int:
     parser.add_argument(
         "--rules",
         default=str(ROOT / "rules"),
-        help="rules directory to freeze for the run, or git:REV (e.g. git:HEAD)",
+        help="rules directory to freeze for the run, git:REV (e.g. git:HEAD), or two-rule "
+        "(shell then C2 within 2m, >= 5 sensitive reads in 1m: the issue's side-by-side workload)",
+    )
+    parser.add_argument(
+        "--mix",
+        choices=["typical", "noisy"],
+        default="typical",
+        help="typical: benign-noise fixture tiled, a chain per 1000 events (rare incidents); "
+        "noisy: the synthetic busy-cluster stream (one event in eight ends an incident)",
     )
     parser.add_argument("--inproc-worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -929,7 +968,7 @@ def main() -> int:
             RULES = snapshot_rules(workdir, args.rules)
             log(f"rules: {args.rules} frozen in {RULES} ({len(list(RULES.glob('*.yaml')))} files)")
             if not args.skip_throughput or args.profile or args.profile_only:
-                tmpl = templates(args.events, seed=7)
+                tmpl = templates(args.events, seed=7, mix=args.mix)
                 # the generator's times (~1 ms apart, 0-2 s disorder), moved to end at "now"
                 shift = time.time_ns() - max(t.time_ns for t in tmpl)
                 lines = [stamp_event(t.raw, t.time_ns + shift) for t in tmpl]

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 TABLE_NAME = "correlation-state"
-_RECORDS_PER_FLUSH = 32  # correlate records whose outputs are flushed together
+_RECORDS_PER_TAKE = 32  # correlate records taken from the stream at a time
 _RECORDS_WAIT_S = 0.005  # how long a partial group of records waits for more
 
 log = logging.getLogger("streams.worker")
@@ -229,29 +229,34 @@ def build_app(
 
     @app.agent(correlate_topic, name="correlate", concurrency=1)
     async def correlate(stream: Any) -> None:
-        # Several records at a time (when they are waiting): their state and incidents are
-        # flushed together, once, before Faust may commit their offsets.
-        async for events in stream.take_events(_RECORDS_PER_FLUSH, within=_RECORDS_WAIT_S):
+        async for events in stream.take_events(_RECORDS_PER_TAKE, within=_RECORDS_WAIT_S):
             started = time.perf_counter()
-            incidents: list[tuple[dict[str, Any], Any]] = []
+            incidents: list[dict[str, Any]] = []
+            last_of: dict[int, Any] = {}
             for event in events:
-                incidents.extend((incident, event) for incident in _correlate_record(event))
+                incidents.extend(_correlate_record(event))
+                message = event.message
+                last_of[message.partition] = event
+            # Each changed entry is written once per group of records, under an event of its
+            # partition: the store (RocksDB) and the changelog take the current event's
+            # partition. A key changed by several records of the group is written once.
+            for partition, event in last_of.items():
+                with _current(event):
+                    worker.correlator.persist(partition)
+                processed[partition] = event.message.offset + 1
             if incidents:
                 worker.correlate_waiting_on = "enrichment of incidents"
                 await _emit(incidents)
-            worker.correlate_waiting_on = "flush (broker acknowledgement of state and incidents)"
-            try:
-                await output.flush()
-            except RuntimeError as exc:
-                log.error("correlate outputs not delivered: %s; the worker stops (exit 1)", exc)
-                await runner.crash(exc)
-                return
-            state_store.persist_offsets()
-            for event in events:
-                message = event.message
-                processed[message.partition] = message.offset + 1
             metrics.stage_seconds.labels("correlate").observe(time.perf_counter() - started)
             worker.correlate_waiting_on = f"next record of {correlate_name} (Faust stream)"
+
+    async def flush_outputs() -> None:
+        """Runs before every offset commit of Faust's consumer (and before revocation): state
+        entries and incidents of every record processed so far are acknowledged first."""
+        await output.flush()
+        state_store.persist_offsets()
+
+    _flush_before_commits(app, flush_outputs)
 
     def _correlate_record(event: Any) -> list[dict[str, Any]]:
         message = event.message
@@ -265,11 +270,7 @@ def build_app(
                 "skipped correlate record %s/%d/%d: %s", correlate_name, partition, offset, exc
             )
             return []
-        with _current(event):
-            outcome = worker.correlator.on_batch(partition, offset, batch, persist=False)
-            # one write per changed entry per record, under this record's event: the store
-            # (RocksDB) and the changelog take the current event's partition
-            worker.correlator.persist(partition)
+        outcome = worker.correlator.on_batch(partition, offset, batch, persist=False)
         if outcome.events:
             metrics.records.labels(str(partition)).inc(outcome.events)
             metrics.batch_size.labels("correlate").observe(outcome.events)
@@ -283,10 +284,10 @@ def build_app(
             metrics.duplicates.inc(outcome.duplicates)
         return outcome.incidents
 
-    async def _emit(incidents: list[tuple[dict[str, Any], Any]]) -> None:
+    async def _emit(incidents: list[dict[str, Any]]) -> None:
         # enrichment of a batch's incidents runs concurrently, each bounded by the deadline
-        await asyncio.gather(*(worker.enrichment.enrich(incident) for incident, _ in incidents))
-        for incident, _event in incidents:
+        await asyncio.gather(*(worker.enrichment.enrich(incident) for incident in incidents))
+        for incident in incidents:
             metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
             metrics.matches.labels(incident["correlation"]).inc()
             output.produce(
@@ -430,6 +431,25 @@ async def _check_ownership(worker: WorkerApp, correlate_name: str, *, delay: flo
     own.unowned = unowned
     own.checked = True
     worker.metrics.unowned.set(len(unowned))
+
+
+def _flush_before_commits(app: faust.App, flush: Callable[[], Any]) -> None:
+    """Faust's consumer awaits `app.producer.flush()` right before it commits offsets (at-least-
+    once): chain our own outputs' flush into it, so an offset is never committed before the
+    state and incidents of its record are acknowledged by the brokers."""
+    producer: Any = app.producer
+    faust_flush = producer.flush
+
+    async def flush_all() -> None:
+        try:
+            await flush()
+        except RuntimeError as exc:
+            log.error("correlate outputs not delivered: %s; the worker stops (exit 1)", exc)
+            await app.crash(exc)
+            raise
+        await faust_flush()
+
+    producer.flush = flush_all
 
 
 @contextmanager

@@ -115,7 +115,7 @@ class AppConfig:
     tick_interval_ns: int = 1 * NS_PER_UNIT["s"]
     max_pending_per_key: int = 10_000
     session_timeout_ns: int = 30 * NS_PER_UNIT["s"]
-    idle_timeout_ns: int | None = None
+    idle_timeout_ns: int = 2 * NS_PER_UNIT["s"]
     stall_timeout_ns: int = 60 * NS_PER_UNIT["s"]
     ingest_batch_size: int = 2000
     max_inflight_records: int = 64
@@ -124,8 +124,8 @@ class AppConfig:
 
     @property
     def idle_after_ns(self) -> int:
-        """How long a caught-up source partition's silence is tolerated (default: lateness)."""
-        return self.lateness_ns if self.idle_timeout_ns is None else self.idle_timeout_ns
+        """How long a caught-up source partition's silence is tolerated."""
+        return self.idle_timeout_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,9 +312,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("app", "session_timeout", _duration(NS_PER_UNIT["s"]), "30s",
        "Kafka group session timeout: how soon a crashed worker's partitions move to the others",
        attr="session_timeout_ns"),
-    _s("app", "idle_timeout", _duration(0), "",
+    _s("app", "idle_timeout", _duration(0), "2s",
        "how long a source partition that is caught up with its log end may stay silent before it "
-       "stops holding the watermark back (default: `lateness`)", attr="idle_timeout_ns"),
+       "stops holding the watermark back", attr="idle_timeout_ns"),
     _s("app", "stall_timeout", _duration(NS_PER_UNIT["s"]), "60s",
        "a partition with lag > 0 and no progress for this long fails /healthz",
        attr="stall_timeout_ns"),

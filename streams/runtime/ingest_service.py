@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ log = logging.getLogger("streams.worker.ingest")
 _T = TypeVar("_T")
 _MAX_RECORD_BYTES = 512 * 1024
 _PROGRESS_EVERY_NS = 100_000_000  # progress reaches partitions without events at most this often
+_MAX_UNACKED_BATCHES = 16  # batches produced and not yet acknowledged before ingest waits
 
 
 def ingest_group(app_id: str) -> str:
@@ -62,6 +64,15 @@ class PartitionHealth:
     position: int = -1
     progressed_wall_ns: int = 0  # wall time of the last change of position (or of lag 0)
     checked_wall_ns: int = 0
+
+
+@dataclass
+class _Pending:
+    """A batch whose records are produced but not all acknowledged yet."""
+
+    offsets: dict[int, int]  # source partition -> next offset, committable once acknowledged
+    outstanding: int = 0
+    issued: bool = False  # every record of the batch was produced
 
 
 @dataclass
@@ -122,6 +133,8 @@ class IngestService:
         self._stopping = False
         self._paused = False
         self._delivery_errors: list[str] = []
+        self._unacked: deque[_Pending] = deque()
+        self._committable: dict[int, int] = {}
         self._last_progress_ns = 0
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="fc-ingest-consumer")
         self._io_thread = ThreadPoolExecutor(1, thread_name_prefix="fc-ingest-io")
@@ -205,7 +218,11 @@ class IngestService:
         )
 
     def _close_consumer(self) -> None:
-        self._commit_sync()
+        self._take_committable()
+        if not self._delivery_errors and not self._unacked:
+            self._commit_sync(self.positions)
+        else:
+            self._commit_sync(self._committable)
         self._consumer.close()
 
     # -- rebalance callbacks (consumer thread, inside consume) ----------------------------------
@@ -232,7 +249,12 @@ class IngestService:
         log.info("ingest assigned %s partitions %s", self.events_topic, sorted(mine))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        self._commit_sync()
+        # everything read was produced: once acknowledged, all of it may be committed
+        while self._producer.flush(5.0):
+            log.warning("revocation waits for the brokers to acknowledge ingest records")
+        self._take_committable()
+        if not self._delivery_errors:
+            self._commit_sync(self.positions)
         self._rebalance.revoked = True
         log.info("ingest revoked %s partitions %s", self.events_topic,
                  sorted(tp.partition for tp in partitions))
@@ -241,10 +263,10 @@ class IngestService:
         if err is not None:
             log.warning("committing ingest offsets failed: %s (retried with the next batch)", err)
 
-    def _commit_sync(self) -> None:
+    def _commit_sync(self, positions: dict[int, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        offsets = [TopicPartition(self.events_topic, p, o) for p, o in self.positions.items()]
+        offsets = [TopicPartition(self.events_topic, p, o) for p, o in positions.items()]
         if not offsets:
             return
         try:
@@ -294,7 +316,9 @@ class IngestService:
             if self._stopping:
                 break
             self.waiting_on = "consume (librdkafka fetch)"
-            messages = await self._in_consumer(self._consumer.consume, self.batch_size, 0.1)
+            self._producer.poll(0)  # serve delivery reports
+            commit = self._take_committable()
+            messages = await self._in_consumer(self._commit_and_consume, commit, 0.1)
             self._apply_rebalance()
             if messages:
                 await self._handle(messages)
@@ -344,19 +368,33 @@ class IngestService:
         if progress_due:
             self._last_progress_ns = wall
         self.waiting_on = "produce"
+        pending = _Pending(dict(batch.next_offsets))
+        self._unacked.append(pending)
         for destination, value, _count in records:
-            self._produce(self.correlate_topic, value, BATCH_KEY, destination, self._on_record)
+            pending.outstanding += 1
+            self._produce(
+                self.correlate_topic, value, BATCH_KEY, destination, self._delivery(pending)
+            )
         for dead in batch.dead_letters:
-            self._dead_letter(dead.message, dead.reason)
-        self.waiting_on = "flush (broker acknowledgement of the batch)"
-        await self._flush_until_acked()
+            pending.outstanding += 1
+            self._dead_letter(dead.message, dead.reason, self._delivery(pending))
+        pending.issued = True
+        now = self.wall_clock()
         for partition, next_offset in batch.next_offsets.items():
             self.positions[partition] = next_offset
             health = self.source_health.get(partition)
             if health is not None:
                 health.position = next_offset
-                health.progressed_wall_ns = self.wall_clock()
-        await self._in_consumer(self._commit_async)
+                health.progressed_wall_ns = now
+        self._producer.poll(0)
+        if self._delivery_errors:
+            self._raise_delivery_errors()
+        while len(self._unacked) > _MAX_UNACKED_BATCHES:
+            self.waiting_on = "flush (broker acknowledgement of earlier batches)"
+            await self._in_io(self._producer.flush, 1.0)
+            self._take_committable()
+            if self._delivery_errors:
+                self._raise_delivery_errors()
         self._account(batch, records, time.perf_counter() - started)
 
     def _account(self, batch: Any, records: list[tuple[int, bytes, int]], seconds: float) -> None:
@@ -370,12 +408,41 @@ class IngestService:
         metrics.batch_size.labels("ingest").observe(sum(batch.consumed.values()))
         metrics.stage_seconds.labels("ingest").observe(seconds)
 
-    def _commit_async(self) -> None:
+    def _commit_and_consume(self, commit: dict[int, int], timeout: float) -> list[Any]:
+        """On the consumer thread: commit what was acknowledged, then read the next batch."""
         from confluent_kafka import TopicPartition
 
-        offsets = [TopicPartition(self.events_topic, p, o) for p, o in self.positions.items()]
-        if offsets:
+        if commit:
+            offsets = [TopicPartition(self.events_topic, p, o) for p, o in commit.items()]
             self._consumer.commit(offsets=offsets, asynchronous=True)
+        messages: list[Any] = self._consumer.consume(self.batch_size, timeout)
+        return messages
+
+    def _delivery(self, pending: _Pending) -> Callable[[Any, Any], None]:
+        def delivered(err: Any, message: Any) -> None:
+            pending.outstanding -= 1
+            if err is not None:
+                self._delivery_errors.append(str(err))
+            elif message.topic() == self.correlate_topic:
+                self._on_record(None, message)
+
+        return delivered
+
+    def _take_committable(self) -> dict[int, int]:
+        """Offsets of the acknowledged prefix of batches (in order: a later batch is never
+        committed before an earlier one), newly committable since the last call."""
+        newly: dict[int, int] = {}
+        while self._unacked and self._unacked[0].issued and self._unacked[0].outstanding <= 0:
+            newly.update(self._unacked.popleft().offsets)
+        self._committable.update(newly)
+        return newly
+
+    def _raise_delivery_errors(self) -> None:
+        errors, self._delivery_errors = self._delivery_errors, []
+        raise RuntimeError(
+            f"{len(errors)} record(s) could not be delivered: {errors[0]}; the worker stops "
+            "and restarts from the last committed offsets"
+        )
 
     def _produce(
         self,
@@ -405,11 +472,9 @@ class IngestService:
         if offset + 1 > self.offsets.produced_end.get(partition, 0):
             self.offsets.produced_end[partition] = offset + 1
 
-    def _on_dead_letter(self, err: Any, message: Any) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"dead letter: {err}")
-
-    def _dead_letter(self, message: SourceMessage, reason: str) -> None:
+    def _dead_letter(
+        self, message: SourceMessage, reason: str, callback: Callable[[Any, Any], None]
+    ) -> None:
         log.warning(
             "invalid event at %s/%d/%d: %s",
             self.events_topic, message.partition, message.offset, reason,
@@ -419,7 +484,7 @@ class IngestService:
             message.value or b"",
             message.key,
             -1,
-            self._on_dead_letter,
+            callback,
             headers=[
                 ("fc-reason", reason.encode()),
                 ("fc-source-topic", self.events_topic.encode()),
@@ -427,22 +492,6 @@ class IngestService:
                 ("fc-source-offset", str(message.offset).encode()),
             ],
         )
-
-    async def _flush_until_acked(self) -> None:
-        """Wait until the broker acknowledged everything produced. librdkafka retries by itself
-        until `delivery.timeout.ms`; a delivery that still failed is re-read from the source."""
-        while True:
-            remaining = await self._in_io(self._producer.flush, 5.0)
-            if remaining == 0:
-                break
-            if self._stopping and remaining:
-                log.warning("stopping with %d records not yet acknowledged", remaining)
-        if self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors, []
-            raise RuntimeError(
-                f"{len(errors)} record(s) could not be delivered: {errors[0]}; restarting "
-                "from the last committed offsets"
-            )
 
     # -- backpressure ---------------------------------------------------------------------------
 
