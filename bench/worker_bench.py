@@ -537,6 +537,15 @@ def log_warnings(path: Path, limit: int = 4) -> None:
         log(f"  worker log x{n}: {text}")
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def proc_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -602,6 +611,7 @@ def throughput_worker(
                         stable_since = stable_since or now
                         if now - stable_since >= 1.0:
                             cpu_at_end = proc_cpu_seconds(worker.proc.pid)
+                            log(f"  worker peak RSS: {peak_rss_mb(worker.proc.pid):.0f} MB")
                             threads = [round(c, 1) for c in thread_cpu_seconds(worker.proc.pid)]
                             log(f"  worker thread CPU s (main first): {threads}")
                             break
@@ -708,6 +718,19 @@ class LatencyRun:
     late_correlate: float
 
 
+def log_progress(worker: Worker, produced: int) -> None:
+    """What the worker says mid-run: lag, watermark lag, held events, ingest latency."""
+    m = worker.metrics() or {}
+    count = m.get("fc_processing_latency_seconds_count", 0.0)
+    mean = m.get("fc_processing_latency_seconds_sum", 0.0) / count if count else float("nan")
+    log(
+        f"  produced {produced}: consumer lag {m.get('fc_consumer_lag', 0):.0f}, "
+        f"watermark lag {m.get('fc_watermark_lag_seconds', 0):.1f}s (sum over partitions), "
+        f"held {m.get('fc_held_events', 0):.0f}, produce->correlate mean {mean:.3f}s, "
+        f"backpressure {m.get('fc_ingest_backpressure_total', 0):.0f}"
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -726,7 +749,7 @@ def latency_run(
     incidents_topic = f"{PREFIX}{run_id}-{tag}-incidents"
     create_topics(bootstrap, [events_topic, incidents_topic])
     count = args.rate * args.duration
-    tmpl = templates(count, seed=11)
+    tmpl = templates(count, seed=11, mix=args.mix)
     produced_at: dict[str, float] = {}
     chain_ids = {t.raw["uuid"] for t in tmpl if t.completes_chain}
 
@@ -782,6 +805,8 @@ def latency_run(
             produced_at[t.raw["uuid"]] = now
             if i % 200 == 0:
                 prod.poll(0)
+            if i % (args.rate * 10) == 0 and i:
+                log_progress(worker, i)
         prod.flush(30)
         elapsed = time.time() - start
         # the last incidents wait for the watermark; idle ticks release them after `lateness`

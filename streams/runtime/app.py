@@ -51,7 +51,7 @@ from streams.runtime.kafka_options import faust_broker_credentials
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.partitions import PartitionCorrelator
 from streams.runtime.records import RecordError, decode_batch
-from streams.runtime.state import ChangelogStore, OutputProducer
+from streams.runtime.state import MAX_MESSAGE_BYTES, ChangelogStore, OutputProducer
 
 __all__ = [
     "TABLE_NAME",
@@ -92,7 +92,10 @@ def internal_topics(app_id: str, partitions: int) -> dict[str, tuple[int, dict[s
     """
     return {
         correlate_topic_name(app_id): (partitions, {}),
-        changelog_topic_name(app_id): (partitions, {"cleanup.policy": "compact"}),
+        changelog_topic_name(app_id): (
+            partitions,
+            {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        ),
         f"{app_id}-__assignor-__leader": (1, {}),
     }
 
@@ -234,8 +237,17 @@ def build_app(
             incidents: list[dict[str, Any]] = []
             last_of: dict[int, Any] = {}
             for event in events:
-                incidents.extend(_correlate_record(event))
                 message = event.message
+                try:
+                    incidents.extend(_correlate_record(event))
+                except Exception as exc:
+                    # a defect, not bad input (records are ours and decoded above): say where,
+                    # count it and go on — a dead agent would stall every partition silently
+                    metrics.records_invalid.inc()
+                    log.exception(
+                        "correlate record %s/%d/%d failed: %r; skipped",
+                        correlate_name, message.partition, message.offset, exc,
+                    )
                 last_of[message.partition] = event
             # Each changed entry is written once per group of records, under an event of its
             # partition: the store (RocksDB) and the changelog take the current event's
@@ -310,6 +322,7 @@ def build_app(
     async def health() -> None:
         now = wall_clock()
         _update_gauges(worker, now)
+        _raise_counter(metrics.refused, output.refused, worker.ready, "refused")
         checked = {f"{topics.events}/{p}": h for p, h in service.source_health.items()}
         checked.update({f"{correlate_name}/{p}": h for p, h in service.correlate_health.items()})
         assert worker.watchdog is not None

@@ -40,6 +40,7 @@ class WorkerMetrics:
     stalled: Gauge
     unowned: Gauge
     backpressure: Counter
+    refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -143,6 +144,11 @@ class WorkerMetrics:
             unowned=Gauge(
                 "fc_unowned_partitions",
                 "Partitions of the consumed topics that no member of the group owns",
+                registry=reg,
+            ),
+            refused=Counter(
+                "fc_outputs_refused",
+                "State entries or incidents the Kafka client refused (e.g. above 8 MiB), logged",
                 registry=reg,
             ),
             backpressure=Counter(

@@ -22,7 +22,7 @@ import orjson
 from streams.core.engine import Engine, KeyTuple, StepMatch
 from streams.core.events import Event
 from streams.core.rules import Correlation, Ruleset
-from streams.core.snapshot import entry_from_data, entry_to_data
+from streams.core.snapshot import entry_from_data, entry_to_data, held_to_data
 from streams.runtime.progress import NEG_INF, MergedProgress
 from streams.runtime.records import CorrelateBatch, entry_key, meta_key
 
@@ -58,6 +58,17 @@ class _Partition:
     progress: MergedProgress
     meta_written: tuple[int, int, int] = (NEG_INF, NEG_INF, -1)  # (max, watermark, reports)
     reports: int = 0  # progress merges that changed something, for the meta entry
+    # per entry key: the held events written as their own store entries (seq -> store key),
+    # and a hash of the entry's last written value (an unchanged entry is not written again)
+    held_written: dict[bytes, dict[int, bytes]] = field(default_factory=dict)
+    entry_hash: dict[bytes, int] = field(default_factory=dict)
+
+
+_HELD = b"\x1e"  # entry key + _HELD + seq: one event held in the reorder buffer for that entry
+
+
+def held_key(name: bytes, seq: int) -> bytes:
+    return name + _HELD + str(seq).encode()
 
 
 class PartitionCorrelator:
@@ -124,6 +135,8 @@ class PartitionCorrelator:
         progress = MergedProgress()
         by_name = self._by_name()
         restored = unreadable = 0
+        entries: dict[bytes, dict[str, Any]] = {}
+        held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
         for key, value in list(self._iter_store()):
             if key == meta_key(partition):
                 meta = orjson.loads(value)
@@ -139,12 +152,31 @@ class PartitionCorrelator:
                 continue
             if not isinstance(data, dict) or data.get("p") != partition:
                 continue
+            if "h" in data:  # one held event of an entry
+                name, _, seq = key.rpartition(_HELD)
+                held.setdefault(name, {})[int(seq)] = (key, data["h"])
+            else:
+                entries[key] = data
+        part = _Partition(engine, progress)
+        for name, data in entries.items():
+            items = held.pop(name, {})
+            data["held"] = [item for _, (_, item) in sorted(items.items())]
             entry = entry_from_data(by_name, data)
-            if entry is not None:
-                engine.restore(*entry)
-                restored += 1
+            if entry is None:
+                unreadable += 1
+                continue
+            engine.restore(*entry)
+            part.held_written[name] = {seq: store_key for seq, (store_key, _) in items.items()}
+            restored += 1
+        for orphans in held.values():  # held events whose entry is gone: drop them
+            for store_key, _ in orphans.values():
+                self._delete(store_key)
         if unreadable:
-            log.warning("partition %d: %d unreadable state entries skipped", partition, unreadable)
+            log.warning(
+                "partition %d: %d state entries could not be read for the current rules "
+                "(corrupt, or their correlation was removed or changed type); skipped",
+                partition, unreadable,
+            )
         if restored:
             log.info("partition %d: restored %d state entries", partition, restored)
             # Without a meta entry (or with an older one), the restored events themselves say
@@ -152,7 +184,7 @@ class PartitionCorrelator:
             newest = engine.newest_event_ns()
             if newest > engine.max_time_ns:
                 engine.restore_clock(newest, newest - self.lateness_ns)
-        return _Partition(engine, progress)
+        return part
 
     def _iter_store(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.store.items():
@@ -175,12 +207,21 @@ class PartitionCorrelator:
                     continue
                 data = entry_to_data(old_rules.correlations[ci], key, entry)
                 moved = entry_from_data(by_name, data)
+                name = entry_key(old_rules.correlations[ci].name, key)
                 if moved is not None:
                     engine.restore(*moved)
+                    engine.changed.add((moved[0], moved[1]))
                 else:
-                    self._delete(entry_key(old_rules.correlations[ci].name, key))
+                    self._delete(name)
+                    for store_key in part.held_written.pop(name, {}).values():
+                        self._delete(store_key)
             engine.restore_clock(part.engine.max_time_ns, part.engine.watermark_ns)
-            self._partitions[partition] = _Partition(engine, part.progress, reports=part.reports)
+            self._partitions[partition] = _Partition(
+                engine,
+                part.progress,
+                reports=part.reports,
+                held_written=part.held_written,
+            )
 
     # -- records --------------------------------------------------------------------------------
 
@@ -246,17 +287,42 @@ class PartitionCorrelator:
             self._persist(partition, part)
 
     def _persist(self, partition: int, part: _Partition) -> None:
+        """Write what changed: an entry's state (when its value changed), and each held event
+        as an entry of its own, written once when held and deleted once released — so a key
+        that holds many events costs per event, not per batch times events held."""
         engine = part.engine
         for ci, key in engine.take_changes():
             corr = engine.correlations[ci]
             name = entry_key(corr.name, key)
-            entry = engine.entry(ci, key)
+            entry = engine.entry(ci, key, held=False)
+            written = part.held_written.get(name, {})
             if entry is None:
                 self._delete(name)
+                part.entry_hash.pop(name, None)
+                for store_key in written.values():
+                    self._delete(store_key)
+                part.held_written.pop(name, None)
+                continue
+            data = entry_to_data(corr, key, entry)
+            data["p"] = partition
+            value = orjson.dumps(data)
+            digest = hash(value)
+            if part.entry_hash.get(name) != digest:
+                self.store[name] = value
+                part.entry_hash[name] = digest
+            current = {item[1]: item for item in engine.held_items(ci, key)}
+            for seq in [seq for seq in written if seq not in current]:
+                self._delete(written.pop(seq))
+            for seq, item in current.items():
+                if seq not in written:
+                    store_key = held_key(name, seq)
+                    held = held_to_data(item, ci, key)
+                    self.store[store_key] = orjson.dumps({"p": partition, "h": held})
+                    written[seq] = store_key
+            if written:
+                part.held_written[name] = written
             else:
-                data = entry_to_data(corr, key, entry)
-                data["p"] = partition
-                self.store[name] = orjson.dumps(data)
+                part.held_written.pop(name, None)
         clock = (engine.max_time_ns, engine.watermark_ns, part.reports)
         if clock != part.meta_written:  # once per batch at most: persist() follows a batch
             part.meta_written = clock

@@ -26,9 +26,11 @@ from typing import Any
 from streams.runtime.config import WorkerConfig
 from streams.runtime.kafka_options import confluent_config
 
-__all__ = ["ChangelogStore", "OutputProducer"]
+__all__ = ["MAX_MESSAGE_BYTES", "ChangelogStore", "OutputProducer"]
 
 log = logging.getLogger("streams.worker.state")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # also the changelog topic's max.message.bytes
 
 
 class OutputProducer:
@@ -48,24 +50,42 @@ class OutputProducer:
                 "partitioner": "murmur2_random",
                 "compression.type": "lz4",
                 "delivery.timeout.ms": 600_000,
+                "message.max.bytes": MAX_MESSAGE_BYTES,
             }
         )
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="fc-correlate-out")
         self.errors: list[str] = []
+        self.refused = 0  # records the client refused at once (e.g. larger than the limit)
         self.changelog_offsets: dict[int, int] = {}  # partition -> last acknowledged offset
 
     def produce(
         self, topic: str, key: bytes, value: bytes | None, partition: int, *, changelog: bool
-    ) -> None:
+    ) -> bool:
+        """Queue one record; False (logged, counted) when the client refuses it outright —
+        e.g. a state entry above `MAX_MESSAGE_BYTES`: that key's state is then not durable,
+        which is better than stopping correlation for every key."""
+        from confluent_kafka import KafkaException
+
         callback = self._on_changelog if changelog else self._on_delivery
         while True:
             try:
                 self._producer.produce(
                     topic, value=value, key=key, partition=partition, on_delivery=callback
                 )
-                return
+                return True
             except BufferError:  # the local queue is full: serve deliveries, then retry
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                self.refused += 1
+                log.error(
+                    "cannot write %s record (key %r, %d bytes) to %s: %s",
+                    "state" if changelog else "incident",
+                    key[:80],
+                    len(value or b""),
+                    topic,
+                    exc,
+                )
+                return False
 
     def _on_delivery(self, err: Any, message: Any) -> None:
         if err is not None:
