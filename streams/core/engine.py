@@ -116,8 +116,10 @@ class Engine:
         self.track_changes = track_changes
         self._item_numbers = itertools.count()
         self.changed: set[tuple[int, KeyTuple]] = set()
-        # per key, its held items by id (insertion-ordered; O(1) to release one)
+        # per key, its held items by id (insertion-ordered; O(1) to release one); and per key
+        # the held items added (item) or released (None) since the last `take_held_changes`
         self._held: dict[tuple[int, KeyTuple], dict[int, HeldItem]] = {}
+        self._held_changes: dict[tuple[int, KeyTuple], dict[int, HeldItem | None]] = {}
         self._sources: dict[tuple[int, KeyTuple], dict[int, int]] = {}
 
     # -- matching --------------------------------------------------------------------------
@@ -193,6 +195,7 @@ class Engine:
             if self.track_changes:
                 for ci, _si, key in matches:
                     self._held.setdefault((ci, key), {})[id(item)] = item
+                    self._held_changes.setdefault((ci, key), {})[event.seq] = item
                     self.changed.add((ci, key))
         return self.observe(event.time_ns) if observe else []
 
@@ -376,6 +379,11 @@ class Engine:
                 held.pop(id(item), None)
                 if not held:
                     del self._held[(ci, key)]
+                changes = self._held_changes.setdefault((ci, key), {})
+                if changes.get(item[1]) is item:
+                    del changes[item[1]]  # held and released between two takes: never written
+                else:
+                    changes[item[1]] = None
 
     def take_changes(self) -> set[tuple[int, KeyTuple]]:
         """The (correlation index, key) entries changed since the last call."""
@@ -403,6 +411,12 @@ class Engine:
             self._sources.pop((ci, key), None)
             return None
         return entry
+
+    def take_held_changes(self) -> dict[tuple[int, KeyTuple], dict[int, HeldItem | None]]:
+        """Per (correlation, key), by event seq: items held (the item) or released (None)
+        since the last call — what a persistent host must write or delete."""
+        changes, self._held_changes = self._held_changes, {}
+        return changes
 
     def held_items(self, ci: int, key: KeyTuple) -> list[HeldItem]:
         """The events held in the reorder buffer for one (correlation, key), unfiltered: their

@@ -291,6 +291,7 @@ class PartitionCorrelator:
         as an entry of its own, written once when held and deleted once released — so a key
         that holds many events costs per event, not per batch times events held."""
         engine = part.engine
+        held_changes = engine.take_held_changes()
         for ci, key in engine.take_changes():
             corr = engine.correlations[ci]
             name = entry_key(corr.name, key)
@@ -310,11 +311,11 @@ class PartitionCorrelator:
             if part.entry_hash.get(name) != digest:
                 self.store[name] = value
                 part.entry_hash[name] = digest
-            current = {item[1]: item for item in engine.held_items(ci, key)}
-            for seq in [seq for seq in written if seq not in current]:
-                self._delete(written.pop(seq))
-            for seq, item in current.items():
-                if seq not in written:
+            for seq, item in held_changes.pop((ci, key), {}).items():
+                if item is None:
+                    if seq in written:
+                        self._delete(written.pop(seq))
+                elif seq not in written:
                     store_key = held_key(name, seq)
                     held = held_to_data(item, ci, key)
                     self.store[store_key] = orjson.dumps({"p": partition, "h": held})
@@ -322,6 +323,14 @@ class PartitionCorrelator:
             if written:
                 part.held_written[name] = written
             else:
+                part.held_written.pop(name, None)
+        for (ci, key), changes in held_changes.items():  # keys whose entry did not change
+            name = entry_key(engine.correlations[ci].name, key)
+            written = part.held_written.get(name, {})
+            for seq, item in changes.items():
+                if item is None and seq in written:
+                    self._delete(written.pop(seq))
+            if not written:
                 part.held_written.pop(name, None)
         clock = (engine.max_time_ns, engine.watermark_ns, part.reports)
         if clock != part.meta_written:  # once per batch at most: persist() follows a batch
