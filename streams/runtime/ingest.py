@@ -179,6 +179,7 @@ class Ingestor:
                     source_offset=message.offset,
                     produced_ms=message.timestamp_ms,
                     matches=tuple(refs),
+                    payload_json=message.value,
                 )
             )
             out.sizes.setdefault(destination, []).append(size)

@@ -89,6 +89,9 @@ class EventRecord:
     source_offset: int
     produced_ms: float | None
     matches: tuple[MatchRef, ...]
+    # the payload's JSON as read from Kafka (already validated by orjson): written as is
+    # instead of encoding `payload` again
+    payload_json: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,7 @@ def encode_batch(batch: CorrelateBatch) -> bytes:
 
 def _encode_event(event: EventRecord) -> list[Any]:
     return [
-        event.payload,
+        event.payload if event.payload_json is None else orjson.Fragment(event.payload_json),
         event.time_ns,
         event.source_partition,
         event.source_offset,
