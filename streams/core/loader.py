@@ -22,17 +22,15 @@ from streams.core.conditions import (
     resolve_lists,
 )
 from streams.core.correlation_schema import build_correlation
+from streams.core.rule_spec import ITEM_KINDS, LIST_KEYS, MACRO_KEYS, OVERRIDE_APPEND_KEYS
 from streams.errors import ConditionSyntaxError, Location, RuleError, RuleLoadError
 
 __all__ = ["RULE_FILE_SUFFIXES", "TEST_FILE_SUFFIXES", "load_rules", "rule_files"]
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
-_KINDS = ("list", "macro", "correlation")
-_KIND_KEYS = {
-    "list": {"list", "items", "override"},
-    "macro": {"macro", "condition", "override"},
-}
+_KINDS = ITEM_KINDS
+_KIND_KEYS = {"list": LIST_KEYS, "macro": MACRO_KEYS}
 
 
 @dataclass
@@ -250,7 +248,7 @@ def _apply_override(item: RawItem, table: dict[str, RawItem], errors: list[RuleE
             )
             ok = False
             continue
-        allowed_append = {"list": {"items"}, "macro": {"condition"}}.get(item.kind, set())
+        allowed_append = OVERRIDE_APPEND_KEYS[item.kind]
         if mode == "replace":
             merged.keys[key] = item.keys[key]
         elif mode == "append" and key in allowed_append:
