@@ -58,7 +58,10 @@ class RawItem:
 def rule_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files in argument order; a directory contributes its rule files in lexical path order.
 
-    Files named `*.test.yaml` are rule tests, not rules, and are skipped inside directories.
+    Files named `*.test.yaml` are rule tests, not rules, and are skipped inside directories, and
+    so are hidden files and directories: a Kubernetes ConfigMap volume holds every file three
+    times (`x.yaml` -> `..data/x.yaml` -> `..2024_05_25_13_44_05.1234/x.yaml`), and only the
+    visible link is the rule file (it is also what changes when the ConfigMap is updated).
     """
     files: list[Path] = []
     for raw in paths:
@@ -70,6 +73,7 @@ def rule_files(paths: Iterable[str | Path]) -> list[Path]:
                 if p.is_file()
                 and p.name.endswith(RULE_FILE_SUFFIXES)
                 and not p.name.endswith(TEST_FILE_SUFFIXES)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             ]
             files.extend(sorted(found, key=lambda p: p.as_posix()))
         else:
