@@ -78,8 +78,8 @@ def exported_names(exposition: str) -> set[str]:
         if not line.startswith("# TYPE "):
             continue
         _, _, name, kind = line.split(maxsplit=3)
-        if kind == "counter":
-            names.add(f"{name}_total")
+        if kind == "counter":  # prometheus-client writes `# TYPE x_total counter`
+            names.add(name if name.endswith("_total") else f"{name}_total")
         elif kind == "histogram":
             names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
         elif kind == "summary":
