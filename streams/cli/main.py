@@ -53,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     test.add_argument("-v", "--verbose", action="store_true")
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check configuration, secrets, rules, Kafka, notifiers and enrichers (exit 1 on FAIL)",
+    )
+    doctor.add_argument("--config", metavar="FILE")
+    doctor.add_argument("--rules", action="append", metavar="PATH")
+    doctor.add_argument(
+        "--send-test", action="store_true", help="deliver one test incident to every notifier"
+    )
+    doctor.add_argument(
+        "--timeout", type=_duration, default="10s", metavar="DURATION", help="per check"
+    )
+
     schema = sub.add_parser(
         "schema", help="print the JSON Schema of rule files (for editors: schema/rules.schema.json)"
     )
@@ -156,6 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.cli.ruletest import run_rule_tests
 
         return run_rule_tests(args.paths, rules_override=args.rules, verbose=args.verbose)
+    if args.command == "doctor":
+        from streams.runtime.doctor import run_doctor
+
+        return run_doctor(
+            config_path=args.config,
+            rules=args.rules,
+            send_test=args.send_test,
+            timeout=args.timeout / 1e9,
+        )
     if args.command == "schema":
         return _write_schema(args.output)
     if args.command == "redeliver":

@@ -7,11 +7,7 @@ Outside CI a missing node skips these tests with a hint; in CI (`CI` set) it fai
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -37,42 +33,11 @@ from streams.runtime.notify import NOTIFIER_HEADER, NotifyStage, build_notify_st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from notifiers.servers import make_incident
+from search_node import http_json as _http
 
 pytestmark = pytest.mark.integration
 
-DEFAULT_URL = "http://127.0.0.1:9200"
 FAST = {"backoff_base": "50ms", "backoff_max": "200ms", "timeout": "5s", "max_attempts": 3}
-
-
-def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.load(answer)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-@pytest.fixture(scope="session")
-def opensearch_url() -> str:
-    url = os.environ.get("OPENSEARCH_URL", DEFAULT_URL).rstrip("/")
-    try:
-        status, health = _http("GET", f"{url}/_cluster/health?wait_for_status=yellow&timeout=10s")
-        problem = None if status == 200 else f"HTTP {status}: {health}"
-    except OSError as exc:
-        problem = str(exc)
-    if problem is not None:
-        message = (
-            f"no OpenSearch node answers at {url} ({problem}); start one with "
-            "`deploy/opensearch/opensearch.sh start` or set OPENSEARCH_URL"
-        )
-        if os.environ.get("CI", "").lower() not in {"", "0", "false"}:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return url
 
 
 @pytest.fixture
