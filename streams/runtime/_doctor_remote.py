@@ -9,6 +9,7 @@ registries of the recent events.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ssl
 import uuid
@@ -21,7 +22,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from streams.enrich import EnrichmentMetrics, load_enrichment
-from streams.enrich._images import parse_image, present
+from streams.enrich._images import ImageRef, parse_image, present
 from streams.enrich.harbor import HarborConfig, HarborEnricher
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers import (
@@ -189,7 +190,9 @@ async def check_enrichers(
     try:
         for slot in pipeline.slots:
             if isinstance(slot.enricher, HarborEnricher):
-                await _harbor_projects(doctor, slot.enricher.name, slot.enricher.config, timeout)
+                await _harbor_projects(
+                    doctor, slot.enricher.name, slot.enricher.config, events, timeout
+                )
                 _harbor_registries(doctor, slot.enricher.name, slot.enricher.config, events)
         incident = await pipeline.enrich(test_incident(events))
         for name in pipeline.names:
@@ -206,29 +209,49 @@ async def check_enrichers(
         await pipeline.close()
 
 
+def _event_images(events: Sequence[Mapping[str, Any]]) -> list[ImageRef]:
+    images = []
+    for event in events:
+        fields = event.get("output_fields")
+        if not isinstance(fields, Mapping):
+            continue
+        repository = present(fields.get("container.image.repository"))
+        image = parse_image(repository, present(fields.get("container.image.tag"))) if (
+            repository) else None
+        if image is not None:
+            images.append(image)
+    return images
+
+
 async def _harbor_projects(doctor: Doctor, name: str, config: HarborConfig,
-                           timeout: float) -> None:
+                           events: Sequence[Mapping[str, Any]], timeout: float) -> None:
     area = f"enricher {name}"
-    auth = None
+    headers = {"X-Is-Resource-Name": "true"}
     if config.username is not None and config.password is not None:
-        auth = aiohttp.BasicAuth(config.username.reveal(), config.password.reveal())
+        pair = f"{config.username.reveal()}:{config.password.reveal()}".encode()
+        headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
     ssl_context: ssl.SSLContext | bool = True
     if config.ca_file or not config.verify_tls:
         ssl_context = ssl.create_default_context(cafile=config.ca_file)
         if not config.verify_tls:
             ssl_context.check_hostname = False
             ssl_context.verify_mode = ssl.CERT_NONE
-    projects = sorted({rule.project for rule in config.rules if rule.project})
+    # The configured projects, and those the recent events' images resolve to.
+    projects = {rule.project for rule in config.rules if rule.project}
+    for image in _event_images(events):
+        resolved = config.resolve(image)
+        if resolved is not None and len(projects) < 10:
+            projects.add(resolved[1])
+    projects = sorted(projects)
     paths = [f"/api/v2.0/projects/{project}" for project in projects] or [
         "/api/v2.0/projects?page_size=1"
     ]
-    async with aiohttp.ClientSession(
-        auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)
-    ) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         for path in paths:
             try:
-                async with session.get(f"{config.url}{path}", ssl=ssl_context,
-                                       headers={"X-Is-Resource-Name": "true"}) as answer:
+                async with session.get(
+                    f"{config.url}{path}", ssl=ssl_context, headers=headers
+                ) as answer:
                     status = answer.status
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 doctor.fail(area, f"{config.url} unreachable: {type(exc).__name__}: {exc}",
@@ -245,9 +268,12 @@ async def _harbor_projects(doctor: Doctor, name: str, config: HarborConfig,
                 doctor.fail(area, f"Harbor {config.url}: 403 for {what}",
                             "give the robot account read access to the project's artifacts "
                             "and scans")
-            elif status == 404:
+            elif status == 404 and projects:
                 doctor.fail(area, f"Harbor {config.url}: project {what} not found",
-                            "fix harbor.projects[].project")
+                            "fix harbor.projects (or the image names' project segment)")
+            elif status == 404:
+                doctor.fail(area, f"Harbor {config.url}: no Harbor API here (404)",
+                            "harbor.url must be Harbor's base address (without /api)")
             else:
                 doctor.fail(area, f"Harbor {config.url}: HTTP {status} for {what}")
 
@@ -257,17 +283,9 @@ def _harbor_registries(doctor: Doctor, name: str, config: HarborConfig,
     """A registry seen in image names that no rule maps to Harbor gives "not in harbor" for
     every incident of that image, silently: say so, with the fix."""
     unmatched: Counter[str] = Counter()
-    seen = 0
-    for event in events:
-        fields = event.get("output_fields")
-        if not isinstance(fields, Mapping):
-            continue
-        repository = present(fields.get("container.image.repository"))
-        image = parse_image(repository, present(fields.get("container.image.tag"))) if (
-            repository) else None
-        if image is None:
-            continue
-        seen += 1
+    images = _event_images(events)
+    seen = len(images)
+    for image in images:
         if config.resolve(image) is None:
             unmatched[image.registry] += 1
     area = f"enricher {name}"
