@@ -237,12 +237,12 @@ async def _harbor_projects(doctor: Doctor, name: str, config: HarborConfig,
             ssl_context.check_hostname = False
             ssl_context.verify_mode = ssl.CERT_NONE
     # The configured projects, and those the recent events' images resolve to.
-    projects = {rule.project for rule in config.rules if rule.project}
+    wanted = {rule.project for rule in config.rules if rule.project}
     for image in _event_images(events):
         resolved = config.resolve(image)
-        if resolved is not None and len(projects) < 10:
-            projects.add(resolved[1])
-    projects = sorted(projects)
+        if resolved is not None and len(wanted) < 10:
+            wanted.add(resolved[1])
+    projects = sorted(wanted)
     paths = [f"/api/v2.0/projects/{project}" for project in projects] or [
         "/api/v2.0/projects?page_size=1"
     ]
