@@ -26,7 +26,8 @@ CHART = REPO / "deploy" / "helm" / "falco-correlator"
 FULL = CHART / "ci" / "full-values.yaml"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
 K8S_VERSIONS = os.environ.get("FC_K8S_VERSIONS", "1.27.0,1.37.0").split(",")
-VALUES = {"default": [], "full": [FULL]}
+README_VALUES = REPO / "docs" / "examples" / "falco-correlator-values.yaml"
+VALUES = {"default": [], "full": [FULL], "readme": [README_VALUES]}
 
 
 def helm(*args: str) -> str:
@@ -281,3 +282,11 @@ def test_image_digest_wins_over_the_tag() -> None:
     assert statefulset["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "falco-correlator:0.1.0"
     )
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_plain_manifest_is_valid_against_the_api_schemas(version: str, tmp_path: Path) -> None:
+    text = (REPO / "deploy" / "kubernetes" / "falco-correlator.yaml").read_text(encoding="utf-8")
+    report = kubeconform(text, version, tmp_path)
+    assert report["returncode"] == 0, report["resources"]
+    assert report["summary"]["valid"] == len(documents(text))
