@@ -204,7 +204,8 @@ def local_state(config: WorkerConfig) -> list[Path]:
     root = Path(config.app.data_dir)
     if config.app.store is not StoreKind.ROCKSDB or not root.is_dir():
         return []
-    return [p for p in root.rglob("*") if p.is_file()][:1]
+    first = next((p for p in root.rglob("*") if p.is_file()), None)
+    return [] if first is None else [first]
 
 
 def check_state_dir(doctor: Doctor, config: WorkerConfig) -> None:

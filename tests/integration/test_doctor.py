@@ -26,6 +26,7 @@ from streams.runtime.doctor import run_doctor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from enrich.helpers import FakeHarbor
 from notifiers.servers import LocalServer, WebhookReceiver
+from search_node import http_json
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +81,7 @@ class Servers:
         asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self.loop.close()
 
 
 @pytest.fixture
@@ -141,7 +143,8 @@ def base_config(bootstrap: str, topic: str, tmp_path: Path, **extra: Any) -> dic
 
 def doctor(config: Path, env: dict[str, str], *args: str) -> tuple[int, list[str]]:
     out = io.StringIO()
-    code = run_doctor(config_path=str(config), env=env, out=out, timeout=5.0,
+    # generous: the checks wait on a broker and a search node shared with the rest of the suite
+    code = run_doctor(config_path=str(config), env=env, out=out, timeout=20.0,
                       send_test="--send-test" in args)
     return code, out.getvalue().splitlines()
 
@@ -154,8 +157,11 @@ def line(lines: list[str], status: str, fragment: str) -> str:
 
 def test_a_healthy_deployment_passes_and_every_service_is_called_once(
     tmp_path: Path, servers: Servers, events_topic: Callable[..., str], kafka_bootstrap: str,
-    opensearch_url: str,
+    opensearch_url: str, request: pytest.FixtureRequest,
 ) -> None:
+    index = f"it-doctor-{uuid.uuid4().hex[:6]}"
+    request.addfinalizer(lambda: http_json("DELETE", f"{opensearch_url}/{index}*"))
+    request.addfinalizer(lambda: http_json("DELETE", f"{opensearch_url}/_index_template/{index}"))
     harbor_host = servers.urls["harbor"].removeprefix("http://")
     topic = events_topic([f"{harbor_host}/payments/checkout"] * 6 + ["alpine"] * 2)
     config = write_config(tmp_path, base_config(kafka_bootstrap, topic, tmp_path, notifiers=[
@@ -164,7 +170,7 @@ def test_a_healthy_deployment_passes_and_every_service_is_called_once(
                    "base_url": servers.urls["slack"] + "/api/"}},
         {"name": "soar", "type": "webhook", "webhook": {"url": servers.urls["webhook"] + "/x"}},
         {"name": "search", "type": "opensearch",
-         "opensearch": {"url": opensearch_url, "index": f"it-doctor-{uuid.uuid4().hex[:6]}"}},
+         "opensearch": {"url": opensearch_url, "index": index, "template_name": index}},
     ], enrichment=[
         {"type": "harbor", "harbor": {
             "url": servers.urls["harbor"],
