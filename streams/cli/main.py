@@ -53,6 +53,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     test.add_argument("-v", "--verbose", action="store_true")
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check configuration, secrets, rules, Kafka, notifiers and enrichers (exit 1 on FAIL)",
+    )
+    doctor.add_argument("--config", metavar="FILE")
+    doctor.add_argument("--rules", action="append", metavar="PATH")
+    doctor.add_argument(
+        "--send-test", action="store_true", help="deliver one test incident to every notifier"
+    )
+    doctor.add_argument(
+        "--timeout", type=_duration, default="10s", metavar="DURATION", help="per check"
+    )
+
+    schema = sub.add_parser(
+        "schema", help="print the JSON Schema of rule files (for editors: schema/rules.schema.json)"
+    )
+    schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
     worker = sub.add_parser("worker", help="run the Faust stream worker")
     worker.add_argument("--config", metavar="FILE")
     worker.add_argument("--rules", action="append", metavar="PATH")
@@ -81,6 +99,24 @@ def _load(paths: Sequence[str]) -> Ruleset | None:
         print(f"{len(exc.errors)} error(s); no rules loaded", file=sys.stderr)
         return None
     return ruleset
+
+
+def _write_schema(output: str | None) -> int:
+    import json
+
+    from streams.core.rule_spec import rules_json_schema
+
+    text = json.dumps(rules_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        print(f"schema: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from streams.cli.ruletest import run_rule_tests
 
         return run_rule_tests(args.paths, rules_override=args.rules, verbose=args.verbose)
+    if args.command == "doctor":
+        from streams.runtime.doctor import run_doctor
+
+        return run_doctor(
+            config_path=args.config,
+            rules=args.rules,
+            send_test=args.send_test,
+            timeout=args.timeout / 1e9,
+        )
+    if args.command == "schema":
+        return _write_schema(args.output)
     if args.command == "redeliver":
         from streams.runtime.redeliver import run_redeliver
 

@@ -300,7 +300,9 @@ def build_app(
         # enrichment of a batch's incidents runs concurrently, each bounded by the deadline
         await asyncio.gather(*(worker.enrichment.enrich(incident) for incident in incidents))
         for incident in incidents:
-            metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
+            metrics.incidents.labels(
+                incident["correlation"], incident["status"], str(incident.get("severity"))
+            ).inc()
             metrics.matches.labels(incident["correlation"]).inc()
             output.produce(
                 topics.incidents,

@@ -70,7 +70,10 @@ class WorkerMetrics:
             ),
             matches=Counter("fc_matches", "Correlation matches", ["correlation"], registry=reg),
             incidents=Counter(
-                "fc_incidents", "Incidents emitted", ["correlation", "status"], registry=reg
+                "fc_incidents",
+                "Incidents emitted",
+                ["correlation", "status", "severity"],
+                registry=reg,
             ),
             state_entries=Gauge(
                 "fc_state_entries",
