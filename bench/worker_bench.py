@@ -526,7 +526,7 @@ def thread_cpu_seconds(pid: int) -> list[float]:
     return out
 
 
-def log_warnings(path: Path, limit: int = 4) -> None:
+def log_warnings(path: Path, limit: int = 12) -> None:
     seen: dict[str, int] = {}
     with contextlib.suppress(OSError):
         for line in path.read_text(errors="replace").splitlines():
@@ -636,6 +636,14 @@ def throughput_worker(
                     log("  " + line)
     messages = read_topic(bootstrap, incidents_topic, None, 60)
     ids = {m.key() for m in messages}
+    if REPLAY_IDS:
+        got = {m.key().decode(): orjson.loads(m.value())["correlation"] for m in messages}
+        plain, flushed = REPLAY_IDS["plain"], REPLAY_IDS["flush"]
+        missing = {i: c for i, c in plain.items() if i not in got}
+        extra = {i: c for i, c in got.items() if i not in flushed}
+        log(f"  vs replay: {len(missing)} of replay's incidents missing, {len(extra)} not in "
+            f"replay --flush: missing {sorted(missing.values())[:10]}, extra "
+            f"{sorted(extra.values())[:10]}")
     lo, hi = 0.1 * total, 0.9 * total
     t_lo = next(t for t, e in samples if e >= lo)
     t_hi = next(t for t, e in samples if e >= hi)
@@ -685,6 +693,9 @@ def ingest_ceiling(lines: list[bytes]) -> float:
     return len(lines) / (time.perf_counter() - start)
 
 
+REPLAY_IDS: dict[str, dict[str, str]] = {}  # "plain"/"flush" -> incident id -> correlation
+
+
 def replay_counts(lines_path: Path) -> dict[str, int]:
     counts = {}
     for flush in (False, True):
@@ -695,6 +706,10 @@ def replay_counts(lines_path: Path) -> dict[str, int]:
             [*cmd, str(lines_path)], capture_output=True, timeout=600, check=True, cwd=str(ROOT)
         )
         counts["flush" if flush else "plain"] = len(proc.stdout.splitlines())
+        REPLAY_IDS["flush" if flush else "plain"] = {
+            orjson.loads(line)["id"]: orjson.loads(line)["correlation"]
+            for line in proc.stdout.splitlines()
+        }
         counts["summary_" + ("flush" if flush else "plain")] = proc.stderr.decode().strip()
     return counts
 

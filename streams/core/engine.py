@@ -180,6 +180,13 @@ class Engine:
         the ingest stage's high-water mark instead).
         """
         self.stats.events += 1
+        if source is not None and matches:
+            # a redelivered copy (after a crash or a rebalance) is a duplicate, not late: keys
+            # that applied it already drop it before the lateness check
+            matches = self._first_delivery(matches, source)
+            if not matches:
+                return []
+            source = None
         if event.time_ns < self.watermark_ns:
             self.stats.late += 1
             return []

@@ -292,6 +292,14 @@ def build_app(
                 metrics.latency.observe(max(now_s - produced / 1000, 0.0))
         if outcome.late:
             metrics.late.labels("correlate").inc(outcome.late)
+            if outcome.first_late is not None:
+                source_partition, source_offset, time_ns, watermark = outcome.first_late
+                log.warning(
+                    "%d late event(s) in %s/%d/%d, the first from %s/%d/%d: %.3f s behind "
+                    "the watermark",
+                    outcome.late, correlate_name, partition, offset, topics.events,
+                    source_partition, source_offset, (watermark - time_ns) / 1e9,
+                )
         if outcome.duplicates:
             metrics.duplicates.inc(outcome.duplicates)
         return outcome.incidents
@@ -339,12 +347,17 @@ def build_app(
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", set())
         gone = {tp.partition for tp in revoked if tp.topic == correlate_name}
+        if gone:
+            log.info("correlate partitions revoked: %s", sorted(gone))
         worker.correlator.revoke(gone)
         for partition in gone:
             processed.pop(partition, None)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", set())
+        mine = sorted(tp.partition for tp in assigned if tp.topic == correlate_name)
+        log.info("correlate partitions assigned: %s", mine)
         app.loop.create_task(_check_ownership(worker, correlate_name, delay=2.0))
 
     @app.page("/healthz")

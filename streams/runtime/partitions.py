@@ -50,6 +50,8 @@ class BatchOutcome:
     late: int = 0
     duplicates: int = 0
     produced_ms: list[float] = field(default_factory=list)  # source produce times (latency)
+    # the first late event of the record: (source partition, source offset, time, watermark)
+    first_late: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -262,9 +264,12 @@ class PartitionCorrelator:
                     continue
                 outcome.events += 1
                 source = (record.source_partition, record.source_offset)
+                late_before = stats.late
                 outcome.incidents.extend(
                     engine.submit(event, matches, source=source, observe=False)
                 )
+                if outcome.first_late is None and stats.late != late_before:
+                    outcome.first_late = (*source, record.time_ns, engine.watermark_ns)
         if batch.legacy_high_water is not None:
             outcome.incidents.extend(engine.observe(batch.legacy_high_water))
         elif part.progress.update(batch.source_partitions, batch.progress):
