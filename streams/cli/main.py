@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     _engine_options(explain)
     explain.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
 
+    diff = sub.add_parser(
+        "diff",
+        help="incidents only in OLD, only in NEW, or changed (exit 1 when any)",
+    )
+    diff.add_argument("--rules", action="append", required=True, metavar="OLD")
+    diff.add_argument("--against", action="append", required=True, metavar="NEW")
+    diff.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    _engine_options(diff)
+    diff.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
+
     worker = sub.add_parser("worker", help="run the Faust stream worker")
     worker.add_argument("--config", metavar="FILE")
     worker.add_argument("--rules", action="append", metavar="PATH")
@@ -185,6 +195,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             options,
             sys.stdout.buffer,
             sys.stderr,
+        )
+        sys.stdout.flush()
+        return status
+    if args.command == "diff":
+        from streams.cli.diff import run_diff
+        from streams.cli.replay import read_inputs
+
+        status = run_diff(
+            args.rules,
+            args.against,
+            read_inputs(args.events, sys.stdin.buffer),
+            lateness_ns=args.lateness,
+            max_pending=args.max_pending,
+            flush=args.flush,
+            as_json=args.json,
+            out=sys.stdout.buffer,
+            err=sys.stderr,
         )
         sys.stdout.flush()
         return status
