@@ -16,13 +16,15 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.core.correlators import AbsenceState, KeyState, Match, new_state
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
-from streams.core.observer import EngineObserver
 from streams.core.rules import Correlation, CorrelationType, Ruleset
+
+if TYPE_CHECKING:
+    from streams.core.observer import EngineObserver
 
 __all__ = [
     "DEFAULT_LATENESS_NS",
