@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rules.rule_mentions import rule_mentions
+from rule_mentions import rule_mentions
 
 from streams.core.loader import load_rules
 
