@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
@@ -33,9 +34,34 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+# The keys of falcosidekick's payload (its Kafka output sends exactly this JSON object).
+FALCOSIDEKICK_KEYS = frozenset(
+    {"uuid", "output", "priority", "rule", "time", "output_fields", "source", "tags", "hostname"}
+)
+
+
 def _fmt(ns: int) -> str:
+    """`time` as falcosidekick writes it: Go's RFC 3339 with nanoseconds, trailing zeros dropped."""
     seconds, nanos = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    fraction = f"{nanos:09d}".rstrip("0")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
+        f".{fraction}Z" if fraction else "Z"
+    )
+
+
+def heartbeat(host: str, now_ns: int) -> dict[str, object]:
+    """Falco's metrics snapshot alert as falcosidekick forwards it (with its own uuid)."""
+    return {
+        "uuid": str(uuid.uuid4()),
+        "output": "Falco metrics snapshot",
+        "priority": "Informational",
+        "rule": "Falco internal: metrics snapshot",
+        "time": _fmt(now_ns),
+        "output_fields": {"evt.time": now_ns},
+        "source": "internal",
+        "tags": [],
+        "hostname": host,
+    }
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -135,9 +161,7 @@ def _play(bootstrap: str, run: str) -> int:
     next_beat = 0.0
     while not EXPECTED <= seen and time.monotonic() < deadline:
         if time.monotonic() >= next_beat:
-            beat = {"rule": "Falco internal: metrics snapshot", "priority": "Informational",
-                    "source": "internal", "hostname": "node-1", "output": "Falco metrics snapshot",
-                    "time": _fmt(time.time_ns()), "output_fields": {}}
+            beat = heartbeat("node-1", time.time_ns())
             producer.produce(f"{run}-falco", json.dumps(beat).encode(), partition=sent % 3)
             producer.flush()
             sent += 1

@@ -79,6 +79,24 @@ def _parser() -> argparse.ArgumentParser:
     _engine_options(diff)
     diff.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check configuration, secrets, rules, Kafka, notifiers and enrichers (exit 1 on FAIL)",
+    )
+    doctor.add_argument("--config", metavar="FILE")
+    doctor.add_argument("--rules", action="append", metavar="PATH")
+    doctor.add_argument(
+        "--send-test", action="store_true", help="deliver one test incident to every notifier"
+    )
+    doctor.add_argument(
+        "--timeout", type=_duration, default="10s", metavar="DURATION", help="per check"
+    )
+
+    schema = sub.add_parser(
+        "schema", help="print the JSON Schema of rule files (for editors: schema/rules.schema.json)"
+    )
+    schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
     worker = sub.add_parser("worker", help="run the Faust stream worker")
     worker.add_argument("--config", metavar="FILE")
     worker.add_argument("--rules", action="append", metavar="PATH")
@@ -122,6 +140,73 @@ def _load(paths: Sequence[str]) -> Ruleset | None:
         print(f"{len(exc.errors)} error(s); no rules loaded", file=sys.stderr)
         return None
     return ruleset
+
+
+def _write_schema(output: str | None) -> int:
+    import json
+
+    from streams.core.rule_spec import rules_json_schema
+
+    text = json.dumps(rules_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        print(f"schema: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from streams.cli.explain import ExplainOptions, UsageError, parse_key_filters, run_explain
+    from streams.cli.replay import read_inputs
+
+    try:
+        keys = parse_key_filters(args.key)
+    except UsageError as exc:
+        print(f"explain: {exc}", file=sys.stderr)
+        return 2
+    options = ExplainOptions(
+        correlation=args.correlation,
+        keys=keys,
+        lateness_ns=args.lateness,
+        max_pending=args.max_pending,
+        flush=args.flush,
+        near_miss=args.near_miss,
+        top=args.top,
+        as_json=args.json,
+    )
+    status = run_explain(
+        args.rules,
+        read_inputs(args.events, sys.stdin.buffer),
+        options,
+        sys.stdout.buffer,
+        sys.stderr,
+    )
+    sys.stdout.flush()
+    return status
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from streams.cli.diff import run_diff
+    from streams.cli.replay import read_inputs
+
+    status = run_diff(
+        args.rules,
+        args.against,
+        read_inputs(args.events, sys.stdin.buffer),
+        lateness_ns=args.lateness,
+        max_pending=args.max_pending,
+        flush=args.flush,
+        as_json=args.json,
+        out=sys.stdout.buffer,
+        err=sys.stderr,
+    )
+    sys.stdout.flush()
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,54 +256,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_summary(result, engine, sys.stderr)
         return 0
     if args.command == "explain":
-        from streams.cli.explain import ExplainOptions, UsageError, parse_key_filters, run_explain
-        from streams.cli.replay import read_inputs
-
-        try:
-            keys = parse_key_filters(args.key)
-        except UsageError as exc:
-            print(f"explain: {exc}", file=sys.stderr)
-            return 2
-        options = ExplainOptions(
-            correlation=args.correlation,
-            keys=keys,
-            lateness_ns=args.lateness,
-            max_pending=args.max_pending,
-            flush=args.flush,
-            near_miss=args.near_miss,
-            top=args.top,
-            as_json=args.json,
-        )
-        status = run_explain(
-            args.rules,
-            read_inputs(args.events, sys.stdin.buffer),
-            options,
-            sys.stdout.buffer,
-            sys.stderr,
-        )
-        sys.stdout.flush()
-        return status
+        return _explain(args)
     if args.command == "diff":
-        from streams.cli.diff import run_diff
-        from streams.cli.replay import read_inputs
-
-        status = run_diff(
-            args.rules,
-            args.against,
-            read_inputs(args.events, sys.stdin.buffer),
-            lateness_ns=args.lateness,
-            max_pending=args.max_pending,
-            flush=args.flush,
-            as_json=args.json,
-            out=sys.stdout.buffer,
-            err=sys.stderr,
-        )
-        sys.stdout.flush()
-        return status
+        return _diff(args)
     if args.command == "test":
         from streams.cli.ruletest import run_rule_tests
 
         return run_rule_tests(args.paths, rules_override=args.rules, verbose=args.verbose)
+    if args.command == "doctor":
+        from streams.runtime.doctor import run_doctor
+
+        return run_doctor(
+            config_path=args.config,
+            rules=args.rules,
+            send_test=args.send_test,
+            timeout=args.timeout / 1e9,
+        )
+    if args.command == "schema":
+        return _write_schema(args.output)
     if args.command == "redeliver":
         from streams.runtime.redeliver import run_redeliver
 

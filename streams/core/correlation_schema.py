@@ -8,8 +8,17 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from streams.core._yaml_tree import location, to_python
-from streams.core.durations import NS_PER_UNIT, parse_duration
+from streams.core.durations import parse_duration
 from streams.core.priority import canonical_priority
+from streams.core.rule_spec import (
+    CORRELATION_COMMON_KEYS,
+    CORRELATION_TYPE_KEYS,
+    MAX_WITHIN,
+    MIN_STEPS,
+    MIN_THRESHOLD,
+    ROLE_KEYS,
+    STEP_KEYS,
+)
 from streams.core.rules import Correlation, CorrelationType, Step
 from streams.core.templates import TemplateSyntaxError, compile_template
 from streams.errors import RuleError
@@ -19,28 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_WITHIN_NS", "build_correlation"]
 
-MAX_WITHIN_NS = 7 * NS_PER_UNIT["d"]
-_COMMON = {
-    "correlation",
-    "desc",
-    "type",
-    "by",
-    "within",
-    "output",
-    "severity",
-    "tags",
-    "suppress",
-    "enabled",
-    "override",
-}
-_BY_TYPE = {
-    CorrelationType.SEQUENCE: {"steps"},
-    CorrelationType.ALL: {"steps"},
-    CorrelationType.COUNT: {"condition", "threshold"},
-    CorrelationType.DISTINCT: {"condition", "field", "threshold"},
-    CorrelationType.ABSENCE: {"trigger", "expect"},
-}
-_ALL_TYPE_KEYS = set().union(*_BY_TYPE.values())
+MAX_WITHIN_NS = parse_duration(MAX_WITHIN)
+_COMMON = CORRELATION_COMMON_KEYS
+_BY_TYPE = CORRELATION_TYPE_KEYS
+_ALL_TYPE_KEYS = frozenset().union(*_BY_TYPE.values())
 _DEFAULT_OUTPUT = "{{ correlation }}: {{ events|length }} events for {{ key }}"
 
 CompileFn = Callable[..., Any]
@@ -86,11 +77,13 @@ class _Checker:
             self.error(node, f"{what} must be greater than 0")
             return None
         if maximum is not None and ns > maximum:
-            self.error(node, f"{what} must be at most 7d")
+            self.error(node, f"{what} must be at most {MAX_WITHIN}")
             return None
         return ns
 
-    def mapping(self, node: yaml.Node, what: str, allowed: set[str]) -> dict[str, yaml.Node] | None:
+    def mapping(
+        self, node: yaml.Node, what: str, allowed: frozenset[str]
+    ) -> dict[str, yaml.Node] | None:
         if not isinstance(node, yaml.MappingNode):
             self.error(node, f"{what} must be a mapping")
             return None
@@ -210,9 +203,11 @@ def build_correlation(
             if (
                 isinstance(raw_threshold, bool)
                 or not isinstance(raw_threshold, int)
-                or raw_threshold < 2
+                or raw_threshold < MIN_THRESHOLD
             ):
-                check.error(check.node("threshold"), "threshold must be an integer >= 2")
+                check.error(
+                    check.node("threshold"), f"threshold must be an integer >= {MIN_THRESHOLD}"
+                )
             else:
                 threshold = raw_threshold
         if ctype is CorrelationType.DISTINCT and "field" in item.keys:
@@ -265,13 +260,13 @@ def _steps(
     check: _Checker, by: tuple[str, ...], condition: Callable[[yaml.Node, str], Any]
 ) -> list[Step]:
     node = check.node("steps")
-    if not isinstance(node, yaml.SequenceNode) or len(node.value) < 2:
-        check.error(node, "steps must be a list of at least 2 steps")
+    if not isinstance(node, yaml.SequenceNode) or len(node.value) < MIN_STEPS:
+        check.error(node, f"steps must be a list of at least {MIN_STEPS} steps")
         return []
     steps: list[Step] = []
     names: set[str] = set()
     for index, step_node in enumerate(node.value):
-        spec = check.mapping(step_node, f"steps[{index}]", {"name", "condition", "by"})
+        spec = check.mapping(step_node, f"steps[{index}]", STEP_KEYS)
         if spec is None:
             continue
         if "name" not in spec or "condition" not in spec:
@@ -291,7 +286,7 @@ def _steps(
 def _role_step(
     check: _Checker, role: str, by: tuple[str, ...], condition: Callable[[yaml.Node, str], Any]
 ) -> Step | None:
-    spec = check.mapping(check.node(role), role, {"condition", "by"})
+    spec = check.mapping(check.node(role), role, ROLE_KEYS)
     if spec is None:
         return None
     if "condition" not in spec:

@@ -122,7 +122,10 @@ class Engine:
         self.track_changes = track_changes
         self._item_numbers = itertools.count()
         self.changed: set[tuple[int, KeyTuple]] = set()
-        self._held: dict[tuple[int, KeyTuple], list[HeldItem]] = {}
+        # per key, its held items by id (insertion-ordered; O(1) to release one); and per key
+        # the held items added (item) or released (None) since the last `take_held_changes`
+        self._held: dict[tuple[int, KeyTuple], dict[int, HeldItem]] = {}
+        self._held_changes: dict[tuple[int, KeyTuple], dict[int, HeldItem | None]] = {}
         self._sources: dict[tuple[int, KeyTuple], dict[int, int]] = {}
 
     # -- matching --------------------------------------------------------------------------
@@ -201,9 +204,8 @@ class Engine:
             heapq.heappush(self._buffer, item)
             if self.track_changes:
                 for ci, _si, key in matches:
-                    held = self._held.setdefault((ci, key), [])
-                    if not held or held[-1] is not item:
-                        held.append(item)
+                    self._held.setdefault((ci, key), {})[id(item)] = item
+                    self._held_changes.setdefault((ci, key), {})[event.seq] = item
                     self.changed.add((ci, key))
         return self.observe(event.time_ns) if observe else []
 
@@ -389,30 +391,52 @@ class Engine:
         for ci, _si, key in item[4]:
             held = self._held.get((ci, key))
             if held is not None:
-                held[:] = [h for h in held if h is not item]
+                held.pop(id(item), None)
                 if not held:
                     del self._held[(ci, key)]
+                changes = self._held_changes.setdefault((ci, key), {})
+                if changes.get(item[1]) is item:
+                    del changes[item[1]]  # held and released between two takes: never written
+                else:
+                    changes[item[1]] = None
 
     def take_changes(self) -> set[tuple[int, KeyTuple]]:
         """The (correlation index, key) entries changed since the last call."""
         changed, self.changed = self.changed, set()
         return changed
 
-    def entry(self, ci: int, key: KeyTuple) -> EngineEntry | None:
-        """Everything the engine holds for one (correlation, key), or None when nothing."""
+    def entry(self, ci: int, key: KeyTuple, *, held: bool = True) -> EngineEntry | None:
+        """Everything the engine holds for one (correlation, key), or None when nothing.
+
+        `held=False` leaves the held events out (the worker writes them one by one, see
+        `held_items`)."""
+        items = self._held.get((ci, key))
         entry = EngineEntry(
             state=self._states.get((ci, key)),
             held=[
                 (t, seq, n, event, [m for m in matches if m[0] == ci and m[2] == key])
-                for t, seq, n, event, matches in self._held.get((ci, key), ())
-            ],
+                for t, seq, n, event, matches in (items or {}).values()
+            ]
+            if held
+            else [],
             anchor=self._anchors.get((ci, key)),
             sources=self._sources.get((ci, key), {}),
         )
-        if entry.state is None and not entry.held and entry.anchor is None:
+        if entry.state is None and not items and entry.anchor is None:
             self._sources.pop((ci, key), None)
             return None
         return entry
+
+    def take_held_changes(self) -> dict[tuple[int, KeyTuple], dict[int, HeldItem | None]]:
+        """Per (correlation, key), by event seq: items held (the item) or released (None)
+        since the last call — what a persistent host must write or delete."""
+        changes, self._held_changes = self._held_changes, {}
+        return changes
+
+    def held_items(self, ci: int, key: KeyTuple) -> list[HeldItem]:
+        """The events held in the reorder buffer for one (correlation, key), unfiltered: their
+        matches may name other keys too."""
+        return list(self._held.get((ci, key), {}).values())
 
     def restore(self, ci: int, key: KeyTuple, entry: EngineEntry) -> None:
         """Put back an entry saved with `entry()` (recovery after a restart or a rebalance)."""
@@ -431,7 +455,7 @@ class Engine:
         for time_ns, seq, _, event, matches in entry.held:
             item = (time_ns, seq, (ci, next(self._item_numbers)), event, matches)
             heapq.heappush(self._buffer, item)
-            self._held.setdefault((ci, key), []).append(item)
+            self._held.setdefault((ci, key), {})[id(item)] = item
 
     def newest_event_ns(self) -> int:
         """The latest event time the engine holds (buffered or in state), or -inf."""

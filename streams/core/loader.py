@@ -22,17 +22,15 @@ from streams.core.conditions import (
     resolve_lists,
 )
 from streams.core.correlation_schema import build_correlation
+from streams.core.rule_spec import ITEM_KINDS, LIST_KEYS, MACRO_KEYS, OVERRIDE_APPEND_KEYS
 from streams.errors import ConditionSyntaxError, Location, RuleError, RuleLoadError
 
 __all__ = ["RULE_FILE_SUFFIXES", "TEST_FILE_SUFFIXES", "load_rules", "rule_files"]
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
-_KINDS = ("list", "macro", "correlation")
-_KIND_KEYS = {
-    "list": {"list", "items", "override"},
-    "macro": {"macro", "condition", "override"},
-}
+_KINDS = ITEM_KINDS
+_KIND_KEYS = {"list": LIST_KEYS, "macro": MACRO_KEYS}
 
 
 @dataclass
@@ -60,7 +58,10 @@ class RawItem:
 def rule_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files in argument order; a directory contributes its rule files in lexical path order.
 
-    Files named `*.test.yaml` are rule tests, not rules, and are skipped inside directories.
+    Files named `*.test.yaml` are rule tests, not rules, and are skipped inside directories, and
+    so are hidden files and directories: a Kubernetes ConfigMap volume holds every file three
+    times (`x.yaml` -> `..data/x.yaml` -> `..2024_05_25_13_44_05.1234/x.yaml`), and only the
+    visible link is the rule file (it is also what changes when the ConfigMap is updated).
     """
     files: list[Path] = []
     for raw in paths:
@@ -72,6 +73,7 @@ def rule_files(paths: Iterable[str | Path]) -> list[Path]:
                 if p.is_file()
                 and p.name.endswith(RULE_FILE_SUFFIXES)
                 and not p.name.endswith(TEST_FILE_SUFFIXES)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             ]
             files.extend(sorted(found, key=lambda p: p.as_posix()))
         else:
@@ -250,7 +252,7 @@ def _apply_override(item: RawItem, table: dict[str, RawItem], errors: list[RuleE
             )
             ok = False
             continue
-        allowed_append = {"list": {"items"}, "macro": {"condition"}}.get(item.kind, set())
+        allowed_append = OVERRIDE_APPEND_KEYS[item.kind]
         if mode == "replace":
             merged.keys[key] = item.keys[key]
         elif mode == "append" and key in allowed_append:

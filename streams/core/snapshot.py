@@ -23,7 +23,7 @@ from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor
 from streams.core.rules import Correlation, CorrelationType
 
-__all__ = ["SNAPSHOT_VERSION", "entry_from_data", "entry_to_data"]
+__all__ = ["SNAPSHOT_VERSION", "entry_from_data", "entry_to_data", "held_to_data"]
 
 SNAPSHOT_VERSION = 1
 
@@ -91,12 +91,19 @@ def entry_to_data(corr: Correlation, key: KeyTuple, entry: EngineEntry) -> dict[
         "t": corr.type.value,
         "k": list(key),
         "st": None if entry.state is None else _state_to_data(entry.state),
-        "held": [[_ev(item[3]), sorted({m[1] for m in item[4]})] for item in entry.held],
+        "held": [held_to_data(item, None, key) for item in entry.held],
         "anchor": None
         if anchor is None
         else [anchor.id, anchor.anchor_ns, anchor.first_seen_ns, anchor.count],
         "src": {str(p): o for p, o in entry.sources.items()},
     }
+
+
+def held_to_data(item: HeldItem, ci: int | None, key: KeyTuple) -> list[Any]:
+    """One held event as `[event, steps]`: the steps it matched for (ci, key) (all of the
+    item's steps when `ci` is None: `Engine.entry` filtered them already)."""
+    steps = {m[1] for m in item[4] if ci is None or (m[0] == ci and m[2] == key)}
+    return [_ev(item[3]), sorted(steps)]
 
 
 def entry_from_data(

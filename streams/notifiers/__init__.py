@@ -27,6 +27,7 @@ from streams.notifiers.base import (
 from streams.notifiers.config import parse_notifier_specs
 from streams.notifiers.dispatch import Dispatcher
 from streams.notifiers.metrics import NotifierMetrics
+from streams.notifiers.opensearch import SearchConfig, SearchIndexNotifier
 from streams.notifiers.routing import Route
 from streams.notifiers.slack import SlackConfig, SlackNotifier, build_slack_payload
 from streams.notifiers.webhook import WebhookConfig, WebhookNotifier, build_webhook_request
@@ -43,6 +44,8 @@ __all__ = [
     "NotifierContext",
     "NotifierMetrics",
     "Route",
+    "SearchConfig",
+    "SearchIndexNotifier",
     "Secret",
     "Skipped",
     "SlackConfig",
@@ -57,6 +60,8 @@ __all__ = [
 NOTIFIER_TYPES: dict[str, NotifierType] = {
     "slack": SlackNotifier,
     "webhook": WebhookNotifier,
+    "opensearch": SearchIndexNotifier,
+    "elasticsearch": SearchIndexNotifier,
 }
 
 

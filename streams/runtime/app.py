@@ -1,25 +1,36 @@
-"""The Faust application: topics, the ingest and correlate agents, ticks, web endpoints.
+"""The Faust application: the correlate agent, the ingest service, health and web endpoints.
 
-The only module that imports Faust. Design notes (docs/worker.md): aiokafka transport,
-at-least-once with deterministic incident ids, raw serializers + orjson, one agent per topic
-(`concurrency=1`: a repartitioned stream must not commit past an in-flight message), per-key
-state in a plain changelog-backed Table keyed by the correlate topic's key, and tick records
-produced into every correlate partition so idle partitions advance their watermark inside stream
-iteration (a timer may not write tables).
+The only module that builds the Faust app. Design notes (docs/worker.md):
+
+- The hot path does not go through Faust's per-message stream: `IngestService`
+  (streams/runtime/ingest_service.py) reads the events topic in batches with confluent-kafka and
+  produces one `CorrelateBatch` per destination partition per batch to `<app>-correlate`.
+- Faust keeps what it does well: the stateful correlate agent (a changelog-backed table,
+  recovery, rebalancing), the lifecycle, signals and the web endpoints. The agent handles one
+  batch record at a time (`concurrency=1`); each changed state entry is written once per record,
+  under that record's event, so Faust writes the changelog (and RocksDB) to its partition.
+- State entries (to the table's store, and to its changelog) and incidents are produced with
+  librdkafka (streams/runtime/state.py) and flushed before Faust may commit the records' offsets
+  (at-least-once; incident ids are deterministic).
+- `/healthz` fails when the stall watchdog finds a stalled partition, when partitions stay
+  unowned, or when the ingest service died; `/readyz` answers 503 while recovering, rebalancing,
+  before the ingest consumer joined its group, or while a partition is unowned.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
+import mode
 import orjson
 from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,38 +38,105 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams.core.rules import Ruleset
 from streams.enrich import EnrichmentPipeline
 from streams.runtime.config import StoreKind, WorkerConfig
+from streams.runtime.health import (
+    Ownership,
+    StallWatchdog,
+    describe_group_assignments,
+    describe_tasks,
+    unowned_partitions,
+)
+from streams.runtime.ingest import Ingestor
+from streams.runtime.ingest_service import IngestService, ingest_group
 from streams.runtime.kafka_options import faust_broker_credentials
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.partitions import PartitionCorrelator
-from streams.runtime.records import TICK_KEY, Ingestor, tick_value
+from streams.runtime.records import RecordError, decode_batch
+from streams.runtime.state import MAX_MESSAGE_BYTES, ChangelogStore, OutputProducer
 
-__all__ = ["WorkerApp", "build_app", "correlate_topic_name"]
+__all__ = [
+    "TABLE_NAME",
+    "WorkerApp",
+    "build_app",
+    "changelog_topic_name",
+    "correlate_topic_name",
+    "faust_data_dir",
+    "internal_topics",
+    "set_ruleset_metric",
+]
 
-_BATCH = 1000  # messages per agent iteration
-_BATCH_WAIT_S = 0.05  # how long a partial batch waits for more
+TABLE_NAME = "correlation-state"
+_RECORDS_PER_TAKE = 32  # correlate records taken from the stream at a time
+_RECORDS_WAIT_S = 0.005  # how long a partial group of records waits for more
 
 log = logging.getLogger("streams.worker")
+
+
+def faust_data_dir(config: WorkerConfig) -> Path:
+    """Faust's datadir for this app: `app.data_dir/<app id>` (two apps never share tables)."""
+    return Path(config.app.data_dir).expanduser() / config.app.id
 
 
 def correlate_topic_name(app_id: str) -> str:
     return f"{app_id}-correlate"
 
 
+def changelog_topic_name(app_id: str) -> str:
+    return f"{app_id}-{TABLE_NAME}-changelog"
+
+
+def internal_topics(app_id: str, partitions: int) -> dict[str, tuple[int, dict[str, str]]]:
+    """Every topic Faust would declare for this app: name -> (partitions, topic config).
+
+    Created before the app joins its group (streams/runtime/topics.py): the assignor ignores
+    topics missing at assignment time and nothing assigns them later.
+    """
+    return {
+        correlate_topic_name(app_id): (partitions, {}),
+        changelog_topic_name(app_id): (
+            partitions,
+            {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)},
+        ),
+        f"{app_id}-__assignor-__leader": (1, {}),
+    }
+
+
 @dataclass
 class WorkerApp:
-    """The Faust app and the pure stages it drives (exposed for reloads and tests)."""
+    """The Faust app and the stages it drives (exposed for reloads, health and tests)."""
 
     app: faust.App
     config: WorkerConfig
     ingestor: Ingestor
     correlator: PartitionCorrelator
     metrics: WorkerMetrics
+    ingest: IngestService
     ready: dict[str, Any] = field(default_factory=dict)
     enrichment: EnrichmentPipeline = field(default_factory=EnrichmentPipeline)
+    processed: dict[int, int] = field(default_factory=dict)  # correlate partition -> next offset
+    watchdog: StallWatchdog | None = None
+    ownership: Ownership = field(default_factory=Ownership)
+    correlate_waiting_on: str = "starting"
 
     def reload(self, ruleset: Ruleset) -> None:
         self.ingestor.reload(ruleset)
         self.correlator.reload(ruleset)
+
+    def local_positions(self) -> dict[int, int]:
+        return dict(self.processed)
+
+
+class _IngestRunner(mode.Service):
+    """Runs the ingest service with the Faust app: started with it, drained before it stops."""
+
+    def __init__(self, service: IngestService) -> None:
+        super().__init__()
+        self.service = service
+
+    async def on_start(self) -> None:
+        await self.service.start()
+
+    async def on_stop(self) -> None:
+        await self.service.stop()
 
 
 def build_app(
@@ -77,7 +155,7 @@ def build_app(
         broker=[f"kafka://{server}" for server in config.kafka.bootstrap_servers.split(",")],
         broker_credentials=faust_broker_credentials(config.kafka),
         store=store,
-        datadir=cfg_app.data_dir,
+        datadir=str(faust_data_dir(config)),
         topic_partitions=partitions,
         topic_replication_factor=topics.replication_factor,
         key_serializer="raw",
@@ -89,170 +167,191 @@ def build_app(
         web_in_thread=False,
         table_standby_replicas=0,
         topic_allow_declare=True,
-        stream_buffer_maxsize=8192,
+        stream_buffer_maxsize=1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
         broker_commit_every=10_000,
-        broker_commit_interval=1.0,
+        broker_commit_interval=0.5,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=cfg_app.session_timeout_ns / 1e9,
         broker_heartbeat_interval=min(3.0, cfg_app.session_timeout_ns / 3e9),
         producer_linger_ms=5,
     )
     metrics = metrics or WorkerMetrics.create()
-    events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
+    correlate_name = correlate_topic_name(cfg_app.id)
     correlate_topic = app.topic(
-        correlate_topic_name(cfg_app.id),
+        correlate_name,
         partitions=partitions,
         internal=True,
         key_serializer="raw",
         value_serializer="raw",
     )
-    incidents_topic = app.topic(topics.incidents, key_serializer="raw", value_serializer="raw")
-    dead_letter_topic = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
     # key and value are bytes: the app's default serializers are raw
-    table = app.Table("correlation-state", partitions=partitions, key_type=bytes, value_type=bytes)
-    ingestor = Ingestor(ruleset, cfg_app.lateness_ns, wall_clock=wall_clock)
+    table = app.Table(TABLE_NAME, partitions=partitions, key_type=bytes, value_type=bytes)
+    output = OutputProducer(config)
+    state_store = ChangelogStore(table, changelog_topic_name(cfg_app.id), output)
+    ingestor = Ingestor(
+        ruleset,
+        partitions,
+        max_future_skew_ns=getattr(cfg_app, "max_future_skew_ns", None),
+    )
     correlator = PartitionCorrelator(
         ruleset,
-        table,
+        state_store,
         lateness_ns=cfg_app.lateness_ns,
         max_pending=cfg_app.max_pending_per_key,
         wall_clock=wall_clock,
     )
-    worker = WorkerApp(app, config, ingestor, correlator, metrics)
+    processed: dict[int, int] = {}
+
+    def fatal(exc: BaseException) -> None:
+        app.loop.create_task(runner.crash(exc))
+
+    service = IngestService(
+        config,
+        ingestor,
+        metrics,
+        correlate_topic=correlate_name,
+        faust_group=cfg_app.id,
+        local_positions=lambda: dict(processed),
+        on_fatal=fatal,
+        wall_clock=wall_clock,
+        batch_size=cfg_app.ingest_batch_size,
+        max_inflight=cfg_app.max_inflight_records,
+    )
+    runner = _IngestRunner(service)
+    app.add_dependency(runner)
+    worker = WorkerApp(
+        app, config, ingestor, correlator, metrics, service, processed=processed
+    )
+    worker.watchdog = StallWatchdog(
+        cfg_app.stall_timeout_ns, fresh_within_ns=3 * cfg_app.tick_interval_ns + 10 * 10**9
+    )
     if enrichment is not None:
         worker.enrichment = enrichment
-    _set_ruleset_metric(metrics, ruleset)
-
-    @app.agent(events_topic, name="ingest", concurrency=1)
-    async def ingest(stream: Any) -> None:  # a faust.Stream (StreamT lacks take_events)
-        # Batches amortise Faust's per-message cost; offsets are acked after the batch.
-        async for events in stream.take_events(_BATCH, within=_BATCH_WAIT_S):
-            consumed: Counter[tuple[str, int]] = Counter()
-            late = 0
-            for event in events:
-                message = event.message
-                consumed[(message.topic, message.partition)] += 1
-                result = worker.ingestor.ingest(
-                    message.value, message.partition, message.offset, message.timestamp * 1000
-                )
-                # Sends attach to the current event: Faust publishes (and awaits) them before it
-                # commits that event's offset, which is what makes the output at-least-once.
-                with _current(event):
-                    if result.invalid is not None:
-                        await _dead_letter(message, result.invalid)
-                    elif result.late:
-                        late += 1
-                    else:
-                        for key, value in result.records:
-                            await correlate_topic.send(key=key, value=value)
-            for (topic, partition), count in consumed.items():
-                metrics.events.labels(topic, str(partition)).inc(count)
-            if late:
-                metrics.late.labels("ingest").inc(late)
-
-    async def _dead_letter(message: Any, reason: str) -> None:
-        metrics.invalid.inc()
-        log.warning(
-            "invalid event at %s/%d/%d: %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            reason,
-        )
-        await dead_letter_topic.send(
-            key=message.key,
-            value=message.value or b"",
-            headers=[
-                ("fc-reason", reason.encode()),
-                ("fc-source-topic", message.topic.encode()),
-                ("fc-source-partition", str(message.partition).encode()),
-                ("fc-source-offset", str(message.offset).encode()),
-            ],
-        )
+    set_ruleset_metric(metrics, ruleset)
 
     @app.agent(correlate_topic, name="correlate", concurrency=1)
     async def correlate(stream: Any) -> None:
-        correlator = worker.correlator
-        async for events in stream.take_events(_BATCH, within=_BATCH_WAIT_S):
+        async for events in stream.take_events(_RECORDS_PER_TAKE, within=_RECORDS_WAIT_S):
+            started = time.perf_counter()
             incidents: list[dict[str, Any]] = []
-            last_of_partition: dict[int, Any] = {}
-            records: Counter[int] = Counter()
-            late = duplicates = 0
-            now_s = wall_clock() / 1e9
+            last_of: dict[int, Any] = {}
             for event in events:
                 message = event.message
-                partition = message.partition
-                outcome = correlator.on_message(
-                    partition, message.offset, message.key, message.value, persist=False
-                )
-                last_of_partition[partition] = event
-                if message.key != TICK_KEY:
-                    records[partition] += 1
-                    if outcome.source_timestamp_ms:
-                        delay = now_s - outcome.source_timestamp_ms / 1000
-                        metrics.latency.observe(max(delay, 0.0))
-                late += outcome.late
-                duplicates += outcome.duplicate
-                incidents.extend(outcome.incidents)
-            # One table write per changed entry per batch, each under an event of its own
-            # partition: Faust writes the changelog (and RocksDB) to the current event's partition.
-            for partition, event in last_of_partition.items():
+                try:
+                    incidents.extend(_correlate_record(event))
+                except Exception as exc:
+                    # a defect, not bad input (records are ours and decoded above): say where,
+                    # count it and go on — a dead agent would stall every partition silently
+                    metrics.records_invalid.inc()
+                    log.exception(
+                        "correlate record %s/%d/%d failed: %r; skipped",
+                        correlate_name, message.partition, message.offset, exc,
+                    )
+                last_of[message.partition] = event
+            # Each changed entry is written once per group of records, under an event of its
+            # partition: the store (RocksDB) and the changelog take the current event's
+            # partition. A key changed by several records of the group is written once.
+            for partition, event in last_of.items():
                 with _current(event):
-                    correlator.persist(partition)
-            for partition, count in records.items():
-                metrics.records.labels(str(partition)).inc(count)
-            if late:
-                metrics.late.labels("correlate").inc(late)
-            if duplicates:
-                metrics.duplicates.inc(duplicates)
+                    worker.correlator.persist(partition)
+                processed[partition] = event.message.offset + 1
             if incidents:
-                await _emit(incidents, events[-1])
+                worker.correlate_waiting_on = "enrichment of incidents"
+                await _emit(incidents)
+            metrics.stage_seconds.labels("correlate").observe(time.perf_counter() - started)
+            worker.correlate_waiting_on = f"next record of {correlate_name} (Faust stream)"
 
-    async def _emit(incidents: list[dict[str, Any]], last_event: Any) -> None:
-        with _current(last_event):  # published before the batch's offsets are committed
-            for incident in incidents:
-                # bounded by the pipeline deadline; never drops the incident
-                await worker.enrichment.enrich(incident)
-                metrics.incidents.labels(incident["correlation"], incident["status"]).inc()
-                metrics.matches.labels(incident["correlation"]).inc()
-                await incidents_topic.send(
-                    key=incident["id"].encode(), value=orjson.dumps(incident)
-                )
-                log.info(
-                    "incident %s %s %s key=%s count=%d",
-                    incident["id"],
-                    incident["status"],
-                    incident["correlation"],
-                    incident["key"],
-                    incident["count"],
-                )
+    async def flush_outputs() -> None:
+        """Runs before every offset commit of Faust's consumer (and before revocation): state
+        entries and incidents of every record processed so far are acknowledged first."""
+        await output.flush()
+        state_store.persist_offsets()
 
-    tick_interval = cfg_app.tick_interval_ns / 1e9
+    _flush_before_commits(app, flush_outputs)
 
-    @app.timer(interval=tick_interval, name="watermark-ticks")
-    async def ticks() -> None:
-        value = tick_value(wall_clock(), worker.ingestor.high_water_ns)
-        for partition in range(partitions):
-            await correlate_topic.send(key=TICK_KEY, value=value, partition=partition)
-        _update_gauges(worker, wall_clock())
+    def _correlate_record(event: Any) -> list[dict[str, Any]]:
+        message = event.message
+        partition, offset = message.partition, message.offset
+        worker.correlate_waiting_on = f"processing {correlate_name}/{partition}@{offset}"
+        try:
+            batch = decode_batch(message.key, message.value)
+        except RecordError as exc:
+            metrics.records_invalid.inc()
+            log.error(
+                "skipped correlate record %s/%d/%d: %s", correlate_name, partition, offset, exc
+            )
+            return []
+        outcome = worker.correlator.on_batch(partition, offset, batch, persist=False)
+        if outcome.events:
+            metrics.records.labels(str(partition)).inc(outcome.events)
+            metrics.batch_size.labels("correlate").observe(outcome.events)
+        if outcome.produced_ms:
+            now_s = wall_clock() / 1e9
+            for produced in outcome.produced_ms:
+                metrics.latency.observe(max(now_s - produced / 1000, 0.0))
+        if outcome.late:
+            metrics.late.labels("correlate").inc(outcome.late)
+        if outcome.duplicates:
+            metrics.duplicates.inc(outcome.duplicates)
+        return outcome.incidents
+
+    async def _emit(incidents: list[dict[str, Any]]) -> None:
+        # enrichment of a batch's incidents runs concurrently, each bounded by the deadline
+        await asyncio.gather(*(worker.enrichment.enrich(incident) for incident in incidents))
+        for incident in incidents:
+            metrics.incidents.labels(
+                incident["correlation"], incident["status"], str(incident.get("severity"))
+            ).inc()
+            metrics.matches.labels(incident["correlation"]).inc()
+            output.produce(
+                topics.incidents,
+                incident["id"].encode(),
+                orjson.dumps(incident),
+                -1,
+                changelog=False,
+            )
+            log.info(
+                "incident %s %s %s key=%s count=%d",
+                incident["id"],
+                incident["status"],
+                incident["correlation"],
+                incident["key"],
+                incident["count"],
+            )
+
+    @app.timer(interval=cfg_app.tick_interval_ns / 1e9, name="health")
+    async def health() -> None:
+        now = wall_clock()
+        _update_gauges(worker, now)
+        _raise_counter(metrics.refused, output.refused, worker.ready, "refused")
+        checked = {f"{topics.events}/{p}": h for p, h in service.source_health.items()}
+        checked.update({f"{correlate_name}/{p}": h for p, h in service.correlate_health.items()})
+        assert worker.watchdog is not None
+        worker.watchdog.check(checked, now, lambda: describe_tasks(_waiting_on(worker)))
+        metrics.stalled.set(len(worker.watchdog.stalled))
+
+    @app.timer(interval=5.0, name="ownership")
+    async def ownership() -> None:
+        await _check_ownership(worker, correlate_name)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", set())
-        name = correlate_topic_name(cfg_app.id)
-        worker.correlator.revoke({tp.partition for tp in revoked if tp.topic == name})
+        gone = {tp.partition for tp in revoked if tp.topic == correlate_name}
+        worker.correlator.revoke(gone)
+        for partition in gone:
+            processed.pop(partition, None)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-        assigned = args[0] if args else kwargs.get("assigned", set())
-        # The ingest watermark waits for every assigned source partition (or its idleness).
-        worker.ingestor.progress.assign(
-            {tp.partition for tp in assigned if tp.topic == topics.events}
-        )
+        app.loop.create_task(_check_ownership(worker, correlate_name, delay=2.0))
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        problems = _health_problems(worker, wall_clock())
+        if problems:
+            return web.json({"status": "unhealthy", "problems": problems}, status=503)
         return web.json({"status": "ok"})
 
     @app.page("/readyz")
@@ -260,6 +359,14 @@ def build_app(
         recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
         if app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
             return web.json({"status": "recovering or rebalancing"}, status=503)
+        if not service.joined.is_set():
+            return web.json({"status": "ingest consumer not in its group yet"}, status=503)
+        if worker.ownership.unowned:
+            return web.json(
+                {"status": "partitions not owned by any worker",
+                 "partitions": worker.ownership.unowned},
+                status=503,
+            )
         return web.json({"status": "ready", "ruleset": worker.ingestor.ruleset.digest})
 
     @app.page("/metrics")
@@ -270,17 +377,94 @@ def build_app(
 
     # keep references so Faust's decorators' results are not garbage collected or unused
     worker.ready.update(
-        ingest=ingest,
-        correlate=correlate,
-        ticks=ticks,
-        on_revoked=on_revoked,
-        on_assigned=on_assigned,
+        correlate=correlate, health=health, ownership=ownership,
+        on_revoked=on_revoked, on_assigned=on_assigned,
     )
     if config.notifiers:  # notify stage: its own consumer group (streams/runtime/notify.py)
         from streams.runtime.notify import install_notify
 
         install_notify(worker)
     return worker
+
+
+def _waiting_on(worker: WorkerApp) -> dict[str, str]:
+    return {
+        "ingest": worker.ingest.waiting_on,
+        "correlate agent": worker.correlate_waiting_on,
+    }
+
+
+def _health_problems(worker: WorkerApp, now_ns: int) -> list[str]:
+    problems = []
+    if worker.ingest.failed is not None:
+        problems.append(f"ingest stopped: {worker.ingest.failed!r:.200}")
+    if worker.watchdog is not None and worker.watchdog.stalled:
+        problems.append("stalled partitions: " + ", ".join(worker.watchdog.stalled))
+    own = worker.ownership
+    if own.unowned and now_ns - own.since_ns >= worker.config.app.stall_timeout_ns:
+        problems.append("unowned partitions: " + ", ".join(own.unowned))
+    return problems
+
+
+async def _check_ownership(worker: WorkerApp, correlate_name: str, *, delay: float = 0) -> None:
+    """Every partition of the events topic owned in the ingest group, and every correlate
+    partition in the Faust group; readiness fails (and the log says so) while one is not."""
+    if delay:
+        await asyncio.sleep(delay)
+    service = worker.ingest
+    if service.admin is None or not service.joined.is_set():
+        return
+    app_id = worker.config.app.id
+    source_count = service.source_partitions
+    admin = service.admin
+
+    def ask() -> list[str]:
+        ingest_members = describe_group_assignments(admin, ingest_group(app_id))
+        faust_members = describe_group_assignments(admin, app_id)
+        missing = unowned_partitions({worker.config.topics.events: source_count}, ingest_members)
+        missing += unowned_partitions(
+            {correlate_name: worker.config.topics.partitions}, faust_members
+        )
+        return missing
+
+    try:
+        unowned = await service.run_io(ask)
+    except Exception as exc:  # a broker outage: keep the last verdict
+        log.warning("cannot describe the consumer groups: %s", exc)
+        return
+    own = worker.ownership
+    if unowned and not own.unowned:
+        own.since_ns = time.time_ns()
+    if unowned and unowned != own.unowned:
+        log.error(
+            "partitions owned by no member of the group: %s; /readyz answers 503 "
+            "(were the topics created after the group formed?)",
+            ", ".join(unowned),
+        )
+    elif own.unowned and not unowned:
+        log.info("every partition is owned again")
+    own.unowned = unowned
+    own.checked = True
+    worker.metrics.unowned.set(len(unowned))
+
+
+def _flush_before_commits(app: faust.App, flush: Callable[[], Any]) -> None:
+    """Faust's consumer awaits `app.producer.flush()` right before it commits offsets (at-least-
+    once): chain our own outputs' flush into it, so an offset is never committed before the
+    state and incidents of its record are acknowledged by the brokers."""
+    producer: Any = app.producer
+    faust_flush = producer.flush
+
+    async def flush_all() -> None:
+        try:
+            await flush()
+        except RuntimeError as exc:
+            log.error("correlate outputs not delivered: %s; the worker stops (exit 1)", exc)
+            await app.crash(exc)
+            raise
+        await faust_flush()
+
+    producer.flush = flush_all
 
 
 @contextmanager
@@ -293,7 +477,7 @@ def _current(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def _set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset) -> None:
+def set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset) -> None:
     metrics.ruleset.clear()
     metrics.ruleset.labels(ruleset.digest).set(1)
     metrics.reload_success.set(1)

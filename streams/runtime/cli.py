@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import orjson
 
@@ -18,9 +17,8 @@ from streams.core.loader import load_rules, rule_files
 from streams.core.rules import Ruleset
 from streams.errors import ConfigError, RuleLoadError
 from streams.runtime.config import LogFormat, WorkerConfig, load_config
-from streams.runtime.kafka_options import confluent_config
 
-__all__ = ["ensure_topics", "run_worker", "setup_logging"]
+__all__ = ["RulesWatcher", "run_worker", "setup_logging"]
 
 log = logging.getLogger("streams.worker")
 
@@ -52,33 +50,6 @@ def setup_logging(config: WorkerConfig) -> None:
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
 
 
-def ensure_topics(config: WorkerConfig, timeout_s: float = 30.0) -> None:
-    """Create the external topics with the configured partitions if they do not exist."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient(confluent_config(config.kafka))
-    topics = config.topics
-    wanted = [topics.events, topics.incidents, topics.dead_letter, topics.notify_dead_letter]
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    missing = [
-        NewTopic(
-            name, num_partitions=topics.partitions, replication_factor=topics.replication_factor
-        )
-        for name in dict.fromkeys(wanted)
-        if name not in existing
-    ]
-    if not missing:
-        return
-    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
-        try:
-            future.result()
-            log.info("created topic %s", name)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-
-
 class RulesWatcher:
     """Reload rules on SIGHUP and when a rule file changes; keep the old rules on errors."""
 
@@ -106,7 +77,7 @@ class RulesWatcher:
         return False
 
     def reload(self, reason: str) -> bool:
-        from streams.runtime.app import WorkerApp, _set_ruleset_metric
+        from streams.runtime.app import WorkerApp, set_ruleset_metric
 
         assert isinstance(self.worker, WorkerApp)
         metrics = self.worker.metrics
@@ -123,7 +94,7 @@ class RulesWatcher:
             )
             return False
         self.worker.reload(ruleset)
-        _set_ruleset_metric(metrics, ruleset)
+        set_ruleset_metric(metrics, ruleset)
         metrics.reloads.labels("ok").inc()
         log.info(
             "rules reloaded (%s): %d correlations, ruleset %s",
@@ -150,12 +121,20 @@ def run_worker(*, config_path: str | None, rules: Sequence[str] | None) -> int:
             print(error, file=sys.stderr)
         print(f"{len(exc.errors)} error(s); the worker does not start", file=sys.stderr)
         return 1
+    from streams.runtime.app import faust_data_dir
+    from streams.runtime.topics import discard_stale_state, ensure_topics
+
     try:
         ensure_topics(config)
     except Exception as exc:  # any broker problem at start is fatal, said plainly
         print(f"cannot reach Kafka at {config.kafka.bootstrap_servers}: {exc}", file=sys.stderr)
         return 3
-    Path(config.app.data_dir).mkdir(parents=True, exist_ok=True)
+    faust_data_dir(config).mkdir(parents=True, exist_ok=True)
+    try:
+        discard_stale_state(config)
+    except Exception as exc:  # the broker answered a moment ago; say what failed
+        print(f"cannot check local state against the changelog: {exc}", file=sys.stderr)
+        return 3
 
     from streams.enrich import EnrichmentMetrics, load_enrichment
     from streams.runtime.metrics import WorkerMetrics

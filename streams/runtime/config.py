@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,19 +96,36 @@ class TopicsConfig:
     replication_factor: int = 1
 
 
+def default_data_dir() -> str:
+    """Where local table state lives unless `app.data_dir` says otherwise: independent of the
+    directory the worker starts in (`$XDG_STATE_HOME/falco-correlator`, else
+    `~/.local/state/falco-correlator`; the container image sets /var/lib/falco-correlator)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "falco-correlator")
+
+
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     id: str = "falco-correlator"
     rules: tuple[str, ...] = ("rules/",)
     lateness_ns: int = 10 * NS_PER_UNIT["s"]
     store: StoreKind = StoreKind.ROCKSDB
-    data_dir: str = "var/falco-correlator"
+    data_dir: str = field(default_factory=default_data_dir)
     web_port: int = 6066
     tick_interval_ns: int = 1 * NS_PER_UNIT["s"]
     max_pending_per_key: int = 10_000
     session_timeout_ns: int = 30 * NS_PER_UNIT["s"]
+    idle_timeout_ns: int = 2 * NS_PER_UNIT["s"]
+    stall_timeout_ns: int = 60 * NS_PER_UNIT["s"]
+    ingest_batch_size: int = 2000
+    max_inflight_records: int = 64
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.JSON
+
+    @property
+    def idle_after_ns(self) -> int:
+        """How long a caught-up source partition's silence is tolerated."""
+        return self.idle_timeout_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +301,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("app", "lateness", _duration(0), "10s", "how late an event may arrive (watermark lag)",
        attr="lateness_ns"),
     _s("app", "store", _choice(StoreKind), "rocksdb", "table store: rocksdb|memory"),
-    _s("app", "data_dir", _text, "var/falco-correlator", "where the RocksDB tables live"),
+    _s("app", "data_dir", _text, "$XDG_STATE_HOME/falco-correlator",
+       "where the RocksDB tables live (default: `$XDG_STATE_HOME/falco-correlator`, else "
+       "`~/.local/state/falco-correlator`; not relative to the working directory)"),
     _s("app", "web_port", _integer(1, 65535), "6066", "port of /healthz, /readyz and /metrics"),
     _s("app", "tick_interval", _duration(1), "1s",
        "how often ticks advance the watermark and fire absence deadlines", attr="tick_interval_ns"),
@@ -292,6 +312,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("app", "session_timeout", _duration(NS_PER_UNIT["s"]), "30s",
        "Kafka group session timeout: how soon a crashed worker's partitions move to the others",
        attr="session_timeout_ns"),
+    _s("app", "idle_timeout", _duration(0), "2s",
+       "how long a source partition that is caught up with its log end may stay silent before it "
+       "stops holding the watermark back", attr="idle_timeout_ns"),
+    _s("app", "stall_timeout", _duration(NS_PER_UNIT["s"]), "60s",
+       "a partition with lag > 0 and no progress for this long fails /healthz",
+       attr="stall_timeout_ns"),
+    _s("app", "ingest_batch_size", _integer(1, 100_000), "2000",
+       "Falco messages read per ingest batch"),
+    _s("app", "max_inflight_records", _integer(2), "64",
+       "correlate records produced but not yet processed, per partition, before ingest pauses"),
     _s("app", "log_level", _choice(LogLevel, {"warn": "WARNING"}), "INFO", _LEVELS),
     _s("app", "log_format", _choice(LogFormat), "json", "json|console"),
 )  # fmt: skip

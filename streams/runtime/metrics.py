@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = ["WorkerMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
 
 @dataclass
@@ -30,6 +32,15 @@ class WorkerMetrics:
     reload_success: Gauge
     reloads: Counter
     ruleset: Gauge
+    future: Counter
+    records_invalid: Counter
+    batch_size: Histogram
+    stage_seconds: Histogram
+    consumer_lag: Gauge
+    stalled: Gauge
+    unowned: Gauge
+    backpressure: Counter
+    refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -59,7 +70,10 @@ class WorkerMetrics:
             ),
             matches=Counter("fc_matches", "Correlation matches", ["correlation"], registry=reg),
             incidents=Counter(
-                "fc_incidents", "Incidents emitted", ["correlation", "status"], registry=reg
+                "fc_incidents",
+                "Incidents emitted",
+                ["correlation", "status", "severity"],
+                registry=reg,
             ),
             state_entries=Gauge(
                 "fc_state_entries",
@@ -94,4 +108,55 @@ class WorkerMetrics:
             ),
             reloads=Counter("fc_rules_reloads", "Rules reloads", ["result"], registry=reg),
             ruleset=Gauge("fc_ruleset_info", "The loaded ruleset", ["digest"], registry=reg),
+            future=Counter(
+                "fc_events_future",
+                "Events dated more than app.max_future_skew ahead (dead-lettered), per hostname",
+                ["hostname"],
+                registry=reg,
+            ),
+            records_invalid=Counter(
+                "fc_records_invalid",
+                "Correlate records that could not be read (corrupt or from a newer version)",
+                registry=reg,
+            ),
+            batch_size=Histogram(
+                "fc_batch_size",
+                "Messages per batch (ingest) and events per record (correlate)",
+                ["stage"],
+                buckets=_BATCH_BUCKETS,
+                registry=reg,
+            ),
+            stage_seconds=Histogram(
+                "fc_stage_seconds",
+                "Time to process one batch (ingest: read to acknowledged) or record (correlate)",
+                ["stage"],
+                buckets=_STAGE_BUCKETS,
+                registry=reg,
+            ),
+            consumer_lag=Gauge(
+                "fc_consumer_lag",
+                "Messages between the worker's position and the log end, per partition it owns",
+                ["topic", "partition"],
+                registry=reg,
+            ),
+            stalled=Gauge(
+                "fc_stalled_partitions",
+                "Partitions with lag > 0 and no progress for app.stall_timeout",
+                registry=reg,
+            ),
+            unowned=Gauge(
+                "fc_unowned_partitions",
+                "Partitions of the consumed topics that no member of the group owns",
+                registry=reg,
+            ),
+            refused=Counter(
+                "fc_outputs_refused",
+                "State entries or incidents the Kafka client refused (e.g. above 8 MiB), logged",
+                registry=reg,
+            ),
+            backpressure=Counter(
+                "fc_ingest_backpressure",
+                "Times ingest paused because correlate partitions were behind",
+                registry=reg,
+            ),
         )

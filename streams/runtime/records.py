@@ -1,172 +1,222 @@
-"""Records on the internal `<app>-correlate` topic, and the stage that produces them.
+"""Records on the internal `<app>-correlate` topic: typed, versioned, one codec.
 
-The ingest stage decodes each Falco message, validates it, matches it against the rules and
-sends one record per (correlation, group key) it takes part in, keyed so that every record of a
-key lands on the same partition (falcosidekick's messages are unkeyed and round-robin). The
-event time travels inside the value (a repartition loses the original timestamp), with the
-ingest stage's high-water event time so that partitions which see few matching events still
-advance their watermark as the whole stream does.
+The ingest stage (streams/runtime/ingest.py) sends one `CorrelateBatch` per destination partition
+per batch of Falco messages it read, not one record per event: Faust's cost is per Kafka message,
+so the hot path carries hundreds of events per message. A batch carries, for each event, the
+payload, its time in nanoseconds (a repartition keeps the send time, not the event time), its
+source partition/offset (redelivery de-duplication), the source message's produce time (latency
+metric) and the (correlation, group key, steps) it matched at ingest. It also carries the sender's
+event-time progress per source partition (see `streams/runtime/progress.py`): each correlate
+partition takes the minimum over all source partitions as its high-water mark. A batch without
+events is a tick: it only reports progress.
+
+Wire format (orjson): `{"v": 1, "d": digest, "n": source partitions, "p": [[partition, time],
+...], "w": wall_ns, "e": [[payload, time_ns, src_partition, src_offset, produced_ms,
+[[correlation, key, steps], ...]], ...]}`. Readers accept every version up to `RECORD_VERSION`
+and the unversioned records of 0.1 (one record per (correlation, key), ticks keyed `\\x00tick`),
+so a rolling upgrade reads what the previous version left in the topic; a newer version is
+refused with a clear error (and counted) rather than misread.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from streams.core.engine import Engine, KeyTuple
-from streams.core.events import event_from_bytes
-from streams.core.rules import Ruleset
-from streams.errors import EventError
+from streams.core.engine import KeyTuple
 
 __all__ = [
+    "BATCH_KEY",
+    "RECORD_VERSION",
     "TICK_KEY",
-    "IngestResult",
-    "Ingestor",
-    "SourceProgress",
+    "CorrelateBatch",
+    "EventRecord",
+    "MatchRef",
+    "RecordError",
+    "decode_batch",
+    "destination_partition",
+    "encode_batch",
     "entry_key",
     "meta_key",
-    "tick_value",
 ]
 
-TICK_KEY = b"\x00tick"
-_NEG_INF = -(2**63)
+RECORD_VERSION = 1
+BATCH_KEY = b"\x00batch"
+TICK_KEY = b"\x00tick"  # version 0 ticks
 _SEPARATOR = b"\x1f"
 
 
+class RecordError(ValueError):
+    """A correlate record this worker cannot read (corrupt, or written by a newer version)."""
+
+
 def entry_key(correlation: str, key: KeyTuple) -> bytes:
-    """Kafka key of a (correlation, group key): also the state table's key, so both agree."""
+    """The state table's key of a (correlation, group key)."""
     return correlation.encode() + _SEPARATOR + orjson.dumps(list(key))
+
+
+def destination_partition(correlation: str, key: KeyTuple, partitions: int) -> int:
+    """The correlate partition that owns a (correlation, group key): stable across versions.
+
+    CRC-32 of the entry key: every worker and every release agrees, which is what keeps a key's
+    state on the partition whose changelog holds it.
+    """
+    return zlib.crc32(entry_key(correlation, key)) % partitions
 
 
 def meta_key(partition: int) -> bytes:
     return b"\x00meta:%d" % partition
 
 
-def tick_value(wall_ns: int, high_water_ns: int) -> bytes:
-    return orjson.dumps({"tick": wall_ns, "hw": high_water_ns})
+@dataclass(frozen=True, slots=True)
+class MatchRef:
+    """One (correlation, group key) an event takes part in, with the steps it matched."""
+
+    correlation: str
+    key: KeyTuple
+    steps: tuple[int, ...]
 
 
-@dataclass
-class IngestResult:
-    records: list[tuple[bytes, bytes]] = field(default_factory=list)
-    invalid: str | None = None  # the reason, when the message goes to the dead-letter topic
-    late: bool = False
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    payload: dict[str, Any]
+    time_ns: int
+    source_partition: int
+    source_offset: int
+    produced_ms: float | None
+    matches: tuple[MatchRef, ...]
+    # the payload's JSON as read from Kafka (already validated by orjson): written as is
+    # instead of encoding `payload` again
+    payload_json: bytes | None = field(default=None, compare=False, repr=False)
 
 
-class SourceProgress:
-    """Event-time progress of the source partitions, as a stream processor's watermark needs.
+@dataclass(frozen=True, slots=True)
+class CorrelateBatch:
+    """A batch of matched events for one correlate partition, or (no events) a tick.
 
-    The high-water mark is the minimum over the source partitions of the highest event time each
-    delivered, so a consumer that reads one partition ahead of another (a backlog after downtime,
-    uneven fetches) does not make the slower partitions' events late. A partition that delivered
-    nothing for `idle_after_ns` of wall time stops holding the mark back, and one that is
-    assigned but has delivered nothing holds it at the start for at most that long.
+    `progress` maps source partitions to event-time progress (nanoseconds) as the sender knows
+    them; `source_partitions` is how many partitions the events topic has, so a reader can tell
+    when every one of them has reported. `legacy_high_water` is set only for version-0 records,
+    which carried one high-water mark instead.
     """
 
-    def __init__(self, idle_after_ns: int, wall_clock: Callable[[], int]) -> None:
-        self.idle_after_ns = idle_after_ns
-        self.wall_clock = wall_clock
-        self._max: dict[int, int] = {}
-        self._last_wall: dict[int, int] = {}
-        self._assigned: set[int] = set()
-        self._assigned_wall = wall_clock()
+    digest: str
+    source_partitions: int
+    progress: Mapping[int, int]
+    wall_ns: int
+    events: tuple[EventRecord, ...] = ()
+    version: int = RECORD_VERSION
+    legacy_high_water: int | None = field(default=None)
 
-    def assign(self, partitions: set[int]) -> None:
-        self._assigned = set(partitions)
-        self._assigned_wall = self.wall_clock()
-        for gone in set(self._max) - self._assigned:
-            self._max.pop(gone, None)
-            self._last_wall.pop(gone, None)
-
-    def observe(self, partition: int, time_ns: int) -> None:
-        if time_ns > self._max.get(partition, _NEG_INF):
-            self._max[partition] = time_ns
-        self._last_wall[partition] = self.wall_clock()
-
-    def high_water_ns(self) -> int:
-        now = self.wall_clock()
-        horizon = now - self.idle_after_ns
-        lowest = None
-        for partition in self._assigned | set(self._max):
-            if partition not in self._max:
-                if self._assigned_wall > horizon:
-                    return _NEG_INF  # not heard from yet: wait for it (or its idleness)
-                continue
-            if self._last_wall[partition] < horizon:
-                continue  # idle: does not hold the mark back
-            value = self._max[partition]
-            lowest = value if lowest is None else min(lowest, value)
-        if lowest is None:  # everything idle: the stream as a whole
-            return max(self._max.values(), default=_NEG_INF)
-        return lowest
+    @property
+    def is_tick(self) -> bool:
+        return not self.events
 
 
-class Ingestor:
-    """Decode, validate, match and re-key one source message. Pure: no Kafka here."""
+def encode_batch(batch: CorrelateBatch) -> bytes:
+    return orjson.dumps(
+        {
+            "v": RECORD_VERSION,
+            "d": batch.digest,
+            "n": batch.source_partitions,
+            "p": [[partition, time_ns] for partition, time_ns in batch.progress.items()],
+            "w": batch.wall_ns,
+            "e": [_encode_event(event) for event in batch.events],
+        }
+    )
 
-    def __init__(
-        self,
-        ruleset: Ruleset,
-        lateness_ns: int,
-        *,
-        wall_clock: Callable[[], int] = time.time_ns,
-        idle_after_ns: int | None = None,
-    ) -> None:
-        self.lateness_ns = lateness_ns
-        self.progress = SourceProgress(
-            lateness_ns if idle_after_ns is None else idle_after_ns, wall_clock
+
+def _encode_event(event: EventRecord) -> list[Any]:
+    return [
+        event.payload if event.payload_json is None else orjson.Fragment(event.payload_json),
+        event.time_ns,
+        event.source_partition,
+        event.source_offset,
+        event.produced_ms,
+        [[m.correlation, list(m.key), list(m.steps)] for m in event.matches],
+    ]
+
+
+def decode_batch(key: bytes | None, value: bytes | None) -> CorrelateBatch:
+    """Read a correlate record of any known version; RecordError when it cannot be read."""
+    if value is None:
+        raise RecordError("correlate record without a value")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"correlate record is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecordError("correlate record is not a JSON object")
+    try:
+        if "v" in data:
+            version = data["v"]
+            if not isinstance(version, int) or version < 1:
+                raise RecordError(f"correlate record has an invalid version {version!r:.20}")
+            if version > RECORD_VERSION:
+                raise RecordError(
+                    f"correlate record version {version} is newer than this worker reads "
+                    f"(up to {RECORD_VERSION}): upgrade every worker of the group"
+                )
+            return _decode_v1(data)
+        return _decode_v0(key, data)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, RecordError):
+            raise
+        raise RecordError(f"malformed correlate record: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_v1(data: dict[str, Any]) -> CorrelateBatch:
+    events = tuple(
+        EventRecord(
+            payload=payload,
+            time_ns=int(time_ns),
+            source_partition=int(partition),
+            source_offset=int(offset),
+            produced_ms=None if produced is None else float(produced),
+            matches=tuple(MatchRef(str(c), tuple(k), tuple(int(s) for s in st)) for c, k, st in m),
         )
-        self._matcher = Engine(ruleset, lateness_ns=lateness_ns)
+        for payload, time_ns, partition, offset, produced, m in data["e"]
+    )
+    return CorrelateBatch(
+        digest=str(data["d"]),
+        source_partitions=int(data["n"]),
+        progress={int(p): int(t) for p, t in data["p"]},
+        wall_ns=int(data["w"]),
+        events=events,
+        version=int(data["v"]),
+    )
 
-    @property
-    def high_water_ns(self) -> int:
-        return self.progress.high_water_ns()
 
-    @property
-    def ruleset(self) -> Ruleset:
-        return self._matcher.ruleset
-
-    def reload(self, ruleset: Ruleset) -> None:
-        self._matcher = Engine(ruleset, lateness_ns=self.lateness_ns)
-
-    def ingest(
-        self, value: bytes | None, partition: int, offset: int, timestamp_ms: float
-    ) -> IngestResult:
-        if value is None:
-            return IngestResult(invalid="empty message (no value)")
-        try:
-            event = event_from_bytes(value, offset)
-        except EventError as exc:
-            return IngestResult(invalid=str(exc))
-        self.progress.observe(partition, event.time_ns)
-        high_water = self.progress.high_water_ns()
-        if event.time_ns < high_water - self.lateness_ns:
-            return IngestResult(late=True)
-        matches = self._matcher.match(event)
-        if not matches:
-            return IngestResult()
-        grouped: dict[tuple[int, KeyTuple], list[int]] = {}
-        for ci, si, key in matches:
-            grouped.setdefault((ci, key), []).append(si)
-        correlations = self._matcher.correlations
-        digest = self._matcher.ruleset.digest
-        result = IngestResult()
-        for (ci, key), steps in grouped.items():
-            name = correlations[ci].name
-            record: dict[str, Any] = {
-                "e": event.raw,
-                "t": event.time_ns,
-                "c": name,
-                "k": list(key),
-                "s": steps,
-                "d": digest,
-                "hw": high_water,
-                "src": [partition, offset],
-                "ts": timestamp_ms,
-            }
-            result.records.append((entry_key(name, key), orjson.dumps(record)))
-        return result
+def _decode_v0(key: bytes | None, data: dict[str, Any]) -> CorrelateBatch:
+    """0.1's records: a tick `{"tick", "hw"}` or one event for one (correlation, key)."""
+    if key == TICK_KEY:
+        return CorrelateBatch(
+            digest="",
+            source_partitions=0,
+            progress={},
+            wall_ns=int(data["tick"]),
+            version=0,
+            legacy_high_water=int(data["hw"]),
+        )
+    partition, offset = data["src"]
+    event = EventRecord(
+        payload=data["e"],
+        time_ns=int(data["t"]),
+        source_partition=int(partition),
+        source_offset=int(offset),
+        produced_ms=data.get("ts"),
+        matches=(MatchRef(str(data["c"]), tuple(data["k"]), tuple(int(s) for s in data["s"])),),
+    )
+    return CorrelateBatch(
+        digest=str(data.get("d", "")),
+        source_partitions=0,
+        progress={},
+        wall_ns=0,
+        events=(event,),
+        version=0,
+        legacy_high_water=int(data["hw"]),
+    )

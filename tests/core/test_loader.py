@@ -394,3 +394,17 @@ def test_shipped_rules_load(tmp_path: Path) -> None:
         "Falco sensor went silent",
     }
     assert not any(f.endswith(".test.yaml") for f in ruleset.files)
+
+
+def test_a_configmap_volume_loads_each_rule_file_once(tmp_path: Path) -> None:
+    # The layout the kubelet writes for a ConfigMap volume: visible symlinks into `..data`,
+    # itself a symlink to a timestamped directory.
+    rules = tmp_path / "rules"
+    stamped = rules / "..2026_12_01_10_00_00.123"
+    stamped.mkdir(parents=True)
+    (stamped / "overrides.yaml").write_text("- list: l\n  items: [a]\n", encoding="utf-8")
+    (stamped / ".hidden.yaml").write_text("- list: l\n  items: [b]\n", encoding="utf-8")
+    (rules / "..data").symlink_to(stamped.name)
+    (rules / "overrides.yaml").symlink_to("..data/overrides.yaml")
+    assert rule_files([rules]) == [rules / "overrides.yaml"]
+    assert load_rules([rules]).files == (str(rules / "overrides.yaml"),)

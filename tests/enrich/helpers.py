@@ -157,6 +157,10 @@ class FakeHarbor:
         expected = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
             return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401)
+        if request.path == "/api/v2.0/projects":  # the project list (first page)
+            return web.json_response(
+                [{"project_id": i, "name": n} for n, i in sorted(self.project_ids.items())]
+            )
         parts = raw.split("/")
         # /api/v2.0/projects/{p}/repositories/{r}/artifacts/{ref}/additions/vulnerabilities
         if len(parts) == 11 and parts[-2:] == ["additions", "vulnerabilities"]:

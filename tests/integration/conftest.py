@@ -85,3 +85,22 @@ def worker_env(kafka_bootstrap: str, kafka_admin: AdminClient, tmp_path: Path) -
 
     with worker_environment(kafka_bootstrap, kafka_admin, tmp_path) as env:
         yield env
+
+
+@pytest.fixture(scope="session")
+def opensearch_url() -> str:
+    """URL of an OpenSearch node that answers (OPENSEARCH_URL, default 127.0.0.1:9200); skips
+    (fails in CI) when there is none: start one with `deploy/opensearch/opensearch.sh start`."""
+    from search_node import DEFAULT_URL, opensearch_problem
+
+    url = os.environ.get("OPENSEARCH_URL", DEFAULT_URL).rstrip("/")
+    problem = opensearch_problem(url)
+    if problem is not None:
+        message = (
+            f"no OpenSearch node answers at {url} ({problem}); start one with "
+            "`deploy/opensearch/opensearch.sh start` or set OPENSEARCH_URL"
+        )
+        if os.environ.get("CI", "").lower() not in {"", "0", "false"}:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return url

@@ -149,25 +149,25 @@ def test_two_workers_share_partitions_and_emit_what_one_worker_does(
     for w in [*pair, alone]:
         w.wait_ready()
 
-    # The group must be stable with both members owning partitions of both topics before we produce.
+    # Both groups (Faust's, which owns the correlate topic, and the ingest consumers', which own
+    # the events topic) must be stable with both members owning partitions before we produce.
     correlate = f"{shared.app_id}-correlate"
+    groups = {shared.app_id: correlate, f"{shared.app_id}-ingest": shared.topics.events}
     deadline = time.monotonic() + 60
-    state: Any = None
-    members: list[set[tuple[str, int]]] = []
+    seen: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        state, members = _group_members(worker_env, shared.app_id)
-        owned = [{t for t, _ in m} for m in members]
-        if (
+        seen = {group: _group_members(worker_env, group) for group in groups}
+        if all(
             state == ConsumerGroupState.STABLE
             and len(members) == 2
-            and all({shared.topics.events, correlate} <= topics for topics in owned)
-            and all(w.http_get("/readyz")[0] == 200 for w in pair)
-        ):
+            and all(any(t == groups[group] for t, _ in m) for m in members)
+            for group, (state, members) in seen.items()
+        ) and all(w.http_get("/readyz")[0] == 200 for w in pair):
             break
         time.sleep(0.5)
     else:
-        pytest.fail(f"group {shared.app_id} not shared by 2 workers: {state} {members}")
-    print(f"group {shared.app_id}: {members}")
+        pytest.fail(f"groups of {shared.app_id} not shared by 2 workers: {seen}")
+    print(f"groups of {shared.app_id}: {seen}")
 
     to_pair = worker_env.producer(shared)
     to_single = worker_env.producer(single)

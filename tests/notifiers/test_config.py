@@ -78,7 +78,8 @@ def test_full_config_parses_into_typed_specs(tmp_path: Path) -> None:
         ([{"name": "a b", "type": "slack"}], "notifiers[0].name: 'a b' is not a valid name"),
         (
             [{"name": "x", "type": "pager"}],
-            "notifiers[0].type: unknown type 'pager' (known: slack, webhook)",
+            "notifiers[0].type: unknown type 'pager' "
+            "(known: elasticsearch, opensearch, slack, webhook)",
         ),
         ([{"name": "x", "type": "webhook"}], "notifiers[0].webhook.url: required"),
         (

@@ -72,7 +72,10 @@ def test_no_file_and_no_environment_gives_the_documented_defaults() -> None:
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
 def test_each_documented_default_parses_to_the_dataclass_default(setting: Setting) -> None:
     default = getattr(getattr(WorkerConfig(), setting.section), setting.attr)
-    if setting.default == "":
+    if setting.name == "app.data_dir":  # computed: $XDG_STATE_HOME or ~/.local/state
+        assert default.endswith("/falco-correlator")
+        assert Path(default).is_absolute()
+    elif setting.default == "":
         assert default is None
     else:
         assert setting.parse(setting.default, {}) == default
@@ -219,6 +222,10 @@ INVALID: dict[str, tuple[object, str | None, str]] = {
     "app.tick_interval": ("0s", "0s", "must be more than 0"),
     "app.max_pending_per_key": (True, "-1", "must be"),
     "app.session_timeout": ("500ms", "0s", "must be at least 1s"),
+    "app.idle_timeout": ("soon", "soon", "invalid duration 'soon'"),
+    "app.stall_timeout": ("10ms", "0s", "must be at least 1s"),
+    "app.ingest_batch_size": (0, "0", "must be"),
+    "app.max_inflight_records": (1, "1", "must be"),
     "app.log_level": ("LOUD", "LOUD", "must be one of DEBUG|INFO"),
     "app.log_format": ("xml", "xml", "must be one of json|console"),
 }

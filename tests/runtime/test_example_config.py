@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from notifiers.tls import make_certs
 from prometheus_client import CollectorRegistry
 
 from streams.enrich import EnrichmentMetrics, load_enrichment
@@ -21,12 +22,14 @@ ENV = {
     "SOAR_HMAC_SECRET": "h",
     "HARBOR_ROBOT_NAME": "robot$x",
     "HARBOR_ROBOT_SECRET": "s",
+    "OPENSEARCH_PASSWORD": "o",
 }
 
 
 def test_the_example_worker_configuration_loads_with_its_secrets_from_the_environment(
     tmp_path: Path,
 ) -> None:
+    certs = make_certs(tmp_path)  # the OpenSearch CA bundle must be a real certificate
     text = EXAMPLE.read_text(encoding="utf-8")
     # the CA bundle and the owners table are files of the deployment: stand-ins here
     ca = tmp_path / "ca.crt"
@@ -35,6 +38,7 @@ def test_the_example_worker_configuration_loads_with_its_secrets_from_the_enviro
     owners.write_text("namespaces:\n  payments: {team: Payments, criticality: critical}\n")
     text = text.replace("/etc/kafka-ca/ca.crt", str(ca))
     text = text.replace("/etc/falco-correlator/owners.yaml", str(owners))
+    text = text.replace("/etc/opensearch-ca/ca.crt", str(certs.ca))
     path = tmp_path / "worker.yaml"
     path.write_text(text)
     config = load_config(str(path), ENV)
@@ -45,7 +49,7 @@ def test_the_example_worker_configuration_loads_with_its_secrets_from_the_enviro
     notifiers = load_notifiers(
         config.notifiers, NotifierContext(metrics=NotifierMetrics(CollectorRegistry())), env=ENV
     )
-    assert [n.name for n in notifiers] == ["slack-security", "soar"]
+    assert [n.name for n in notifiers] == ["slack-security", "soar", "search"]
     pipeline = load_enrichment(
         config.enrichment, env=ENV, metrics=EnrichmentMetrics(CollectorRegistry())
     )

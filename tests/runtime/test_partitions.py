@@ -1,21 +1,26 @@
-"""The worker's pure stages (ingest re-keying, per-partition correlation with a table) against
-replay, without Kafka: same incidents, and a restart from the table continues exactly."""
+"""The worker's pure stages (batched ingest, per-partition correlation with a table, progress)
+against replay, without Kafka: same incidents for any batching and partitioning, and a restart
+from the table continues exactly."""
 
 from __future__ import annotations
 
+import itertools
 import random
-import zlib
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.core.engine import Engine
 from streams.core.events import event_from_dict, format_time
 from streams.core.loader import load_rules
+from streams.runtime.ingest import Ingestor, SourceMessage, encode_records
 from streams.runtime.partitions import PartitionCorrelator
-from streams.runtime.records import TICK_KEY, Ingestor, tick_value
+from streams.runtime.progress import MergedProgress, SourceProgress
+from streams.runtime.records import decode_batch
 
 RULES = """
 - correlation: chain
@@ -47,8 +52,10 @@ RULES = """
   expect: {condition: rule = Beat}
 """
 BASE = 1_700_000_000_000_000_000
-LATENESS = 3_000_000_000
-PARTITIONS = 3
+S = 1_000_000_000
+LATENESS = 3 * S
+PARTITIONS = 3  # correlate partitions
+SOURCES = 3  # partitions of the events topic
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +70,16 @@ def _stream(seed: int, n: int = 300) -> list[bytes]:
     t = BASE
     lines = []
     for i in range(n):
-        t += rng.randint(0, 3) * 1_000_000_000
-        disorder = rng.randint(0, 2) * 1_000_000_000  # below the 3 s lateness
+        t += rng.randint(0, 3) * S
+        disorder = rng.randint(0, 2) * S  # below the 3 s lateness
         payload = {
             "rule": rng.choice(["Shell", "Egress", "Read", "Beat", "Noise"]),
             "priority": rng.choice(["Notice", "Warning", "Critical"]),
             "hostname": rng.choice(["n1", "n2"]),
             "uuid": f"u{i}",
-            "time": format_time(t - disorder),
+            # + i ns: no two events share a time, so no result depends on how ties are broken
+            # (by arrival, which differs between replay's lines and the worker's partitions)
+            "time": format_time(t - disorder + i),
             "output_fields": {
                 "container.id": rng.choice(["c1", "c2", "c3", None]),
                 "fd.sip": f"10.0.0.{rng.randint(1, 5)}",
@@ -89,13 +98,17 @@ def _replay(ruleset: Any, lines: list[bytes]) -> list[dict[str, Any]]:
 
 
 class Pipeline:
-    """Ingest → (partition by key, as Kafka would) → per-partition correlation on a dict table."""
+    """Source partitions -> batched ingest -> correlate records (encoded and decoded as on the
+    wire) -> per-partition correlation on a dict table, as the worker does without Kafka."""
 
     def __init__(self, ruleset: Any, table: dict[bytes, bytes]) -> None:
-        self.ingestor = Ingestor(ruleset, LATENESS)
+        self.ingestor = Ingestor(ruleset, PARTITIONS)
+        self.progress = SourceProgress(LATENESS)
+        self.progress.assign(range(SOURCES))
         self.table = table
         self.offsets = [0] * PARTITIONS
         self.correlator = self._correlator(ruleset)
+        self.wall = 0
 
     def _correlator(self, ruleset: Any) -> PartitionCorrelator:
         return PartitionCorrelator(
@@ -105,25 +118,40 @@ class Pipeline:
     def restart(self, ruleset: Any) -> None:
         self.correlator = self._correlator(ruleset)
 
-    def send(self, partition: int, key: bytes | None, value: bytes) -> list[dict[str, Any]]:
-        offset = self.offsets[partition]
-        self.offsets[partition] += 1
-        return self.correlator.on_message(partition, offset, key, value).incidents
-
-    def ingest(self, source_offset: int, line: bytes) -> list[dict[str, Any]]:
-        result = self.ingestor.ingest(line, source_offset % 3, source_offset, 0.0)
+    def batch(self, messages: list[SourceMessage], *, ticks: bool = False) -> list[dict[str, Any]]:
+        self.wall += 1
+        batch = self.ingestor.process(messages, self.wall)
+        for partition, time_ns in batch.observed:
+            self.progress.observe(partition, time_ns, self.wall)
         out: list[dict[str, Any]] = []
-        for key, value in result.records:
-            out.extend(self.send(zlib.crc32(key) % PARTITIONS, key, value))
+        for destination, value, _ in encode_records(
+            batch,
+            digest=self.ingestor.ruleset.digest,
+            source_partitions=SOURCES,
+            progress=self.progress.contributions(),
+            wall_ns=self.wall,
+            max_record_bytes=2_000,  # small: records split
+            all_partitions=range(PARTITIONS) if ticks else (),
+        ):
+            offset = self.offsets[destination]
+            self.offsets[destination] += 1
+            record = decode_batch(b"\x00batch", value)
+            out.extend(self.correlator.on_batch(destination, offset, record).incidents)
         return out
 
     def flush(self) -> list[dict[str, Any]]:
-        """Ticks far in the future release everything, like an idle stream's ticks do."""
-        value = tick_value(0, 2**62)
-        out: list[dict[str, Any]] = []
-        for partition in range(PARTITIONS):
-            out.extend(self.send(partition, TICK_KEY, value))
-        return out
+        """Every source caught up and idle long enough: event time moves on, releasing all."""
+        self.wall += 10**15
+        for partition in range(SOURCES):
+            self.progress.confirm_caught_up(partition, self.wall)
+        return self.batch([], ticks=True)
+
+
+def _messages(lines: list[bytes], start: int = 0) -> list[SourceMessage]:
+    return [
+        SourceMessage(offset % SOURCES, offset, line, None, 0.0)
+        for offset, line in enumerate(lines, start)
+    ]
 
 
 def _ids(incidents: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
@@ -131,14 +159,44 @@ def _ids(incidents: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_worker_stages_give_the_same_incidents_as_replay(ruleset: Any, seed: int) -> None:
+@pytest.mark.parametrize("batch_size", [1, 7, 300])
+def test_worker_stages_give_the_same_incidents_as_replay(
+    ruleset: Any, seed: int, batch_size: int
+) -> None:
     lines = _stream(seed)
     expected = _replay(ruleset, lines)
     assert expected
     pipeline = Pipeline(ruleset, {})
     got: list[dict[str, Any]] = []
-    for offset, line in enumerate(lines):
-        got.extend(pipeline.ingest(offset, line))
+    messages = _messages(lines)
+    for at in range(0, len(messages), batch_size):
+        got.extend(pipeline.batch(messages[at : at + batch_size], ticks=at % 2 == 0))
+    got.extend(pipeline.flush())
+    assert _ids(got) == _ids(expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    cuts=st.lists(st.integers(1, 299), max_size=12),
+    order=st.permutations(range(SOURCES)),
+)
+def test_any_batching_and_read_order_of_source_partitions_gives_replays_incidents(
+    ruleset: Any, seed: int, cuts: list[int], order: list[int]
+) -> None:
+    """Batches of any size, each source partition's messages read in its own order relative to
+    the others (within a batch, partition by partition in `order`): the watermark follows the
+    slowest partition, so the incidents are replay's."""
+    lines = _stream(seed, 150)
+    expected = _replay(ruleset, lines)
+    pipeline = Pipeline(ruleset, {})
+    messages = _messages(lines)
+    bounds = [0, *sorted({c % len(messages) for c in cuts}), len(messages)]
+    got: list[dict[str, Any]] = []
+    for lo, hi in itertools.pairwise(bounds):
+        chunk = messages[lo:hi]
+        chunk.sort(key=lambda m: (order.index(m.partition), m.offset))
+        got.extend(pipeline.batch(chunk, ticks=True))
     got.extend(pipeline.flush())
     assert _ids(got) == _ids(expected)
 
@@ -150,113 +208,207 @@ def test_a_restart_from_the_table_continues_exactly(ruleset: Any, cut: int) -> N
     table: dict[bytes, bytes] = {}
     pipeline = Pipeline(ruleset, table)
     got: list[dict[str, Any]] = []
-    for offset, line in enumerate(lines[:cut]):
-        got.extend(pipeline.ingest(offset, line))
+    messages = _messages(lines)
+    assert not any(b"\x1e" in key for key in table)
+    for at in range(0, cut, 20):
+        got.extend(pipeline.batch(messages[at : min(at + 20, cut)]))
+    held_before_restart = sum(b"\x1e" in key for key in table)
     pipeline.restart(ruleset)  # in-memory engines gone; only the table survives
-    for offset, line in enumerate(lines[cut:], cut):
-        got.extend(pipeline.ingest(offset, line))
+    for at in range(cut, len(messages), 20):
+        got.extend(pipeline.batch(messages[at : at + 20]))
     got.extend(pipeline.flush())
     assert _ids(got) == _ids(expected)
+    # held events are written one by one and deleted once released: none is left behind
+    assert cut < 20 or held_before_restart > 0
+    for partition in range(PARTITIONS):
+        pipeline.correlator.persist(partition)
+    assert [key for key in table if b"\x1e" in key] == []
 
 
 def test_redelivered_records_after_a_crash_are_not_applied_twice(ruleset: Any) -> None:
     lines = _stream(3)
     expected = _replay(ruleset, lines)
     pipeline = Pipeline(ruleset, {})
+    messages = _messages(lines)
     got: list[dict[str, Any]] = []
-    for offset, line in enumerate(lines[:120]):
-        got.extend(pipeline.ingest(offset, line))
+    for at in range(0, 120, 30):
+        got.extend(pipeline.batch(messages[at : at + 30]))
     # The ingest stage crashed before committing: the last 30 source messages come again.
     pipeline.restart(pipeline.correlator.ruleset)
-    for offset, line in enumerate(lines[90:], 90):
-        got.extend(pipeline.ingest(offset, line))
+    for at in range(90, len(messages), 30):
+        got.extend(pipeline.batch(messages[at : at + 30]))
     got.extend(pipeline.flush())
     assert _ids(got) == _ids(expected)
 
 
-def test_invalid_and_late_messages_are_reported_by_ingest(ruleset: Any) -> None:
-    ingestor = Ingestor(ruleset, LATENESS)
-    assert ingestor.ingest(b"not json", 0, 5, 0.0).invalid is not None
-    assert ingestor.ingest(None, 0, 6, 0.0).invalid == "empty message (no value)"
-    new = orjson.dumps({"rule": "Shell", "time": format_time(BASE + 10**10), "output_fields": {}})
-    old = orjson.dumps({"rule": "Shell", "time": format_time(BASE), "output_fields": {}})
-    assert not ingestor.ingest(new, 0, 7, 0.0).late
-    assert ingestor.ingest(old, 0, 8, 0.0).late
-
-
-def test_idle_ticks_advance_the_watermark_with_wall_time(ruleset: Any) -> None:
-    now = [BASE]
-    correlator = PartitionCorrelator(
-        ruleset, {}, lateness_ns=LATENESS, max_pending=100, wall_clock=lambda: now[0]
+def test_invalid_messages_are_dead_lettered_with_their_reason(ruleset: Any) -> None:
+    ingestor = Ingestor(ruleset, PARTITIONS)
+    batch = ingestor.process(
+        [
+            SourceMessage(0, 5, b"not json"),
+            SourceMessage(0, 6, None),
+            SourceMessage(1, 7, orjson.dumps({"rule": "Shell"})),
+            SourceMessage(1, 8, orjson.dumps({"rule": "Shell", "time": format_time(BASE)})),
+        ],
+        BASE,
     )
-    ingestor = Ingestor(ruleset, LATENESS)
-    beat = orjson.dumps({"rule": "Beat", "hostname": "n1", "time": format_time(BASE)})
-    [(key, value)] = ingestor.ingest(beat, 0, 0, 0.0).records
-    assert correlator.on_message(0, 0, key, value).incidents == []
-    fired: list[dict[str, Any]] = []
-    for second in range(1, 60):
-        now[0] = BASE + second * 1_000_000_000
-        fired += correlator.on_message(0, second, TICK_KEY, tick_value(now[0], BASE)).incidents
-        if fired:
-            break
-    # deadline 45 s after the beat, plus lateness: fires once idle for more than 48 s
-    assert [i["correlation"] for i in fired] == ["silent"]
-    assert second == 49
+    reasons = {d.message.offset: d.reason for d in batch.dead_letters}
+    assert set(reasons) == {5, 6, 7}
+    assert reasons[6] == "empty message (no value)"
+    assert "time" in reasons[7]
+    assert batch.next_offsets == {0: 7, 1: 9}
+    assert batch.observed == [(1, BASE)]
 
 
-def test_a_backlog_read_one_partition_after_another_makes_no_event_late(ruleset: Any) -> None:
-    """After downtime a consumer may read partition 0 to its end before partition 1: the
-    watermark follows the slowest assigned partition, so nothing becomes late."""
-    now = [0]
-    ingestor = Ingestor(ruleset, LATENESS, wall_clock=lambda: now[0])
-    ingestor.progress.assign({0, 1})
-    events = [
-        orjson.dumps({"rule": "Shell", "time": format_time(BASE + i * 10**9), "output_fields": {}})
-        for i in range(100)
+def test_an_event_too_far_in_the_future_is_dead_lettered_and_moves_nothing(ruleset: Any) -> None:
+    ingestor = Ingestor(ruleset, PARTITIONS, max_future_skew_ns=300 * S)
+    ahead = {"rule": "Shell", "hostname": "broken-clock", "time": format_time(BASE + 3600 * S)}
+    fine = {"rule": "Shell", "hostname": "n1", "time": format_time(BASE + 299 * S)}
+    batch = ingestor.process(
+        [SourceMessage(0, 0, orjson.dumps(ahead)), SourceMessage(0, 1, orjson.dumps(fine))], BASE
+    )
+    assert [d.message.offset for d in batch.dead_letters] == [0]
+    assert "3600s ahead" in batch.dead_letters[0].reason
+    assert batch.future == {"broken-clock": 1}
+    assert batch.observed == [(0, BASE + 299 * S)]
+
+
+def test_a_seed_message_only_moves_progress(ruleset: Any) -> None:
+    """The message before the committed offset is re-read after a restart for its time only."""
+    ingestor = Ingestor(ruleset, PARTITIONS)
+    shell = orjson.dumps({"rule": "Shell", "time": format_time(BASE), "output_fields": {}})
+    batch = ingestor.process([SourceMessage(2, 41, shell)], BASE, seeds={2: 41})
+    assert batch.observed == [(2, BASE)]
+    assert not batch.records
+    assert not batch.dead_letters
+    assert not batch.consumed
+    assert batch.next_offsets == {2: 42}
+
+
+def test_large_batches_are_split_into_records_under_the_size_limit(ruleset: Any) -> None:
+    ingestor = Ingestor(ruleset, 1)
+    lines = [
+        orjson.dumps(
+            {"rule": "Shell", "time": format_time(BASE + i), "uuid": str(i),
+             "output": "x" * 1000, "output_fields": {"container.id": "c1"}}
+        )
+        for i in range(50)
     ]
-    results = [ingestor.ingest(e, 0, i, 0.0) for i, e in enumerate(events[0::2])]
-    results += [ingestor.ingest(e, 1, i, 0.0) for i, e in enumerate(events[1::2])]
-    assert not any(r.late for r in results)
-    assert ingestor.high_water_ns == BASE + 98 * 10**9  # the slower partition's newest
+    batch = ingestor.process([SourceMessage(0, i, line) for i, line in enumerate(lines)], BASE)
+    records = encode_records(
+        batch, digest="d", source_partitions=1, progress={0: BASE}, wall_ns=0,
+        max_record_bytes=10_000,
+    )
+    assert len(records) > 1
+    assert sum(count for _, _, count in records) == 50
+    decoded = [decode_batch(None, value) for _, value, _ in records]
+    assert [e.source_offset for r in decoded for e in r.events] == list(range(50))
 
 
-def test_an_assigned_partition_that_stays_silent_stops_holding_the_watermark(ruleset: Any) -> None:
-    now = [0]
-    ingestor = Ingestor(ruleset, LATENESS, wall_clock=lambda: now[0])
-    ingestor.progress.assign({0, 1})
-    beat = orjson.dumps({"rule": "Beat", "hostname": "n1", "time": format_time(BASE)})
-    ingestor.ingest(beat, 0, 0, 0.0)
-    assert ingestor.high_water_ns < BASE  # partition 1 may still bring older events
-    now[0] = LATENESS + 1
-    ingestor.ingest(beat, 0, 1, 0.0)
-    assert ingestor.high_water_ns == BASE  # partition 1 is idle now
+# --- progress: the ingest side -----------------------------------------------------------------
+
+
+def test_a_backlog_read_one_partition_after_another_makes_nothing_late() -> None:
+    progress = SourceProgress(LATENESS)
+    progress.assign({0, 1})
+    for i in range(0, 100, 2):
+        progress.observe(0, BASE + i * S, wall_ns=1)
+    assert progress.high_water_ns() < BASE  # partition 1 has not delivered yet
+    for i in range(1, 100, 2):
+        progress.observe(1, BASE + i * S, wall_ns=2)
+    assert progress.high_water_ns() == BASE + 98 * S  # the slower partition's newest
+
+
+def test_a_silent_partition_holds_the_mark_until_it_is_known_to_be_caught_up() -> None:
+    progress = SourceProgress(LATENESS)
+    progress.assign({0, 1})
+    progress.observe(0, BASE, wall_ns=0)
+    assert progress.high_water_ns() < BASE  # silent, but maybe not read yet: it holds
+    progress.confirm_caught_up(1, 100 * S)  # read to its end as of wall 100 s
+    # it contributes what the stream had reached `idle_after` before the confirmation,
+    # extrapolated with wall time
+    assert progress.contribution(1) == BASE + 100 * S - LATENESS
+    assert progress.high_water_ns() == BASE
+
+
+def test_a_burst_after_quiet_does_not_let_the_first_partition_read_run_ahead() -> None:
+    """Regression: after a quiet period, partitions silent for longer than lateness no longer
+    held the watermark, and the first partition read moved it past the others' events."""
+    progress = SourceProgress(LATENESS)
+    progress.assign({0, 1, 2})
+    for p in range(3):
+        progress.observe(p, BASE, wall_ns=0)
+    quiet_end = 60 * S
+    for p in range(3):
+        progress.confirm_caught_up(p, quiet_end)  # all caught up during the quiet period
+    # the burst: a 4-second chain; partition 0's share is read first, at wall quiet_end + 1 ms
+    burst = BASE + quiet_end
+    progress.observe(0, burst + 4 * S, wall_ns=quiet_end + 10**6)
+    held = progress.high_water_ns()
+    # partitions 1 and 2 still contribute the extrapolation of *before* the burst was read
+    assert held <= BASE + quiet_end - LATENESS
+    assert held - LATENESS < burst + 1 * S  # partition 1's event at +1 s is not late
+
+
+def test_a_broker_outage_freezes_the_contribution_of_caught_up_partitions() -> None:
+    progress = SourceProgress(LATENESS)
+    progress.assign({0})
+    progress.observe(0, BASE, wall_ns=0)
+    progress.confirm_caught_up(0, 5 * S)
+    before = progress.contribution(0)
+    # no confirmation during the outage (ListOffsets fails): nothing moves with wall time
+    assert progress.contribution(0) == before == BASE + 5 * S - LATENESS
+
+
+def test_contributions_never_depend_on_forgotten_history() -> None:
+    progress = SourceProgress(S)
+    progress.assign({0})
+    for second in range(1000):
+        progress.observe(0, BASE + second * S, wall_ns=second * S)
+    progress.prune(1000 * S)
+    progress.confirm_caught_up(0, 999 * S)
+    assert progress.contribution(0) == BASE + 999 * S
+
+
+# --- progress: the correlate side --------------------------------------------------------------
+
+
+def test_merged_progress_waits_for_every_source_partition_and_keeps_the_highest() -> None:
+    merged = MergedProgress()
+    assert merged.update(3, {0: 10, 1: 20})
+    assert merged.high_water_ns() == -(2**63)  # partition 2 never reported
+    merged.update(3, {2: 5})
+    assert merged.high_water_ns() == 5
+    assert not merged.update(3, {2: 4})  # an older report (another worker, a previous owner)
+    merged.update(3, {2: 30})
+    assert merged.high_water_ns() == 10
+    restored = MergedProgress.from_data(orjson.loads(orjson.dumps(merged.to_data())))
+    assert restored.high_water_ns() == 10
 
 
 def test_a_restart_on_an_idle_stream_releases_what_the_state_holds(ruleset: Any) -> None:
-    """After a restart nothing new may arrive: held events and pending absences must still be
-    released by idle ticks, even when the partition's meta entry was never written."""
-    now = [BASE]
+    """After a restart nothing new may arrive: the seed message's time and caught-up
+    confirmations move event time on, so held events are released."""
     table: dict[bytes, bytes] = {}
-
-    def correlator() -> PartitionCorrelator:
-        return PartitionCorrelator(
-            ruleset, table, lateness_ns=LATENESS, max_pending=100, wall_clock=lambda: now[0]
-        )
-
-    ingestor = Ingestor(ruleset, LATENESS, wall_clock=lambda: now[0])
-    first = correlator()
-    for offset, (rule, at) in enumerate([("Shell", 0), ("Egress", 10**9)]):
-        line = orjson.dumps(
-            {"rule": rule, "time": format_time(BASE + at), "output_fields": {"container.id": "c1"}}
-        )
-        for key, value in ingestor.ingest(line, 0, offset, 0.0).records:
-            assert first.on_message(0, offset, key, value).incidents == []
+    first = Pipeline(ruleset, table)
+    lines = [
+        orjson.dumps({"rule": rule, "uuid": rule, "time": format_time(BASE + at),
+                      "output_fields": {"container.id": "c1"}})
+        for rule, at in [("Shell", 0), ("Egress", S)]
+    ]
+    assert first.batch(_messages(lines)) == []
     for key in [k for k in table if k.startswith(b"\x00meta")]:
         del table[key]
-    second = correlator()  # the restarted worker: no ingest progress, no meta entry
+    second = Pipeline(ruleset, table)  # the restarted worker: no progress, no meta entry
+    second.restart(ruleset)
+    second.ingestor.process([], 0)
+    seeds = second.ingestor.process(_messages(lines[1:], 1), 0, seeds={1: 1})
+    for partition, time_ns in seeds.observed:
+        second.progress.observe(partition, time_ns, 0)
     fired: list[dict[str, Any]] = []
-    for second_of_idle in range(1, 30):
-        now[0] = BASE + second_of_idle * 10**9
-        tick = tick_value(now[0], -(2**63))
-        fired += second.on_message(0, 100 + second_of_idle, TICK_KEY, tick).incidents
+    for wall_s in range(1, 30):
+        for p in range(SOURCES):
+            second.progress.confirm_caught_up(p, wall_s * S)
+        second.wall = wall_s * S
+        fired += second.batch([], ticks=True)
     assert [i["correlation"] for i in fired] == ["chain"]

@@ -1,0 +1,114 @@
+"""Liveness and readiness: the stall watchdog and the group-ownership check.
+
+- **Stall watchdog.** A partition this worker owns (a source partition of the ingest consumer, or a
+  correlate partition of the Faust agent) with consumer lag > 0 and no progress for
+  `app.stall_timeout` is stalled: `/healthz` answers 503 (so Kubernetes restarts the pod) and the
+  log says, once per stall, what every task of the process is waiting on. Lag is only judged from
+  fresh end offsets: during a broker outage nothing is stalled, it is unreachable.
+- **Ownership.** After every assignment (and periodically) the consumer groups are described: every
+  partition of the events topic must be owned by a member of the ingest group and every correlate
+  partition by a member of the Faust group. While one is not, `/readyz` answers 503 and an error
+  is logged; if that lasts `app.stall_timeout`, `/healthz` fails too (a restart rejoins the group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Ownership", "StallWatchdog", "describe_tasks", "unowned_partitions"]
+
+log = logging.getLogger("streams.worker.health")
+
+
+@dataclass
+class Ownership:
+    """The last ownership check: partitions nobody owns, and since when (wall ns)."""
+
+    unowned: list[str] = field(default_factory=list)
+    since_ns: int = 0
+    checked: bool = False
+
+
+def unowned_partitions(
+    topics: Mapping[str, int], members_assignments: Iterable[Iterable[tuple[str, int]]]
+) -> list[str]:
+    """`topic/partition` names of `topics` (name -> partition count) no member owns."""
+    owned: set[tuple[str, int]] = set()
+    for assignment in members_assignments:
+        owned.update(assignment)
+    return [
+        f"{topic}/{partition}"
+        for topic, count in topics.items()
+        for partition in range(count)
+        if (topic, partition) not in owned
+    ]
+
+
+def describe_group_assignments(admin: Any, group: str) -> list[list[tuple[str, int]]]:
+    """Each member's assigned (topic, partition)s, from DescribeConsumerGroups (blocking)."""
+    futures = admin.describe_consumer_groups([group], request_timeout=10)
+    description = futures[group].result(timeout=15)
+    out: list[list[tuple[str, int]]] = []
+    for member in description.members:
+        assignment = member.assignment
+        tps = [] if assignment is None else assignment.topic_partitions
+        out.append([(tp.topic, tp.partition) for tp in tps])
+    return out
+
+
+@dataclass
+class StallWatchdog:
+    stall_timeout_ns: int
+    fresh_within_ns: int
+    stalled: list[str] = field(default_factory=list)
+    _reported: frozenset[str] = frozenset()
+
+    def check(self, partitions: Mapping[str, Any], now_ns: int, context: Callable[[], str]) -> None:
+        """`partitions`: name -> PartitionHealth (lag, position, progressed/checked wall ns)."""
+        stalled = [
+            name
+            for name, health in partitions.items()
+            if health.lag > 0
+            and now_ns - health.checked_wall_ns <= self.fresh_within_ns
+            and now_ns - health.progressed_wall_ns >= self.stall_timeout_ns
+        ]
+        self.stalled = stalled
+        current = frozenset(stalled)
+        if current - self._reported:
+            log.error(
+                "stalled: %s (lag > 0, no progress for %.0f s); /healthz fails. %s",
+                ", ".join(sorted(current)),
+                self.stall_timeout_ns / 1e9,
+                context(),
+            )
+        elif self._reported and not current:
+            log.warning("no partition is stalled any more")
+        self._reported = current
+
+
+def describe_tasks(extra: Mapping[str, str] | None = None) -> str:
+    """What every asyncio task and thread of the process is waiting on, for a stall report."""
+    lines = [f"{name}: {what}" for name, what in (extra or {}).items()]
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:
+        tasks = set()
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        frames = task.get_stack(limit=1)
+        where = "?"
+        if frames:
+            frame = frames[-1]
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        lines.append(f"task {task.get_name()} ({task.get_coro()!r:.80}): {where}")
+    for thread_id, frame in sys._current_frames().items():  # diagnostics only
+        summary = traceback.extract_stack(frame, limit=1)
+        if summary:
+            top = summary[-1]
+            lines.append(f"thread {thread_id}: {top.filename}:{top.lineno} in {top.name}")
+    return "waiting on:\n  " + "\n  ".join(lines)
