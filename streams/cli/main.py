@@ -53,6 +53,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     test.add_argument("-v", "--verbose", action="store_true")
 
+    explain = sub.add_parser(
+        "explain", help="why a correlation did or did not fire: partial matches and stop reasons"
+    )
+    explain.add_argument("--rules", action="append", required=True, metavar="PATH")
+    explain.add_argument("--correlation", required=True, metavar="NAME")
+    explain.add_argument(
+        "--key", action="append", default=[], metavar="FIELD=VALUE", help="only this group key"
+    )
+    explain.add_argument(
+        "--near-miss", action="store_true", help="the partial matches that got furthest, ranked"
+    )
+    explain.add_argument("--top", type=_positive, default=10, metavar="N", help="near misses shown")
+    explain.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    _engine_options(explain)
+    explain.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
+
+    diff = sub.add_parser(
+        "diff",
+        help="incidents only in OLD, only in NEW, or changed (exit 1 when any)",
+    )
+    diff.add_argument("--rules", action="append", required=True, metavar="OLD")
+    diff.add_argument("--against", action="append", required=True, metavar="NEW")
+    diff.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    _engine_options(diff)
+    diff.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
+
     doctor = sub.add_parser(
         "doctor",
         help="check configuration, secrets, rules, Kafka, notifiers and enrichers (exit 1 on FAIL)",
@@ -82,6 +108,21 @@ def _parser() -> argparse.ArgumentParser:
     redeliver.add_argument("--notifier", metavar="NAME", help="only this notifier's records")
     redeliver.add_argument("--max", type=_positive, metavar="N", help="at most N records")
     return parser
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    """The engine settings of a run over files, as `replay` and the worker have them."""
+    parser.add_argument("--lateness", type=_duration, default="10s", metavar="DURATION")
+    parser.add_argument(
+        "--flush", action="store_true", help="fire every pending absence at the end"
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=_positive,
+        default=10_000,
+        metavar="N",
+        help="per-key cap on held events (the worker's app.max_pending_per_key)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -117,6 +158,55 @@ def _write_schema(output: str | None) -> int:
         print(f"schema: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from streams.cli.explain import ExplainOptions, UsageError, parse_key_filters, run_explain
+    from streams.cli.replay import read_inputs
+
+    try:
+        keys = parse_key_filters(args.key)
+    except UsageError as exc:
+        print(f"explain: {exc}", file=sys.stderr)
+        return 2
+    options = ExplainOptions(
+        correlation=args.correlation,
+        keys=keys,
+        lateness_ns=args.lateness,
+        max_pending=args.max_pending,
+        flush=args.flush,
+        near_miss=args.near_miss,
+        top=args.top,
+        as_json=args.json,
+    )
+    status = run_explain(
+        args.rules,
+        read_inputs(args.events, sys.stdin.buffer),
+        options,
+        sys.stdout.buffer,
+        sys.stderr,
+    )
+    sys.stdout.flush()
+    return status
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from streams.cli.diff import run_diff
+    from streams.cli.replay import read_inputs
+
+    status = run_diff(
+        args.rules,
+        args.against,
+        read_inputs(args.events, sys.stdin.buffer),
+        lateness_ns=args.lateness,
+        max_pending=args.max_pending,
+        flush=args.flush,
+        as_json=args.json,
+        out=sys.stdout.buffer,
+        err=sys.stderr,
+    )
+    sys.stdout.flush()
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         print_summary(result, engine, sys.stderr)
         return 0
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "diff":
+        return _diff(args)
     if args.command == "test":
         from streams.cli.ruletest import run_rule_tests
 

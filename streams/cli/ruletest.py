@@ -4,7 +4,7 @@ Format (docs/rule-tests.md): a `*.test.yaml` file is a mapping with optional `ru
 relative to the file; default: the file's directory), `start` (base time), `lateness`, and `tests`,
 each with `name`, `events` (payloads with relative times `at: +30s`, optional `repeat`/`every`),
 `expect` (incidents compared on the keys given; `[]` means none), optional `correlations`
-(compare only these) and `flush`.
+(compare only these), `flush` and `late` (how many events arrive late on purpose; default 0).
 """
 
 from __future__ import annotations
@@ -192,8 +192,12 @@ def _run_one(
     payloads = expand_events(test["events"], start_ns, base)
     engine = Engine(ruleset, lateness_ns=lateness)
     incidents: list[dict[str, Any]] = []
+    late: list[int] = []
     for seq, payload in enumerate(payloads):
+        before = engine.stats.late
         incidents.extend(engine.submit(event_from_dict(payload, seq)))
+        if engine.stats.late != before:
+            late.append(seq)
     incidents.extend(engine.finish(flush=bool(test.get("flush", False))))
     only = test.get("correlations")
     if only is not None:
@@ -206,6 +210,13 @@ def _run_one(
     if not isinstance(expected, list):
         raise RuleTestError("expect must be a list of incidents ([] for none)")
     failures: list[str] = []
+    declared = test.get("late", 0)
+    if len(late) != declared:
+        # A negative test that passes because its events were never correlated proves nothing.
+        failures.append(
+            f"{len(late)} event(s) arrived late and were not correlated (indices {late}), "
+            f"{declared} declared: order the events by `at`, or declare `late: {len(late)}`"
+        )
     if len(expected) != len(incidents):
         got = [(i["correlation"], i["status"], i["key"]) for i in incidents]
         failures.append(f"{len(incidents)} incident(s), expected {len(expected)}: {got}")

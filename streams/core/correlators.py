@@ -50,6 +50,10 @@ class KeyState:
         """Drop everything older than horizon (the start of any window still possible)."""
         raise NotImplementedError
 
+    def held(self) -> list[Event]:
+        """Every event the state holds, each once (for observers; not on the hot path)."""
+        raise NotImplementedError
+
 
 class SequenceState(KeyState):
     __slots__ = ("candidates",)
@@ -62,6 +66,10 @@ class SequenceState(KeyState):
 
     def size(self) -> int:
         return sum(len(c) for c in self.candidates)
+
+    def held(self) -> list[Event]:
+        unique = {id(e): e for cands in self.candidates for e in cands}
+        return sorted(unique.values(), key=lambda e: (e.time_ns, e.seq))
 
     def expire(self, horizon_ns: int) -> None:
         for cands in self.candidates:
@@ -125,6 +133,9 @@ class AllState(KeyState):
     def size(self) -> int:
         return sum(e is not None for e in self.latest)
 
+    def held(self) -> list[Event]:
+        return [e for e in self.latest if e is not None]
+
     def expire(self, horizon_ns: int) -> None:
         for index, event in enumerate(self.latest):
             if event is not None and event.time_ns < horizon_ns:
@@ -151,6 +162,9 @@ class CountState(KeyState):
 
     def size(self) -> int:
         return len(self.events)
+
+    def held(self) -> list[Event]:
+        return list(self.events)
 
     def expire(self, horizon_ns: int) -> None:
         cut = 0
@@ -182,6 +196,9 @@ class DistinctState(KeyState):
 
     def size(self) -> int:
         return len(self.values)
+
+    def held(self) -> list[Event]:
+        return list(self.values.values())
 
     def expire(self, horizon_ns: int) -> None:
         stale = [v for v, e in self.values.items() if e.time_ns < horizon_ns]
@@ -220,6 +237,9 @@ class AbsenceState(KeyState):
 
     def size(self) -> int:
         return (self.pending is not None) + len(self.due)
+
+    def held(self) -> list[Event]:
+        return [*self.due.values(), *([self.pending] if self.pending is not None else [])]
 
     def expire(self, horizon_ns: int) -> None:
         """Absence state only ends by firing or by being cleared."""

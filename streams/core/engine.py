@@ -16,12 +16,15 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.core.correlators import AbsenceState, KeyState, Match, new_state
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
 from streams.core.rules import Correlation, CorrelationType, Ruleset
+
+if TYPE_CHECKING:
+    from streams.core.observer import EngineObserver
 
 __all__ = [
     "DEFAULT_LATENESS_NS",
@@ -91,8 +94,11 @@ class Engine:
         max_incident_events: int = 50,
         clock: Callable[[], int] | None = None,
         track_changes: bool = False,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.ruleset = ruleset
+        # Told about every decision (`explain`); None on every production path.
+        self.observer = observer
         self.correlations: tuple[Correlation, ...] = ruleset.correlations
         self.lateness_ns = lateness_ns
         self.max_pending = max_pending
@@ -160,6 +166,8 @@ class Engine:
             key = _resolve_key(event, step.by)
             if key is not None:
                 found.append((ci, si, key))
+            elif self.observer is not None:
+                self.observer.unkeyed(event, ci, si)
         return found
 
     # -- input -----------------------------------------------------------------------------
@@ -189,6 +197,8 @@ class Engine:
             source = None
         if event.time_ns < self.watermark_ns:
             self.stats.late += 1
+            if self.observer is not None:
+                self.observer.late(event)
             return []
         if matches is None:
             matches = self.match(event)
@@ -265,6 +275,7 @@ class Engine:
         return out
 
     def _correlate(self, event: Event, matches: list[StepMatch], out: list[dict[str, Any]]) -> None:
+        observer = self.observer
         grouped: dict[tuple[int, KeyTuple], set[int]] = {}
         for ci, si, key in matches:
             grouped.setdefault((ci, key), set()).add(si)
@@ -278,6 +289,8 @@ class Engine:
             evicted = state.evicted
             match = state.on_event(corr, steps, event, self.max_pending)
             self.stats.evicted += state.evicted - evicted
+            if observer is not None:
+                observer.fed(ci, key, steps, event, state=state, match=match)
             if match is None:
                 if state.size() == 0:
                     del self._states[(ci, key)]
@@ -346,6 +359,8 @@ class Engine:
         if error is not None:
             stats.template_errors += 1
             stats.last_template_error = f"{corr.name}: {error}"
+        if self.observer is not None:
+            self.observer.emitted(ci, key, match, record)
         out.append(record)
 
     # -- bounded state -------------------------------------------------------------------------

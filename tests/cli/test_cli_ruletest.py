@@ -85,3 +85,31 @@ def test_fixture_with_broken_rules_fails(run: Run, tmp_path: Path) -> None:
     result = run("test", "fixtures")
     assert result.returncode == 1
     assert "FAIL" in result.stdout
+
+
+LATE = """\
+rules: [../rules]
+start: "2024-01-01T00:00:00Z"
+tests:
+  - name: bursts in two containers do not add up
+    correlations: [Burst]
+    {declared}
+    events:
+      - {{at: +0s, repeat: 2, every: 30s, rule: Burst event, output_fields: {{container.id: c1}}}}
+      - {{at: +1s, rule: Burst event, output_fields: {{container.id: c2}}}}
+    expect: []
+"""
+
+
+def test_an_event_arriving_late_fails_the_test_unless_declared(run: Run, tmp_path: Path) -> None:
+    # The event at +1s arrives after one at +30s: with lateness 10s it is never correlated, so
+    # the negative test would pass whatever the rules say.
+    _project(tmp_path, late=LATE.format(declared=""))
+    result = run("test", "fixtures")
+    assert result.returncode == 1
+    assert "1 event(s) arrived late and were not correlated (indices [2]), 0 declared" in (
+        result.stdout
+    )
+    (tmp_path / "fixtures" / "late.test.yaml").write_text(LATE.format(declared="late: 1"))
+    result = run("test", "fixtures")
+    assert result.returncode == 0, result.stdout
