@@ -245,8 +245,13 @@ cmd_start() {
 
     if [[ ! -f "${RUN_DIR}/data/meta.properties" ]]; then
         # A random cluster id: 16 bytes, URL-safe base64 without padding, as Kafka's Uuid prints it.
-        local cluster_id
-        cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        # Not starting with '-' (1 in 64 would): the storage tool would take it for an option
+        # ("argument --cluster-id/-t: expected one argument"); Kafka's Uuid.randomUuid() skips those
+        # too.
+        local cluster_id="-"
+        while [[ "${cluster_id}" == -* ]]; do
+            cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        done
         if ! java "${jvm_opts[@]}" -cp "${libs}/*" kafka.tools.StorageTool format \
             --cluster-id "${cluster_id}" --config "${PROPERTIES}" >>"${LOG_FILE}" 2>&1; then
             log_tail

@@ -47,7 +47,7 @@ from streams.runtime.health import (
 )
 from streams.runtime.ingest import Ingestor
 from streams.runtime.ingest_service import IngestService, ingest_group
-from streams.runtime.kafka_options import faust_broker_credentials
+from streams.runtime.kafka_options import aiokafka_options, faust_broker_credentials
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.partitions import PartitionCorrelator
 from streams.runtime.records import RecordError, decode_batch
@@ -429,22 +429,19 @@ async def _check_ownership(worker: WorkerApp, correlate_name: str, *, delay: flo
         return
     app_id = worker.config.app.id
     source_count = service.source_partitions
-    admin = service.admin
-
-    def ask() -> list[str]:
-        ingest_members = describe_group_assignments(admin, ingest_group(app_id))
-        faust_members = describe_group_assignments(admin, app_id)
-        missing = unowned_partitions({worker.config.topics.events: source_count}, ingest_members)
-        missing += unowned_partitions(
-            {correlate_name: worker.config.topics.partitions}, faust_members
-        )
-        return missing
-
     try:
-        unowned = await service.run_io(ask)
+        members = await describe_group_assignments(
+            aiokafka_options(worker.config), [ingest_group(app_id), app_id]
+        )
     except Exception as exc:  # a broker outage: keep the last verdict
-        log.warning("cannot describe the consumer groups: %s", exc)
+        log.warning("cannot describe the consumer groups: %r", exc)
         return
+    unowned = unowned_partitions(
+        {worker.config.topics.events: source_count}, members[ingest_group(app_id)]
+    )
+    unowned += unowned_partitions(
+        {correlate_name: worker.config.topics.partitions}, members[app_id]
+    )
     own = worker.ownership
     if unowned and not own.unowned:
         own.since_ns = time.time_ns()

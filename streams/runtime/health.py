@@ -17,7 +17,7 @@ import asyncio
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,16 +50,44 @@ def unowned_partitions(
     ]
 
 
-def describe_group_assignments(admin: Any, group: str) -> list[list[tuple[str, int]]]:
-    """Each member's assigned (topic, partition)s, from DescribeConsumerGroups (blocking)."""
-    futures = admin.describe_consumer_groups([group], request_timeout=10)
-    description = futures[group].result(timeout=15)
-    out: list[list[tuple[str, int]]] = []
-    for member in description.members:
-        assignment = member.assignment
-        tps = [] if assignment is None else assignment.topic_partitions
-        out.append([(tp.topic, tp.partition) for tp in tps])
-    return out
+async def describe_group_assignments(
+    options: Mapping[str, Any], groups: Sequence[str], timeout_s: float = 15.0
+) -> dict[str, list[list[tuple[str, int]]]]:
+    """Each member's assigned (topic, partition)s per group, from DescribeGroups.
+
+    Through aiokafka (pure Python), with a client per call, not librdkafka's AdminClient: a
+    librdkafka group-coordinator admin request (DescribeConsumerGroups,
+    ListConsumerGroupOffsets) that times out while the brokers are away aborts or crashes the
+    whole process once they are back (librdkafka #4605: `rd_kafka_enq_once_del_source_return:
+    Assertion eonce->refcnt > 0 failed`), which a broker restart is enough to cause.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        out: dict[str, list[list[tuple[str, int]]]] = {}
+        for group in groups:
+            responses = await asyncio.wait_for(admin.describe_consumer_groups([group]), timeout_s)
+            members: list[list[tuple[str, int]]] = []
+            for response in responses:
+                for described in response.groups:  # (error, group, state, type, protocol, members)
+                    if described[0]:
+                        raise RuntimeError(f"DescribeGroups {group}: error code {described[0]}")
+                    for member in described[5]:  # (..., member_metadata, member_assignment)
+                        raw = member[-1]
+                        if not raw:
+                            members.append([])
+                            continue
+                        assignment = ConsumerProtocolMemberAssignment.decode(raw)
+                        members.append(
+                            [(topic, p) for topic, parts in assignment.assignment for p in parts]
+                        )
+            out[group] = members
+        return out
+    finally:
+        await admin.close()
 
 
 @dataclass

@@ -52,6 +52,12 @@ _PROGRESS_EVERY_NS = 100_000_000  # progress reaches partitions without events a
 _MAX_UNACKED_BATCHES = 16  # batches produced and not yet acknowledged before ingest waits
 
 
+def _stale_leader_epoch(exc: BaseException) -> bool:
+    error: Any = exc.args[0] if exc.args else None
+    name = error.name() if hasattr(error, "name") else ""
+    return name in {"FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "NOT_LEADER_OR_FOLLOWER"}
+
+
 def ingest_group(app_id: str) -> str:
     return f"{app_id}-ingest"
 
@@ -141,6 +147,7 @@ class IngestService:
         self._consumer: Any = None
         self._producer: Any = None
         self._admin: Any = None
+        self._group_offsets: Any = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -177,6 +184,14 @@ class IngestService:
             }
         )
         self._admin = AdminClient(base)
+        # The Faust group's committed offsets (backpressure), read with OffsetFetch through a
+        # consumer handle that never subscribes, hence never joins that group. Not through the
+        # AdminClient: a long-lived AdminClient whose group-coordinator request timed out (a
+        # broker restart) later aborts or crashes the process (librdkafka #4605,
+        # `rd_kafka_enq_once_del_source_return: Assertion eonce->refcnt > 0`).
+        self._group_offsets = Consumer(
+            {**base, "group.id": self.faust_group, "enable.auto.commit": False}
+        )
         await self._in_consumer(self._subscribe)
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -198,6 +213,8 @@ class IngestService:
             await self._in_io(self._producer.flush, 10)
         if self._consumer is not None:
             await self._in_consumer(self._close_consumer)
+        if self._group_offsets is not None:
+            await self._in_io(self._group_offsets.close)
         self._consumer_thread.shutdown(wait=False)
         self._io_thread.shutdown(wait=False)
 
@@ -243,6 +260,11 @@ class IngestService:
                     seeds[tp.partition] = tp.offset - 1
                     tp.offset -= 1
         consumer.assign(committed)
+        # librdkafka keeps a partition's pause across unassign/assign: one paused for
+        # backpressure when it was revoked would come back paused and never be read again
+        # (the end of the backpressure resumes only what is assigned at that moment).
+        if committed:
+            consumer.resume(committed)
         self._rebalance.assigned = mine
         self._pending_positions = positions
         self._pending_seeds = seeds
@@ -469,6 +491,11 @@ class IngestService:
             self._delivery_errors.append(str(err))
             return
         partition, offset = message.partition(), message.offset()
+        if offset is None:
+            # Delivered, but librdkafka could not tell the offset (it may say -1001, which
+            # confluent-kafka reports as None). A callback must never raise: confluent-kafka
+            # 2.16 on Python 3.11 re-raises it as a SystemError (or crashes) from poll/flush.
+            return
         if offset + 1 > self.offsets.produced_end.get(partition, 0):
             self.offsets.produced_end[partition] = offset + 1
 
@@ -522,7 +549,7 @@ class IngestService:
                 # keep polling while paused: group membership and rebalances go on
                 messages = await self._in_consumer(self._consumer.consume, self.batch_size, 0.05)
                 self._apply_rebalance()
-                if messages:  # newly assigned partitions are not paused
+                if messages:  # newly assigned partitions are not paused (_on_assign)
                     await self._handle(messages)
         finally:
             await self._in_consumer(self._pause, False)
@@ -545,9 +572,11 @@ class IngestService:
             await asyncio.sleep(interval)
             try:
                 await self._refresh_ends()
-                await self._refresh_committed()
             except Exception as exc:  # a broker outage: keep the last figures
                 log.warning("cannot read end offsets: %s", exc)
+                if _stale_leader_epoch(exc):
+                    self._renew_admin()
+            await self._refresh_committed()
             self.progress.prune(self.wall_clock())
             if self.progress.assigned:
                 await self._send_progress(flush=False)
@@ -639,6 +668,17 @@ class IngestService:
         for partition in set(self.correlate_health) - set(local):
             del self.correlate_health[partition]
 
+    def _renew_admin(self) -> None:
+        """A new AdminClient: after a broker restart (leader epochs bumped) librdkafka's
+        AdminClient keeps sending ListOffsets with the leader epochs it cached and fails with
+        FENCED_LEADER_EPOCH for good (librdkafka 2.16); a new client asks for fresh metadata.
+        Without end offsets no source partition is confirmed caught up, so an idle stream's
+        watermark would never move again: held events and absences wait for new events."""
+        from confluent_kafka.admin import AdminClient
+
+        log.info("renewing the admin client (stale partition leader epochs)")
+        self._admin = AdminClient(confluent_config(self.config.kafka))
+
     @staticmethod
     def _note(health: PartitionHealth, lag: int, position: int, now: int) -> None:
         if position != health.position or lag == 0 or health.progressed_wall_ns == 0:
@@ -646,18 +686,19 @@ class IngestService:
         health.lag, health.position, health.checked_wall_ns = lag, position, now
 
     async def _refresh_committed(self) -> None:
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        """The Faust group's committed offsets; on a failure (a broker outage) the last ones
+        stay, and the caller goes on (backpressure waits, ticks keep going)."""
+        from confluent_kafka import TopicPartition
 
         request = [
-            ConsumerGroupTopicPartitions(
-                self.faust_group,
-                [TopicPartition(self.correlate_topic, p) for p in range(self.correlate_partitions)],
-            )
+            TopicPartition(self.correlate_topic, p) for p in range(self.correlate_partitions)
         ]
 
         def ask() -> dict[int, int]:
-            futures = self._admin.list_consumer_group_offsets(request, request_timeout=10)
-            result = futures[self.faust_group].result(timeout=15)
-            return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+            result = self._group_offsets.committed(request, timeout=10)
+            return {tp.partition: tp.offset for tp in result if tp.offset >= 0}
 
-        self.offsets.committed.update(await self._in_io(ask))
+        try:
+            self.offsets.committed.update(await self._in_io(ask))
+        except Exception as exc:  # KafkaException: timed out, coordinator not available
+            log.warning("cannot read the committed offsets of group %s: %s", self.faust_group, exc)

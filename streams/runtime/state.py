@@ -96,7 +96,9 @@ class OutputProducer:
             self.errors.append(str(err))
             return
         partition, offset = message.partition(), message.offset()
-        if offset > self.changelog_offsets.get(partition, -1):
+        # None: delivered, offset unknown to librdkafka; a callback must never raise (see
+        # IngestService._on_record)
+        if offset is not None and offset > self.changelog_offsets.get(partition, -1):
             self.changelog_offsets[partition] = offset
 
     async def flush(self) -> None:

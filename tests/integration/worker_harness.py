@@ -148,6 +148,8 @@ class WorkerSettings:
     # 10 s timeout for every test coincided with intermittent rebalances and silent workers under
     # load (3 workers on 2 cores), most likely from missed heartbeats.
     session_timeout: str = "30s"
+    # further keys of the `app:` section (e.g. `idle_timeout`, `stall_timeout`)
+    app_extra: dict[str, Any] = field(default_factory=dict)
 
     def write(self, name: str, web_port: int) -> Path:
         data_dir = self.directory / f"{name}-data"
@@ -172,6 +174,7 @@ class WorkerSettings:
                 "web_port": web_port,
                 "log_format": "console",
                 "log_level": self.log_level,
+                **self.app_extra,
             },
         }
         config.update(self.extra)
@@ -202,6 +205,7 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FC_")}
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONFAULTHANDLER"] = "1"  # a crash in a C extension leaves its Python stack
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start #{self.starts} at {time.time():.3f} =====\n".encode())
             log.flush()
@@ -383,6 +387,11 @@ def delete_topics_quietly(admin: Any, names: Iterable[str]) -> None:
                 future.result(timeout=30)
 
 
+def worker_groups(app_id: str) -> list[str]:
+    """The consumer groups of a worker: Faust's (correlate), the ingest and the notify stage."""
+    return [app_id, f"{app_id}-ingest", f"{app_id}-notify"]
+
+
 def internal_topics(admin: Any, app_id: str) -> list[str]:
     """The topics Faust declared for an app id (repartition, changelog, leader, ...)."""
     return [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{app_id}-")]
@@ -391,12 +400,17 @@ def internal_topics(admin: Any, app_id: str) -> list[str]:
 class EventProducer:
     """falcosidekick's Kafka output: no key, no headers, round-robin over the partitions."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int, *, idempotent: bool = False
+    ) -> None:
         self.topic = topic
         self.partitions = partitions
         self.sent = 0
         self.positions: list[tuple[int, int]] = []  # (partition, offset) per delivered message
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"}
+        if idempotent:  # retries across a broker outage keep each partition's order
+            config["enable.idempotence"] = True
+        self._producer = Producer(config)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         assert err is None, err
@@ -445,6 +459,20 @@ class EventProducer:
             )
             self._producer.poll(0)
         assert self._producer.flush(30) == 0
+        assert len(self.positions) == self.sent
+
+    def send_nowait(self, event: dict[str, Any]) -> None:
+        """Round-robin, not flushed: librdkafka buffers it while the broker is away."""
+        part = self.sent % self.partitions
+        self.sent += 1
+        self._producer.produce(
+            self.topic, value=orjson.dumps(event), partition=part, on_delivery=self._on_delivery
+        )
+        self._producer.poll(0)
+
+    def flush(self, timeout: float) -> None:
+        """Wait until every message sent so far was acknowledged."""
+        assert self._producer.flush(timeout) == 0, f"not delivered within {timeout:.0f} s"
         assert len(self.positions) == self.sent
 
     def close(self) -> None:
@@ -610,8 +638,10 @@ class WorkerEnv:
         self.workers.append(worker)
         return worker
 
-    def producer(self, settings: WorkerSettings) -> EventProducer:
-        producer = EventProducer(self.bootstrap, settings.topics.events, settings.partitions)
+    def producer(self, settings: WorkerSettings, *, idempotent: bool = False) -> EventProducer:
+        producer = EventProducer(
+            self.bootstrap, settings.topics.events, settings.partitions, idempotent=idempotent
+        )
         self.producers.append(producer)
         return producer
 
@@ -640,7 +670,8 @@ class WorkerEnv:
         if self.app_ids:  # the workers' consumer groups (the readers commit nothing)
             with contextlib.suppress(Exception):
                 futures = self.admin.delete_consumer_groups(
-                    sorted(self.app_ids), request_timeout=10
+                    sorted(g for a in self.app_ids for g in worker_groups(a)),
+                    request_timeout=10,
                 )
                 for future in futures.values():
                     with contextlib.suppress(Exception):
@@ -753,11 +784,13 @@ def produce_mixed_stream(
     slots: int = 140,
     spacing_s: float = 0.04,
     max_disorder_s: float = 0.5,
+    stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Paced in real time (event time = wall time, some up to `max_disorder_s` older).
 
     Heartbeats: node-a all along, node-b for the first 40 % of the run, node-c once at the start.
-    Returns the events in the order they were sent.
+    `stop` ends the stream early (checked before each slot). Returns the events in the order
+    they were sent.
     """
     sent: list[dict[str, Any]] = []
     start = time.monotonic()
@@ -776,6 +809,8 @@ def produce_mixed_stream(
 
     rules = [SHELL] * 3 + [EGRESS] * 3 + [READ] * 6 + [WRITE_ETC] * 2
     for slot in range(slots):
+        if stop is not None and stop():
+            break
         target = start + slot * spacing_s
         delay = target - time.monotonic()
         if delay > 0:
@@ -852,3 +887,214 @@ MIXED_RULES = f"""
   severity: Critical
   output: "no metrics from {{{{ key['hostname'] }}}}"
 """
+
+
+# --- consumer groups ---------------------------------------------------------------------------
+
+
+def group_members(admin: Any, group: str) -> tuple[Any, list[set[tuple[str, int]]]]:
+    """The group's state and each member's assigned (topic, partition)s."""
+    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    members = [
+        {(tp.topic, tp.partition) for tp in (m.assignment.topic_partitions if m.assignment else [])}
+        for m in description.members
+    ]
+    return description.state, members
+
+
+def wait_groups_shared(
+    admin: Any,
+    settings: WorkerSettings,
+    workers: Sequence[WorkerProcess],
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Wait until Faust's group (owning the correlate topic) and the ingest group (owning the
+    events topic) are both stable with one member per worker, each owning partitions of its
+    topic, and every worker is ready. Returns what the groups looked like."""
+    from confluent_kafka import ConsumerGroupState
+
+    groups = {
+        settings.app_id: f"{settings.app_id}-correlate",
+        f"{settings.app_id}-ingest": settings.topics.events,
+    }
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if not worker.running():
+                worker.fail(f"exited with {worker.returncode()} while its group formed")
+        with contextlib.suppress(Exception):
+            seen = {group: group_members(admin, group) for group in groups}
+            if all(
+                state == ConsumerGroupState.STABLE
+                and len(members) == len(workers)
+                and all(any(t == groups[group] for t, _ in m) for m in members)
+                for group, (state, members) in seen.items()
+            ) and all(w.http_get("/readyz")[0] == 200 for w in workers):
+                return seen
+        time.sleep(0.5)
+    pytest.fail(f"groups of {settings.app_id} not shared by {len(workers)} workers: {seen}")
+    raise AssertionError  # unreachable
+
+
+# --- a broker of the test's own (to stop and restart it) ---------------------------------------
+
+KAFKA_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka.sh"
+
+
+class LocalBroker:
+    """A single-node KRaft broker started by deploy/kafka/kafka.sh on free ports, with its data
+    in `directory`: a test may stop it and start it again with its data (`start(keep=True)`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.controller_port = free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.transcript = directory.parent / f"{directory.name}-kafka.sh.log"
+
+    def _env(self, keep: bool) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+        env.update(
+            KAFKA_PORT=str(self.port),
+            KAFKA_CONTROLLER_PORT=str(self.controller_port),
+            FC_KAFKA_DIR=str(self.directory),
+            FC_KAFKA_KEEP="1" if keep else "0",
+            PYTHON=sys.executable,  # the readiness check needs confluent-kafka
+            KAFKA_STOP_TIMEOUT="30",
+        )
+        return env
+
+    def _run(self, *args: str, keep: bool = False, timeout: float = 150) -> float:
+        started = time.monotonic()
+        with self.transcript.open("ab") as log:
+            log.write(f"\n$ kafka.sh {' '.join(args)} (at {time.time():.3f})\n".encode())
+            log.flush()
+            done = subprocess.run(
+                [str(KAFKA_SCRIPT), *args],
+                env=self._env(keep),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+        if done.returncode != 0:
+            pytest.fail(
+                f"kafka.sh {' '.join(args)} failed ({done.returncode}):\n"
+                + self.transcript.read_text(errors="replace")[-3000:]
+                + "\n--- broker log ---\n"
+                + self.log_tail()
+            )
+        return time.monotonic() - started
+
+    def start(self, *, keep: bool = False) -> float:
+        """Seconds until the broker answered."""
+        return self._run("start", *(["--keep"] if keep else []), keep=keep)
+
+    def stop(self) -> float:
+        return self._run("stop")
+
+    def stop_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run("stop", timeout=60)
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.directory / "kafka.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cpu_burners(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` processes spinning on a core each, killed (by pid) on exit."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.kill()
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=10)
+
+
+# --- a real local webhook receiver --------------------------------------------------------------
+
+
+class ThreadedWebhook:
+    """tests/notifiers/servers.py's WebhookReceiver served on 127.0.0.1 from a background thread
+    (its own asyncio loop), for tests that run the worker as a subprocess."""
+
+    def __init__(self) -> None:
+        from notifiers.servers import WebhookReceiver
+
+        self.receiver = WebhookReceiver()
+        self.url = ""
+        self._loop: Any = None
+        self._thread: Any = None
+        self._stop: Any = None
+
+    def __enter__(self) -> ThreadedWebhook:
+        import asyncio
+        import threading
+
+        from notifiers.servers import LocalServer
+
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            self._stop = asyncio.Event()
+            async with LocalServer(self.receiver.app()) as server:
+                self.url = f"{server.url}/hook"
+                started.set()
+                await self._stop.wait()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(serve())
+            except BaseException as exc:  # reported to the test by __enter__
+                failure.append(exc)
+                started.set()
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="webhook-receiver", daemon=True)
+        self._thread.start()
+        assert started.wait(30), "the webhook receiver did not start"
+        if failure:
+            raise failure[0]
+        return self
+
+    def incident_ids(self) -> list[str]:
+        return [d.incident_id for d in list(self.receiver.accepted)]
+
+    def wait_ids(self, ids: set[str], timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not ids <= set(self.incident_ids()):
+            time.sleep(0.2)
+        return self.incident_ids()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
