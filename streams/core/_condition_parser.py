@@ -16,6 +16,8 @@ from streams.errors import ConditionSyntaxError
 
 __all__ = [
     "LIST_OPERATORS",
+    "MAX_CONDITION_CHARS",
+    "MAX_CONDITION_DEPTH",
     "OPERATORS",
     "And",
     "Compare",
@@ -59,8 +61,11 @@ try:
 except AttributeError:  # another google-re2 layout: fall back to the public API
     _ANCHOR_BOTH = None
 
-# Deep enough for any real rule; keeps hostile or generated input from exhausting the stack.
-_MAX_DEPTH = 100
+#: Nesting of one condition text (parentheses and `not`): deep enough for any real rule, and
+#: keeps hostile or generated input from exhausting the stack (the parser recurses).
+MAX_CONDITION_DEPTH = 100
+#: Characters of one condition text (a macro's too, after `append` overrides).
+MAX_CONDITION_CHARS = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +264,11 @@ class _Parser:
 
     def not_expr(self) -> Node:
         self.depth += 1
-        if self.depth > _MAX_DEPTH:
-            raise ConditionSyntaxError("condition nested too deeply", self.tok.offset)
+        if self.depth > MAX_CONDITION_DEPTH:
+            raise ConditionSyntaxError(
+                f"condition nested too deeply (more than {MAX_CONDITION_DEPTH} levels)",
+                self.tok.offset,
+            )
         try:
             return self._not_expr()
         finally:
@@ -361,6 +369,10 @@ def _case_hint(tok: _Token) -> str:
 
 def parse(text: str) -> Node:
     """Parse a condition into its syntax tree; ConditionSyntaxError says what and where."""
+    if len(text) > MAX_CONDITION_CHARS:
+        raise ConditionSyntaxError(
+            f"condition longer than {MAX_CONDITION_CHARS} characters ({len(text)})", 0
+        )
     return _Parser(text).parse()
 
 
