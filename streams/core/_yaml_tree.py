@@ -187,7 +187,9 @@ def _surprise(node: yaml.ScalarNode) -> str | None:
         meaning = "true" if text.lower() in ("yes", "y", "on") else "false"
         return f"'{text}' is a YAML 1.1 boolean ({meaning}): write {meaning}, or quote it for text"
     if tag == _INT_TAG and not _PLAIN_INT.fullmatch(text):
-        return f"'{text}' is a {_int_kind(text)} in YAML 1.1: write the decimal number, or quote it"
+        kind = _int_kind(text)
+        article = "an" if kind.startswith("octal") else "a"
+        return f"'{text}' is {article} {kind} in YAML 1.1: write the decimal number, or quote it"
     if tag == _FLOAT_TAG and not _PLAIN_FLOAT.fullmatch(text):
         kind = "base-60 number" if ":" in text else "number with '_' separators"
         return f"'{text}' is a {kind} in YAML 1.1: write the decimal number, or quote it"
