@@ -117,7 +117,8 @@ def print_summary(result: ReplayResult, engine: Engine, err: IO[str]) -> None:
     err.write(
         f"replay: {result.lines} lines, {stats.events} events, {result.invalid} invalid, "
         f"{stats.late} late, {result.incidents} incidents ({new} new, {updates} updates), "
-        f"{stats.evicted} evicted, {stats.template_errors} template errors\n"
+        f"{stats.evicted} evicted, {stats.evicted_keys} evicted keys, "
+        f"{stats.template_errors} template errors\n"
     )
     if stats.last_template_error:
         err.write(f"replay: last template error: {stats.last_template_error}\n")

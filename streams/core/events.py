@@ -25,6 +25,7 @@ __all__ = [
     "TOP_LEVEL_FIELDS",
     "Event",
     "FutureEvent",
+    "PackedEvent",
     "event_from_bytes",
     "event_from_dict",
     "format_time",
@@ -196,7 +197,7 @@ def _too_deep(value: object, limit: int) -> bool:
 class Event:
     """One valid Falco alert. `seq` is its arrival position, which breaks ties in time."""
 
-    __slots__ = ("_identity", "_rank", "fields", "raw", "rule", "seq", "time_ns")
+    __slots__ = ("_identity", "_packed", "_rank", "fields", "raw", "rule", "seq", "time_ns")
 
     def __init__(self, raw: dict[str, Any], time_ns: int, seq: int) -> None:
         self.raw = raw
@@ -207,6 +208,19 @@ class Event:
         self.time_ns = time_ns
         self.seq = seq
         self._identity: str | None = None
+        self._packed: PackedEvent | None = None
+
+    def packed(self) -> Event:
+        """This event as correlation state keeps it: the payload as compact JSON bytes (about
+        a third of the decoded dicts' memory). One twin per event, shared by every state that
+        keeps it; `unpacked()` gives the full event back when an incident is built."""
+        twin = self._packed
+        if twin is None:
+            twin = self._packed = PackedEvent(self)
+        return twin
+
+    def unpacked(self) -> Event:
+        return self
 
     def get(self, name: str) -> Any:
         """The value of a field (section 3 of the spec); None when missing or null.
@@ -259,6 +273,47 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.rule!r}, t={self.time_ns}, seq={self.seq})"
+
+
+class PackedEvent(Event):
+    """An Event whose payload is kept as JSON bytes (see `Event.packed`).
+
+    Reading `raw` or `fields` decodes them each time (nothing is cached, or the memory would come
+    back); what correlation state reads — time, arrival, rule, priority rank, identity — is kept
+    as attributes. Build incidents from `unpacked()`.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, event: Event) -> None:  # not Event.__init__: raw/fields are properties
+        # orjson hands back its whole output buffer (8 KiB here for a 0.8 KiB payload): keep an
+        # exact-size copy.
+        self._data = memoryview(orjson.dumps(event.raw)).tobytes()
+        self.rule = event.rule
+        self.time_ns = event.time_ns
+        self.seq = event.seq
+        self._rank = event._rank
+        self._identity = event._identity
+        self._packed = None
+
+    @property
+    def raw(self) -> dict[str, Any]:  # type: ignore[override]
+        raw: dict[str, Any] = orjson.loads(self._data)
+        return raw
+
+    @property
+    def fields(self) -> dict[str, Any]:  # type: ignore[override]
+        fields = self.raw.get("output_fields")
+        return fields if isinstance(fields, dict) else {}
+
+    def packed(self) -> Event:
+        return self
+
+    def unpacked(self) -> Event:
+        event = Event(self.raw, self.time_ns, self.seq)
+        event._rank = self._rank
+        event._identity = self._identity
+        return event
 
 
 def event_from_dict(raw: object, seq: int, *, check_depth: bool = True) -> Event:
