@@ -161,16 +161,19 @@ def budget_iter(iterable: Iterable[Any]) -> Iterator[Any]:
 
 
 def budget_out(value: object) -> str:
-    """What every `{{ ... }}` of a budgeted template outputs: measured before it is turned
-    into text, charged after."""
+    """Template text repeated by a loop or a macro goes out through this (a call, charged by the
+    sandbox's call hook like any other)."""
+    return str(value)
+
+
+@pass_context
+def _finalize(_context: Context, value: object) -> object:
+    """Every `{{ ... }}` output: measured before Jinja turns it into text. As `pass_context` it
+    is never applied at load time."""
     budget = _budget()
     budget.step()
-    size = deep_size(value, budget.limits.max_value)
-    if size > budget.limits.max_value:
-        raise TemplateBudgetError(
-            f"template output of more than {budget.limits.max_value} characters"
-        )
-    return str(value)  # charged by the call hook, through which compiled templates call this
+    budget.produced(value)
+    return value
 
 
 # -- amplifying operations, checked before they run --------------------------------------------
@@ -354,7 +357,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
 
     def __init__(self, limits: RenderLimits | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("optimized", False)
-        super().__init__(**kwargs)
+        super().__init__(finalize=_finalize, **kwargs)
         self.limits = limits or RenderLimits()
         self.filters = {name: _budgeted(name, f) for name, f in self.filters.items()}
         self.tests = {name: _budgeted(name, f) for name, f in self.tests.items()}  # type: ignore[arg-type]
@@ -434,21 +437,26 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
 
 
 def _rewrite(tree: nodes.Template) -> None:
-    """`for x in E` -> `for x in budget_iter(E)`; `{{ E }}` and template text ->
-    `budget_out(...)`. Imported names are module-level aliases a template cannot reach."""
+    """`for x in E` -> `for x in budget_iter(E)`; template text inside loops and macros ->
+    `{{ budget_out(text) }}`, so repeated text is charged (expressions go through `finalize`).
+    Imported names are module-level aliases a template cannot see or shadow."""
     for loop in tree.find_all(nodes.For):
         loop.iter = nodes.Call(
             nodes.ImportedName(_IMPORT_ITER), [loop.iter], [], None, None, lineno=loop.lineno
         )
-    for output in tree.find_all(nodes.Output):
-        output.nodes = [
-            nodes.Call(
-                nodes.ImportedName(_IMPORT_OUT),
-                [nodes.Const(child.data) if isinstance(child, nodes.TemplateData) else child],
-                [],
-                None,
-                None,
-                lineno=child.lineno,
-            )
-            for child in output.nodes
-        ]
+    repeated: list[nodes.Node] = [*tree.find_all((nodes.For, nodes.Macro, nodes.CallBlock))]
+    for node in repeated:
+        for output in node.find_all(nodes.Output):
+            output.nodes = [
+                nodes.Call(
+                    nodes.ImportedName(_IMPORT_OUT),
+                    [nodes.Const(child.data)],
+                    [],
+                    None,
+                    None,
+                    lineno=child.lineno,
+                )
+                if isinstance(child, nodes.TemplateData)
+                else child
+                for child in output.nodes
+            ]
