@@ -15,6 +15,7 @@ import aiohttp
 import jinja2
 import orjson
 
+from streams._text import short
 from streams.core.templates import (
     BudgetedSandbox,
     RenderLimits,
@@ -143,7 +144,7 @@ def _parse_config(fields: Fields) -> WebhookConfig:
         raise ConfigError(f"{fields.key('url')}: expected an http(s) URL")
     method = fields.string("method", "POST").upper()
     if method not in {"POST", "PUT"}:
-        raise ConfigError(f"{fields.key('method')}: expected POST or PUT, got {method!r}")
+        raise ConfigError(f"{fields.key('method')}: expected POST or PUT, got {short(method)}")
     header_fields = fields.section("headers")
     headers: list[tuple[str, Secret]] = []
     for name in header_fields.data:
