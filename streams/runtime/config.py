@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from streams._config_fields import ConfigFile, locate, read_config_file
 from streams.core.durations import NS_PER_UNIT, format_duration, parse_duration
+from streams.core.engine import DEFAULT_MAX_STATE_ENTRIES
+from streams.core.events import MAX_EVENT_BYTES
 from streams.errors import ConfigError
 from streams.runtime.notify_settings import NotifySettings, parse_notify_settings
 from streams.secrets import Secret, read_secret
@@ -109,6 +111,9 @@ class AppConfig:
     web_port: int = 6066
     tick_interval_ns: int = 1 * NS_PER_UNIT["s"]
     max_pending_per_key: int = 10_000
+    max_state_entries: int = DEFAULT_MAX_STATE_ENTRIES
+    max_future_skew_ns: int = 5 * NS_PER_UNIT["m"]
+    max_event_bytes: int = MAX_EVENT_BYTES
     session_timeout_ns: int = 30 * NS_PER_UNIT["s"]
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.JSON
@@ -293,6 +298,14 @@ SETTINGS: tuple[Setting, ...] = (
        "how often ticks advance the watermark and fire absence deadlines", attr="tick_interval_ns"),
     _s("app", "max_pending_per_key", _integer(1), "10000",
        "cap on the partial matches kept per correlation key (bounds memory)"),
+    _s("app", "max_state_entries", _integer(1), "1000000",
+       "global cap on (correlation, key) entries kept per engine, and on suppression anchors; "
+       "the least recently used are evicted and counted"),
+    _s("app", "max_future_skew", _duration(0), "5m",
+       "an event dated more than this ahead of the wall clock is invalid (dead-lettered)",
+       attr="max_future_skew_ns"),
+    _s("app", "max_event_bytes", _integer(64), "1048576",
+       "largest event record accepted; longer ones are dead-lettered"),
     _s("app", "session_timeout", _duration(NS_PER_UNIT["s"]), "30s",
        "Kafka group session timeout: how soon a crashed worker's partitions move to the others",
        attr="session_timeout_ns"),

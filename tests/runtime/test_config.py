@@ -67,6 +67,9 @@ def test_no_file_and_no_environment_gives_the_documented_defaults() -> None:
     assert config.app.web_port == 6066
     assert config.app.tick_interval_ns == 1_000_000_000
     assert config.app.max_pending_per_key == 10_000
+    assert config.app.max_state_entries == 1_000_000
+    assert config.app.max_future_skew_ns == 300_000_000_000
+    assert config.app.max_event_bytes == 1_048_576
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
@@ -218,6 +221,9 @@ INVALID: dict[str, tuple[object, str | None, str]] = {
     "app.web_port": (70000, "70000", "at most 65535"),
     "app.tick_interval": ("0s", "0s", "must be more than 0"),
     "app.max_pending_per_key": (True, "-1", "must be"),
+    "app.max_state_entries": (0, "0", "must be at least 1"),
+    "app.max_future_skew": ("-5m", "5 minutes", "invalid duration"),
+    "app.max_event_bytes": (10, "1e6", "must be"),
     "app.session_timeout": ("500ms", "0s", "must be at least 1s"),
     "app.log_level": ("LOUD", "LOUD", "must be one of DEBUG|INFO"),
     "app.log_format": ("xml", "xml", "must be one of json|console"),
