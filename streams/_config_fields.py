@@ -160,7 +160,7 @@ class Fields:
     def _typo_of(self, name: str) -> str | None:
         """A key of the data, not read so far, that looks like a misspelling of `name`."""
         unread = [k for k in self.data if k not in self._read and k != name]
-        close = difflib.get_close_matches(name, unread, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name, unread, n=1)
         return close[0] if close else None
 
     def string(self, name: str, default: Any = _MISSING) -> Any:

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import re2
 
+from streams._text import short
 from streams.errors import ConditionSyntaxError
 
 __all__ = [
@@ -140,7 +141,7 @@ class _Token:
         if self.kind == "end":
             return "end of condition"
         if self.kind == "string":
-            return f"string {self.text!r}"
+            return f"string {short(self.text)}"
         return f"'{self.text}'"
 
 
@@ -413,7 +414,7 @@ def regex_test(pattern: str, offset: int) -> Callable[[Any], bool]:
         reason = exc.args[0] if exc.args else "invalid pattern"
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise ConditionSyntaxError(f"invalid regex {pattern!r}: {reason}", offset) from None
+        raise ConditionSyntaxError(f"invalid regex {short(pattern)}: {reason}", offset) from None
     match = getattr(getattr(compiled, "_regexp", None), "Match", None)
     if match is None or _ANCHOR_BOTH is None:
         fullmatch = compiled.fullmatch

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from streams._text import short
 from streams.core._yaml_tree import MAX_YAML_BYTES, compose_file, location, to_python
 from streams.core.conditions import (
     ExpansionBudget,
@@ -309,7 +310,7 @@ def _apply_override(item: RawItem, table: dict[str, RawItem], errors: list[RuleE
             choices = "append or replace" if key in allowed_append else "replace"
             errors.append(
                 RuleError(
-                    item.loc("override"), f"override: '{key}' must be {choices}, not {mode!r}"
+                    item.loc("override"), f"override: '{key}' must be {choices}, not {short(mode)}"
                 )
             )
             ok = False

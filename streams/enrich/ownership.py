@@ -84,7 +84,7 @@ class OwnershipTable:
 
 def _row(kind: str, key: object, values: object, where: str, table: str) -> OwnerRow:
     if kind not in KINDS:
-        raise ValueError(f"{where}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        raise ValueError(f"{where}: unknown kind {short(kind)} (known: {', '.join(KINDS)})")
     if not isinstance(key, str) or not key.strip():
         raise ValueError(f"{where}: the key must be a non-empty string")
     if not isinstance(values, Mapping):
@@ -119,7 +119,7 @@ def _parse_yaml(text: str, name: str) -> list[OwnerRow]:
     for section, entries in data.items():
         kind = _YAML_SECTIONS.get(str(section))
         if kind is None:
-            raise ValueError(f"{name}: unknown section {section!r}")
+            raise ValueError(f"{name}: unknown section {short(section)}")
         if not isinstance(entries, Mapping):
             raise ValueError(f"{name}: {section}: expected a mapping key -> owner fields")
         for key, values in entries.items():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streams._config_fields import ConfigFile, locate, read_config_file
+from streams._text import short
 from streams.core.durations import NS_PER_UNIT, format_duration, parse_duration
 from streams.core.engine import DEFAULT_MAX_STATE_ENTRIES
 from streams.core.events import MAX_EVENT_BYTES
@@ -145,7 +146,7 @@ def _text(raw: object, _environ: Mapping[str, str]) -> str:
 def _existing_file(raw: object, environ: Mapping[str, str]) -> str:
     path = _text(raw, environ)
     if not Path(path).is_file():
-        raise ValueError(f"file {path!r} does not exist")
+        raise ValueError(f"file {short(path)} does not exist")
     return path
 
 
@@ -160,7 +161,7 @@ def _integer(minimum: int, maximum: int | None = None) -> _Parser:
         if isinstance(raw, str) and re.fullmatch(r"\s*-?[0-9]+\s*", raw):
             raw = int(raw)
         if not isinstance(raw, int) or isinstance(raw, bool):
-            raise ValueError(f"must be an integer, got {raw!r}")
+            raise ValueError(f"must be an integer, got {short(raw)}")
         if raw < minimum or (maximum is not None and raw > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise ValueError(f"must be at least {minimum}{upper}, got {raw}")
@@ -178,7 +179,7 @@ def _boolean(raw: object, _environ: Mapping[str, str]) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
         return raw.strip().lower() in _TRUE
-    raise ValueError(f"must be true or false, got {raw!r}")
+    raise ValueError(f"must be true or false, got {short(raw)}")
 
 
 def _choice(enum: type[StrEnum], aliases: Mapping[str, str] | None = None) -> _Parser:
@@ -190,7 +191,7 @@ def _choice(enum: type[StrEnum], aliases: Mapping[str, str] | None = None) -> _P
         if isinstance(raw, str) and raw.strip().lower() in by_name:
             return by_name[raw.strip().lower()]
         allowed = "|".join(member.value for member in enum)
-        raise ValueError(f"must be one of {allowed}, got {raw!r}")
+        raise ValueError(f"must be one of {allowed}, got {short(raw)}")
 
     return parse
 
@@ -200,7 +201,7 @@ def _duration(minimum_ns: int) -> _Parser:
         ns = parse_duration(raw)
         if ns < minimum_ns:
             least = "more than 0" if minimum_ns <= 1 else f"at least {format_duration(minimum_ns)}"
-            raise ValueError(f"must be {least}, got {raw!r}")
+            raise ValueError(f"must be {least}, got {short(raw)}")
         return ns
 
     return parse
@@ -211,7 +212,7 @@ def _bootstrap(raw: object, environ: Mapping[str, str]) -> str:
     for server in servers:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected host:port[,host:port...], got {raw!r}")
+            raise ValueError(f"expected host:port[,host:port...], got {short(raw)}")
     return ",".join(servers)
 
 
@@ -222,7 +223,9 @@ _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 def _topic_name(raw: object, environ: Mapping[str, str]) -> str:
     name = _text(raw, environ)
     if not _TOPIC_NAME.fullmatch(name) or name in {".", ".."}:
-        raise ValueError(f"{name!r} is not a valid topic name (letters, digits, '.', '_', '-')")
+        raise ValueError(
+            f"{short(name)} is not a valid topic name (letters, digits, '.', '_', '-')"
+        )
     return name
 
 
