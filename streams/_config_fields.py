@@ -91,19 +91,32 @@ def _locations(path: str, root: yaml.Node) -> tuple[dict[str, str], dict[str, st
     return values, keys
 
 
-_KEY_PATH = re.compile(r"(\S[^:]*?): ")
 _LAST_PART = re.compile(r"(\.[^.\[\]]*|\[\d+\])$")
 
 
 def locate(message: str, locations: Mapping[str, str]) -> str:
     """Prefix each line of a ConfigError message that starts with a key path with the location
-    of that key, or of its nearest ancestor that has one."""
+    of that key, or of its nearest ancestor that has one. Keys may hold `: ` themselves, so the
+    longest prefix before a `: ` that is a known path wins."""
     out = []
     for line in message.splitlines():
-        match = _KEY_PATH.match(line)
-        where = _nearest(match.group(1), locations) if match else None
+        heads = [line[:at] for at in _separators(line)]
+        exact = [head for head in heads if head in locations]
+        if exact:
+            where: str | None = locations[exact[-1]]
+        else:
+            where = _nearest(heads[0], locations) if heads else None
         out.append(f"{where}: {line}" if where else line)
     return "\n".join(out)
+
+
+def _separators(line: str) -> list[int]:
+    found: list[int] = []
+    at = line.find(": ")
+    while at > 0 and len(found) < 20:
+        found.append(at)
+        at = line.find(": ", at + 2)
+    return found
 
 
 def _nearest(key: str, locations: Mapping[str, str]) -> str | None:

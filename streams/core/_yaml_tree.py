@@ -149,8 +149,8 @@ def compose_checked(path: str, text: str) -> tuple[yaml.Node | None, list[tuple[
     finally:
         loader.dispose()
     problems: list[tuple[Location, str]] = []
-    if root is not None:
-        _check_tree(path, root, problems)
+    if root is not None and not _check_tree(path, root, problems):
+        return None, problems  # what safe loading cannot build is not handed on
     return root, problems
 
 
@@ -221,11 +221,14 @@ def _to_int(text: str) -> str:
         return "?"
 
 
-def _check_tree(path: str, root: yaml.Node, problems: list[tuple[Location, str]]) -> None:
+def _check_tree(path: str, root: yaml.Node, problems: list[tuple[Location, str]]) -> bool:
     """Duplicate keys, YAML 1.1 surprises and unconstructible values, each node visited once.
+    False when something cannot be built into plain data at all (a tag safe loading refuses, a
+    mapping used as a key).
 
     Iterative: aliases can make the node graph as deep as the file is long.
     """
+    buildable = True
     seen: set[int] = set()
     stack = [root]
     while stack:
@@ -242,30 +245,37 @@ def _check_tree(path: str, root: yaml.Node, problems: list[tuple[Location, str]]
             problem = _construct_problem(node)
             if problem is not None:
                 problems.append((location(path, node), f"cannot load value: {problem}"))
+                buildable = False
                 continue
         if isinstance(node, yaml.MappingNode):
             keys: dict[str, yaml.Node] = {}
             for key_node, value_node in node.value:
-                if isinstance(key_node, yaml.ScalarNode):
-                    if key_node.tag == _MERGE_TAG and not key_node.style:
-                        problems.append(
-                            (location(path, key_node), "merge keys ('<<') are not supported")
+                if not isinstance(key_node, yaml.ScalarNode):
+                    problems.append(
+                        (location(path, key_node), "a mapping key must be a plain value, not a "
+                         "list or a mapping")
+                    )  # fmt: skip
+                    buildable = False
+                elif key_node.tag == _MERGE_TAG and not key_node.style:
+                    problems.append(
+                        (location(path, key_node), "merge keys ('<<') are not supported")
+                    )
+                elif key_node.value in keys:
+                    first = keys[key_node.value].start_mark.line + 1
+                    problems.append(
+                        (
+                            location(path, key_node),
+                            f"duplicate key '{_cut(key_node.value)}' (first at line {first})",
                         )
-                    elif key_node.value in keys:
-                        first = keys[key_node.value].start_mark.line + 1
-                        problems.append(
-                            (
-                                location(path, key_node),
-                                f"duplicate key '{_cut(key_node.value)}' (first at line {first})",
-                            )
-                        )
-                    else:
-                        keys[key_node.value] = key_node
+                    )
+                else:
+                    keys[key_node.value] = key_node
                 stack.append(value_node)
                 stack.append(key_node)
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(reversed(node.value))
     problems.sort(key=lambda p: (p[0].line, p[0].column))
+    return buildable
 
 
 def _construct_problem(node: yaml.Node) -> str | None:

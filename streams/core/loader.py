@@ -34,10 +34,6 @@ __all__ = ["RULE_FILE_SUFFIXES", "TEST_FILE_SUFFIXES", "load_rules", "rule_files
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
 _KINDS = ("list", "macro", "correlation")
-# Checks that only restate a YAML problem at the same place (`threshold: 1:30` read as 90).
-_LATER_CHECKS = ("threshold", "within", "suppress", "enabled", "severity", "tags", "desc",
-                 "type", "by", "list ", "condition", "output", "items", "override",
-                 "steps", "field", "unknown type")  # fmt: skip
 _KIND_KEYS = {
     "list": {"list", "items", "override"},
     "macro": {"macro", "condition", "override"},
@@ -96,16 +92,14 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
     items: list[RawItem] = []
     files = rule_files(paths)
     digest = hashlib.sha256()
-    yaml_problems: set[Location] = set()
+    yaml_problems: list[RuleError] = []
     for path in files:
         name = str(path)
         text = _read_text(path, errors)
         if text is None:
             continue
         digest.update(name.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
-        found = len(errors)
-        items.extend(_read_items(name, text, errors))
-        yaml_problems.update(e.location for e in errors[found:])
+        items.extend(_read_items(name, text, errors, yaml_problems))
 
     merged = _merge(items, errors)
     budget = ExpansionBudget()
@@ -160,16 +154,14 @@ def _read_text(path: Path, errors: list[RuleError]) -> str | None:
 
 
 def _report(
-    errors: list[RuleError], files: list[Path], yaml_problems: set[Location]
+    errors: list[RuleError], files: list[Path], yaml_problems: list[RuleError]
 ) -> list[RuleError]:
     """Errors in file order, then line and column; at a place with a YAML problem (`1:30`,
     `yes`), only that problem: what the value was read as would only repeat it."""
     order = {str(path): index for index, path in enumerate(files)}
-    kept = [
-        e
-        for e in errors
-        if e.location not in yaml_problems or not e.message.startswith(_LATER_CHECKS)
-    ]
+    problems = {id(e) for e in yaml_problems}
+    places = {e.location for e in yaml_problems}
+    kept = [e for e in errors if id(e) in problems or e.location not in places]
     kept.sort(
         key=lambda e: (
             order.get(e.location.path, len(order)),
@@ -206,10 +198,13 @@ def _condition_message(exc: ConditionSyntaxError, text: str) -> str:
     return f"{exc.message} (at offset {exc.offset}: {near!r})"
 
 
-def _read_items(path: str, text: str, errors: list[RuleError]) -> list[RawItem]:
+def _read_items(
+    path: str, text: str, errors: list[RuleError], yaml_problems: list[RuleError]
+) -> list[RawItem]:
     root, found = compose_file(path, text)
     errors.extend(found)
-    if root is None or any("cannot load value" in e.message for e in found):
+    yaml_problems.extend(found)
+    if root is None:
         return []
     if not isinstance(root, yaml.SequenceNode):
         errors.append(RuleError(location(path, root), "a rules file is a YAML sequence of items"))

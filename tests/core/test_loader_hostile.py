@@ -181,6 +181,23 @@ def test_duplicate_keys_are_still_located(tmp_path: Path) -> None:
     assert _errors(tmp_path, text) == [(6, 3, "duplicate key 'threshold' (first at line 4)")]
 
 
+# Found by fuzzing (tests/test_fuzz_inputs.py): each once escaped as an exception or an empty
+# RuleLoadError.
+
+
+def test_a_null_name_is_reported(tmp_path: Path) -> None:
+    assert _errors(tmp_path, "- list: null\n") == [(1, 9, "list name must be a non-empty string")]
+
+
+@pytest.mark.usefixtures("yaml_parser")
+@pytest.mark.parametrize("key", ["{a: 1}", "[a, b]"])
+def test_a_mapping_or_list_used_as_a_key_is_a_located_error(tmp_path: Path, key: str) -> None:
+    text = _correlation("rule = x", f"  tags: {{? {key} : 1}}\n")
+    assert _errors(tmp_path, text) == [
+        (6, 12, "a mapping key must be a plain value, not a list or a mapping")
+    ]
+
+
 # -- lists and macros ----------------------------------------------------------------------------
 
 

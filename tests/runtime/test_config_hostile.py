@@ -184,6 +184,16 @@ def test_yaml_problems_anywhere_in_the_file_are_located(
     assert _error(path).startswith(f"{path}:{where}: {problem}")
 
 
+def test_keys_holding_colons_or_collections_are_located(tmp_path: Path) -> None:
+    # Found by fuzzing: a key with ": " in it hid its location, a mapping as a key raised.
+    path = _write(tmp_path, "delivery:\n  '1:30 kafka: x': 1\napp: {? {a: 1} : 2}\n")
+    assert _error(path).splitlines() == [
+        f"{path}:3:9: a mapping key must be a plain value, not a list or a mapping"
+    ]
+    path = _write(tmp_path, "delivery:\n  '1:30 kafka: x': 1\n")
+    assert _error(path).startswith(f"{path}:2:20: delivery.1:30 kafka: x: unknown key")
+
+
 def test_errors_of_every_section_are_reported_at_once_each_located(tmp_path: Path) -> None:
     text = """\
     app:
