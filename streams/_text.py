@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import reprlib
 
-__all__ = ["short"]
+__all__ = ["printable", "short"]
 
 class _ShortRepr(reprlib.Repr):
     def repr_int(self, x: int, level: int) -> str:
@@ -34,3 +34,13 @@ def short(value: object, limit: int = 60) -> str:
     except Exception:  # a repr that fails must not turn an error message into a crash
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """`text` with control and other non-printable characters escaped (`\\n`, `\\x0c`), so a
+    key or a name from a file cannot break an error message into forged lines."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streams._config_fields import ConfigFile, locate, read_config_file
-from streams._text import short
+from streams._text import printable, short
 from streams.core.durations import NS_PER_UNIT, format_duration, parse_duration
 from streams.core.engine import DEFAULT_MAX_STATE_ENTRIES
 from streams.core.events import MAX_EVENT_BYTES
@@ -348,7 +348,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
             errors.append(f"{where}: {name}: {exc}")
     typed = _typed_sections(file, environ, errors)
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(printable(error) for error in errors))
 
     config = WorkerConfig(
         kafka=dataclasses.replace(KafkaConfig(), **values["kafka"]),
@@ -358,7 +358,7 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
     )
     errors.extend(_check_security(config.kafka, {name: where for name, (_, where) in raw.items()}))
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(printable(error) for error in errors))
     return config
 
 

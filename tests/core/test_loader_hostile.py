@@ -198,6 +198,14 @@ def test_a_mapping_or_list_used_as_a_key_is_a_located_error(tmp_path: Path, key:
     ]
 
 
+def test_control_characters_in_names_cannot_forge_error_lines(tmp_path: Path) -> None:
+    text = '- list: "a\\nrules.yaml:9:9: all fine"\n- list: "a\\nrules.yaml:9:9: all fine"\n'
+    errors = _errors(tmp_path, text)
+    assert [line for line, _, _ in errors] == [1, 2]
+    assert all("\n" not in message for _, _, message in errors)
+    assert errors[1][2].startswith("duplicate list name 'a\\nrules.yaml:9:9: all fine'")
+
+
 # -- lists and macros ----------------------------------------------------------------------------
 
 

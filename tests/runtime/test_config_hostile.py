@@ -223,3 +223,9 @@ def test_a_huge_value_of_the_wrong_type_is_quoted_by_a_short_prefix(tmp_path: Pa
     message = _error(_write(tmp_path, text))
     assert len(message) < 300
     assert "999..." in message
+
+
+def test_control_characters_in_keys_cannot_forge_error_lines(tmp_path: Path) -> None:
+    # Found by fuzzing: a form feed in a key split the message into two "lines".
+    path = _write(tmp_path, 'kafka:\n  "\\f\\nFAKE: ok": 1\n')
+    assert _error(path).splitlines() == [f"{path}:2:3: unknown key kafka.\\x0c\\nFAKE: ok"]
