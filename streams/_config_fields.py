@@ -95,19 +95,16 @@ _LAST_PART = re.compile(r"(\.[^.\[\]]*|\[\d+\])$")
 
 
 def locate(message: str, locations: Mapping[str, str]) -> str:
-    """Prefix each line of a ConfigError message that starts with a key path with the location
-    of that key, or of its nearest ancestor that has one. Keys may hold `: ` themselves, so the
-    longest prefix before a `: ` that is a known path wins."""
-    out = []
-    for line in message.splitlines():
-        heads = [line[:at] for at in _separators(line)]
-        exact = [head for head in heads if head in locations]
-        if exact:
-            where: str | None = locations[exact[-1]]
-        else:
-            where = _nearest(heads[0], locations) if heads else None
-        out.append(f"{where}: {line}" if where else line)
-    return "\n".join(out)
+    """Prefix one ConfigError message that starts with a key path with the location of that key,
+    or of its nearest ancestor that has one. Keys may hold `: ` (or a line break) themselves,
+    so the longest prefix before a `: ` that is a known path wins."""
+    heads = [message[:at] for at in _separators(message)]
+    exact = [head for head in heads if head in locations]
+    if exact:
+        where: str | None = locations[exact[-1]]
+    else:
+        where = _nearest(heads[0], locations) if heads else None
+    return f"{where}: {message}" if where else message
 
 
 def _separators(line: str) -> list[int]:

@@ -20,7 +20,7 @@ import orjson
 import yaml
 from hypothesis import strategies as st
 
-from streams.cli.replay import ReplayResult, read_inputs, replay_lines
+from streams.cli.replay import read_inputs, replay_lines
 from streams.core.engine import Engine
 from streams.core.events import event_from_bytes
 from streams.core.loader import load_rules
@@ -186,7 +186,7 @@ def check_event_line(line: bytes) -> None:
 _POSITION = re.compile(r"^<stdin>:(\d+): (skipped|late): .+$")
 
 
-def check_replay(lines: list[bytes]) -> ReplayResult:
+def check_replay(lines: list[bytes]) -> None:
     """`replay` over the lines: every line is accepted or reported at its position, incidents
     are JSON lines, nothing raises."""
     data = b"".join(line.replace(b"\n", b" ") + b"\n" for line in lines)
@@ -208,7 +208,6 @@ def check_replay(lines: list[bytes]) -> ReplayResult:
     assert len(skipped) == result.invalid
     for row in out.getvalue().splitlines():
         assert isinstance(orjson.loads(row), dict)
-    return result
 
 
 # -- YAML ------------------------------------------------------------------------------------------

@@ -229,3 +229,12 @@ def test_control_characters_in_keys_cannot_forge_error_lines(tmp_path: Path) -> 
     # Found by fuzzing: a form feed in a key split the message into two "lines".
     path = _write(tmp_path, 'kafka:\n  "\\f\\nFAKE: ok": 1\n')
     assert _error(path).splitlines() == [f"{path}:2:3: unknown key kafka.\\x0c\\nFAKE: ok"]
+
+
+def test_a_line_break_in_a_key_of_a_typed_section_keeps_its_location(tmp_path: Path) -> None:
+    # Found by the long fuzz run (bench/fuzz_inputs.py).
+    path = _write(tmp_path, 'delivery:\n  "\\n": 1\n')
+    assert _error(path) == (
+        f"{path}:2:9: delivery.\\n: unknown key (known: commit_interval, max_in_flight, "
+        "shutdown_grace, thread_retention)"
+    )
