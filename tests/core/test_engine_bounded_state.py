@@ -147,3 +147,19 @@ def test_memory_per_key_stays_near_the_packed_payload(chain: Ruleset) -> None:
         tracemalloc.stop()
     assert engine.state_entries == 2000
     assert used / 2000 < 2000
+
+
+def test_state_restored_from_a_snapshot_keeps_its_events_packed(chain: Ruleset) -> None:
+    from streams.core.snapshot import entry_from_data, entry_to_data
+
+    source = Engine(chain, lateness_ns=0, track_changes=True)
+    source.submit(event_from_dict(payload("A", 0, **{"container.id": "c1"}), 0))
+    source.advance_to(10**20)
+    entry = source.entry(0, ("c1",))
+    assert entry is not None
+    data = entry_to_data(chain.correlations[0], ("c1",), entry)
+    restored = entry_from_data({"chain": (0, chain.correlations[0])}, data)
+    assert restored is not None
+    state = restored[2].state
+    assert isinstance(state, SequenceState)
+    assert isinstance(state.candidates[0][0], PackedEvent)
