@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streams._text import printable
+
 __all__ = [
     "ConditionSyntaxError",
     "ConfigError",
@@ -36,6 +38,7 @@ class RuleError(CorrelatorError):
     """One problem in a rules file, with where it is."""
 
     def __init__(self, location: Location, message: str) -> None:
+        message = printable(message)  # names and keys from the file: one error, one line
         super().__init__(f"{location}: {message}")
         self.location = location
         self.message = message

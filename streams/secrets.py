@@ -13,10 +13,12 @@ from pathlib import Path
 
 from streams.errors import ConfigError
 
-__all__ = ["Secret", "read_secret", "redact", "resolve_secret"]
+__all__ = ["MAX_SECRET_BYTES", "Secret", "read_secret", "redact", "resolve_secret"]
 
 _REFERENCE = re.compile(r"\$\{(env|file):([^}]+)\}")
 _REDACTED = "***"
+#: The largest secret file read (a token, a password, a URL).
+MAX_SECRET_BYTES = 65_536
 
 
 class Secret:
@@ -68,9 +70,17 @@ def read_secret(value: str, env: Mapping[str, str] | None = None) -> Secret:
             raise ValueError(f"secret environment variable {ref} is not set or empty")
         return Secret(environ[ref], f"env:{ref}")
     try:
-        text = Path(ref).read_text(encoding="utf-8")
+        with Path(ref).open("rb") as handle:
+            data = handle.read(MAX_SECRET_BYTES + 1)  # `/dev/zero` would never end
     except OSError as exc:
         raise ValueError(f"cannot read secret file {ref}: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"secret file {ref} is larger than {MAX_SECRET_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # UnicodeDecodeError's own text quotes the offending byte: a byte of the secret.
+        raise ValueError(f"secret file {ref} is not UTF-8 text") from None
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
         raise ValueError(f"secret file {ref} is empty")

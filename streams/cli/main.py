@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from streams.core.durations import parse_duration
+from streams.core.events import MAX_EVENT_BYTES
 from streams.core.loader import load_rules
 from streams.core.rules import Ruleset
 from streams.errors import ConfigError, RuleLoadError
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run the enrichers of --config's `enrichment:` section (off: replay stays offline)",
     )
     replay.add_argument("--config", metavar="FILE", help="worker config file, for --enrich")
+    replay.add_argument(
+        "--max-line-bytes",
+        type=_positive,
+        default=MAX_EVENT_BYTES,
+        metavar="N",
+        help=f"longer lines are skipped as invalid (default {MAX_EVENT_BYTES})",
+    )
     replay.add_argument("events", nargs="*", metavar="EVENTS", help="files; '-' or none: stdin")
 
     test = sub.add_parser("test", help="run rule tests (*.test.yaml fixtures)")
@@ -239,8 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result, engine = replay_lines(
                 ruleset,
-                read_inputs(args.events, sys.stdin.buffer),
+                read_inputs(args.events, sys.stdin.buffer, max_line_bytes=args.max_line_bytes),
                 lateness_ns=args.lateness,
+                max_line_bytes=args.max_line_bytes,
                 flush=args.flush,
                 out=sys.stdout.buffer,
                 err=sys.stderr,

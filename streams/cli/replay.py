@@ -10,7 +10,7 @@ from typing import IO, Any
 import orjson
 
 from streams.core.engine import Engine
-from streams.core.events import event_from_bytes
+from streams.core.events import MAX_EVENT_BYTES, event_from_bytes
 from streams.core.rules import Ruleset
 from streams.errors import EventError
 
@@ -24,16 +24,40 @@ class ReplayResult:
     incidents: int = 0
 
 
-def read_inputs(paths: list[str], stdin: IO[bytes]) -> Iterator[tuple[str, int, bytes]]:
-    """(source name, 1-based line number, line) over every input, `-` or none meaning stdin."""
+def read_inputs(
+    paths: list[str], stdin: IO[bytes], *, max_line_bytes: int = MAX_EVENT_BYTES
+) -> Iterator[tuple[str, int, bytes]]:
+    """(source name, 1-based line number, line) over every input, `-` or none meaning stdin.
+
+    A line longer than `max_line_bytes` is yielded cut to `max_line_bytes + 1` bytes (which
+    `event_from_bytes` rejects by size); the rest of it is read and dropped in bounded chunks,
+    so one endless line costs neither memory nor the lines after it.
+    """
     for path in paths or ["-"]:
         if path == "-":
-            for number, line in enumerate(stdin, 1):
-                yield "<stdin>", number, line
+            yield from _bounded_lines("<stdin>", stdin, max_line_bytes)
             continue
         with open(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                yield path, number, line
+            yield from _bounded_lines(path, handle, max_line_bytes)
+
+
+def _bounded_lines(
+    source: str, handle: IO[bytes], max_line_bytes: int
+) -> Iterator[tuple[str, int, bytes]]:
+    number = 0
+    while True:
+        line = handle.readline(max_line_bytes + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            rest = line
+            while rest and not rest.endswith(b"\n"):
+                rest = handle.readline(_SKIP_CHUNK)
+        yield source, number, line
+
+
+_SKIP_CHUNK = 1 << 16
 
 
 def replay_lines(
@@ -46,6 +70,7 @@ def replay_lines(
     err: IO[str],
     engine: Engine | None = None,
     enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    max_line_bytes: int = MAX_EVENT_BYTES,
 ) -> tuple[ReplayResult, Engine]:
     engine = engine or Engine(ruleset, lateness_ns=lateness_ns)
     result = ReplayResult()
@@ -67,7 +92,7 @@ def replay_lines(
             err.write(f"{source}:{number}: skipped: empty line\n")
             continue
         try:
-            event = event_from_bytes(line, seq)
+            event = event_from_bytes(line, seq, max_bytes=max_line_bytes)
         except EventError as exc:
             result.invalid += 1
             err.write(f"{source}:{number}: skipped: {exc}\n")
@@ -92,7 +117,8 @@ def print_summary(result: ReplayResult, engine: Engine, err: IO[str]) -> None:
     err.write(
         f"replay: {result.lines} lines, {stats.events} events, {result.invalid} invalid, "
         f"{stats.late} late, {result.incidents} incidents ({new} new, {updates} updates), "
-        f"{stats.evicted} evicted, {stats.template_errors} template errors\n"
+        f"{stats.evicted} evicted, {stats.evicted_keys} evicted keys, "
+        f"{stats.template_errors} template errors\n"
     )
     if stats.last_template_error:
         err.write(f"replay: last template error: {stats.last_template_error}\n")

@@ -12,10 +12,13 @@ from typing import Any, TypeAlias
 
 import re2
 
+from streams._text import short
 from streams.errors import ConditionSyntaxError
 
 __all__ = [
     "LIST_OPERATORS",
+    "MAX_CONDITION_CHARS",
+    "MAX_CONDITION_DEPTH",
     "OPERATORS",
     "And",
     "Compare",
@@ -59,8 +62,11 @@ try:
 except AttributeError:  # another google-re2 layout: fall back to the public API
     _ANCHOR_BOTH = None
 
-# Deep enough for any real rule; keeps hostile or generated input from exhausting the stack.
-_MAX_DEPTH = 100
+#: Nesting of one condition text (parentheses and `not`): deep enough for any real rule, and
+#: keeps hostile or generated input from exhausting the stack (the parser recurses).
+MAX_CONDITION_DEPTH = 100
+#: Characters of one condition text (a macro's too, after `append` overrides).
+MAX_CONDITION_CHARS = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +141,7 @@ class _Token:
         if self.kind == "end":
             return "end of condition"
         if self.kind == "string":
-            return f"string {self.text!r}"
+            return f"string {short(self.text)}"
         return f"'{self.text}'"
 
 
@@ -259,8 +265,11 @@ class _Parser:
 
     def not_expr(self) -> Node:
         self.depth += 1
-        if self.depth > _MAX_DEPTH:
-            raise ConditionSyntaxError("condition nested too deeply", self.tok.offset)
+        if self.depth > MAX_CONDITION_DEPTH:
+            raise ConditionSyntaxError(
+                f"condition nested too deeply (more than {MAX_CONDITION_DEPTH} levels)",
+                self.tok.offset,
+            )
         try:
             return self._not_expr()
         finally:
@@ -361,6 +370,10 @@ def _case_hint(tok: _Token) -> str:
 
 def parse(text: str) -> Node:
     """Parse a condition into its syntax tree; ConditionSyntaxError says what and where."""
+    if len(text) > MAX_CONDITION_CHARS:
+        raise ConditionSyntaxError(
+            f"condition longer than {MAX_CONDITION_CHARS} characters ({len(text)})", 0
+        )
     return _Parser(text).parse()
 
 
@@ -401,7 +414,7 @@ def regex_test(pattern: str, offset: int) -> Callable[[Any], bool]:
         reason = exc.args[0] if exc.args else "invalid pattern"
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise ConditionSyntaxError(f"invalid regex {pattern!r}: {reason}", offset) from None
+        raise ConditionSyntaxError(f"invalid regex {short(pattern)}: {reason}", offset) from None
     match = getattr(getattr(compiled, "_regexp", None), "Match", None)
     if match is None or _ANCHOR_BOTH is None:
         fullmatch = compiled.fullmatch

@@ -18,6 +18,11 @@ Semantics the spec leaves open, decided here:
 - `pmatch`: trailing slashes in a pattern are ignored; `/` covers every absolute path.
 - An error inside an expanded macro is reported at the reference to that macro in the compiled
   text ("in macro 'm': ..."); a macro cycle has no single place (offset -1).
+
+Limits (docs/rules.md, "Limits"): rule files may be generated or hostile, and a macro used twice
+is compiled twice, so expansion is bounded — per condition (`MAX_CONDITION_*`, `MAX_MACRO_DEPTH`,
+`MAX_EXPANDED_DEPTH`) and across a ruleset (`ExpansionBudget`). Every bound is checked while
+compiling, so a condition that would expand to 2**40 terms stops after the first 10,000.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from __future__ import annotations
 import fnmatch
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+import reprlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from streams.core._condition_parser import (
+    MAX_CONDITION_CHARS,
     And,
     Compare,
     Exists,
@@ -50,16 +57,26 @@ from streams.core.priority import PRIORITY_NAMES, priority_rank
 from streams.errors import ConditionSyntaxError
 
 __all__ = [
+    "MAX_CONDITION_CHARS",
+    "MAX_CONDITION_ITEMS",
+    "MAX_CONDITION_TERMS",
+    "MAX_EXPANDED_DEPTH",
+    "MAX_MACRO_DEPTH",
+    "MAX_RULESET_ITEMS",
+    "MAX_RULESET_TERMS",
     "And",
     "Compare",
     "CompiledCondition",
     "Exists",
+    "ExpansionBudget",
     "ListCompare",
+    "ListCycleError",
     "ListItem",
     "MacroRef",
     "Node",
     "Not",
     "Or",
+    "ResolvedLists",
     "compile_condition",
     "macro_refs",
     "parse_condition",
@@ -78,6 +95,48 @@ _ORDERING: dict[str, _Relation] = {
     ">=": operator.ge,
 }
 _EQUALITY: dict[str, _Relation] = {"=": operator.eq, "==": operator.eq, "!=": operator.ne}
+
+#: Comparisons (`exists`, `FIELD OP VALUE`, `FIELD in (...)`) in one condition after its macros
+#: are expanded; a macro used twice counts twice.
+MAX_CONDITION_TERMS = 10_000
+#: Macros inside macros inside macros...
+MAX_MACRO_DEPTH = 64
+#: Levels of one condition after its macros are expanded (and/or, not, parentheses).
+MAX_EXPANDED_DEPTH = 256
+#: Items the list operands of one condition expand to, list names expanded.
+MAX_CONDITION_ITEMS = 100_000
+#: Across every condition of one load: comparisons compiled, and list items expanded (resolving
+#: a list counts every item it walks, duplicates included; using it counts its items again).
+MAX_RULESET_TERMS = 500_000
+MAX_RULESET_ITEMS = 2_000_000
+
+
+@dataclass
+class ExpansionBudget:
+    """What the conditions of one load have expanded to so far, against the ruleset limits."""
+
+    max_terms: int = MAX_RULESET_TERMS
+    max_items: int = MAX_RULESET_ITEMS
+    terms: int = 0
+    items: int = 0
+
+    def charge_terms(self, count: int, offset: int) -> None:
+        self.terms += count
+        if self.terms > self.max_terms:
+            raise ConditionSyntaxError(
+                f"the rules expand to more than {self.max_terms} comparisons in all "
+                "(ruleset limit; macros are expanded where they are used)",
+                offset,
+            )
+
+    def charge_items(self, count: int, offset: int) -> None:
+        self.items += count
+        if self.items > self.max_items:
+            raise ConditionSyntaxError(
+                f"the rules expand to more than {self.max_items} list items in all "
+                "(ruleset limit; lists are expanded where they are used)",
+                offset,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,43 +172,123 @@ def macro_refs(node: Node) -> list[MacroRef]:
     return refs
 
 
-def resolve_lists(raw: Mapping[str, Sequence[object]]) -> dict[str, tuple[str, ...]]:
-    """Expand list names inside list items, recursively; numbers become strings.
+class ListCycleError(ValueError):
+    """Lists that contain each other; `cycle` names them, starting and ending with one."""
 
-    Items keep their first-seen order and duplicates are dropped. A cycle raises ValueError.
+    def __init__(self, cycle: list[str]) -> None:
+        super().__init__(f"list cycle: {' -> '.join(cycle)}")
+        self.cycle = cycle
+
+
+class ResolvedLists(Mapping[str, tuple[str, ...]]):
+    """Lists with the list names inside them expanded, computed when first looked up.
+
+    Lazy on purpose: a chain of n lists costs O(n) to check and O(size) per list used, where
+    expanding every list up front costs O(n**2). Items keep their first-seen order and
+    duplicates are dropped; a list met again while expanding adds nothing new, so it is walked
+    once per lookup.
     """
-    resolved: dict[str, tuple[str, ...]] = {}
 
-    def resolve(name: str, path: list[str]) -> tuple[str, ...]:
-        done = resolved.get(name)
-        if done is not None:
-            return done
-        if name in path:
-            cycle = [*path[path.index(name) :], name]
-            raise ValueError(f"list cycle: {' -> '.join(cycle)}")
-        path.append(name)
+    def __init__(self, raw: Mapping[str, Sequence[object]]) -> None:
+        self._raw = raw
+        self._done: dict[str, tuple[str, ...]] = {}
+        self.budget: ExpansionBudget | None = None
+        for name, items in raw.items():
+            for item in items:
+                if not isinstance(item, str | int | float):
+                    raise ValueError(
+                        f"list '{name}': item {_short(item)} is not a string or a number"
+                    )
+        _check_list_cycles(raw)
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        done = self._done.get(name)
+        if done is None:
+            done = self._done[name] = self._expand(name)
+        return done
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def _expand(self, name: str) -> tuple[str, ...]:
+        raw = self._raw
+        if name not in raw:
+            raise KeyError(name)
         items: dict[str, None] = {}
-        for item in raw[name]:
+        visited = {name}
+        walked = 0
+        # Depth first, in item order: an explicit stack of iterators instead of recursion.
+        stack = [iter(raw[name])]
+        while stack:
+            item = next(stack[-1], _END)
+            if item is _END:
+                stack.pop()
+                continue
+            walked += 1
             if isinstance(item, str) and item in raw:
-                items.update(dict.fromkeys(resolve(item, path)))
-            elif isinstance(item, str | int | float):
-                items[as_text(item)] = None
+                if item not in visited:
+                    visited.add(item)
+                    stack.append(iter(raw[item]))
             else:
-                raise ValueError(f"list '{name}': item {item!r} is not a string or a number")
-        path.pop()
-        resolved[name] = tuple(items)
-        return resolved[name]
+                items[as_text(item)] = None
+        if self.budget is not None:
+            self.budget.charge_items(walked, -1)
+        return tuple(items)
 
-    for name in raw:
-        resolve(name, [])
-    return resolved
+
+_END = object()
+
+
+def _check_list_cycles(raw: Mapping[str, Sequence[object]]) -> None:
+    """ListCycleError for the first cycle found (lists in order); linear, no recursion."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in raw:
+        if state.get(start):
+            continue
+        path = [start]
+        state[start] = 1
+        stack = [iter(raw[start])]
+        while stack:
+            item = next(stack[-1], _END)
+            if item is _END:
+                stack.pop()
+                state[path.pop()] = 2
+                continue
+            if not isinstance(item, str) or item not in raw:
+                continue
+            seen = state.get(item)
+            if seen == 1:
+                raise ListCycleError([*path[path.index(item) :], item])
+            if seen is None:
+                state[item] = 1
+                path.append(item)
+                stack.append(iter(raw[item]))
+
+
+def resolve_lists(raw: Mapping[str, Sequence[object]]) -> ResolvedLists:
+    """Lists with list names inside them expanded (recursively, when looked up); numbers
+    become strings. Items that are not scalars raise ValueError, cycles ListCycleError."""
+    return ResolvedLists(raw)
 
 
 def compile_condition(
-    node: Node, macros: Mapping[str, Node], lists: Mapping[str, tuple[str, ...]]
+    node: Node,
+    macros: Mapping[str, Node],
+    lists: Mapping[str, tuple[str, ...]],
+    budget: ExpansionBudget | None = None,
 ) -> CompiledCondition:
-    """Compile a parsed condition, expanding macros (parsed nodes) and resolved lists."""
-    compiler = _Compiler(macros, lists)
+    """Compile a parsed condition, expanding macros (parsed nodes) and resolved lists.
+
+    ConditionSyntaxError when it refers to something unknown or exceeds a limit; `budget`
+    carries the ruleset-wide limits across the conditions of one load.
+    """
+    compiler = _Compiler(macros, lists, budget)
     predicate, rules = compiler.compile(node)
     return CompiledCondition(predicate, rules, frozenset(compiler.fields))
 
@@ -258,19 +397,44 @@ def _membership(items: Sequence[str]) -> tuple[_Test, _Test]:
 
 
 class _Compiler:
-    def __init__(self, macros: Mapping[str, Node], lists: Mapping[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        macros: Mapping[str, Node],
+        lists: Mapping[str, tuple[str, ...]],
+        budget: ExpansionBudget | None,
+    ) -> None:
         self.macros = macros
         self.lists = lists
+        self.budget = budget
         self.fields: set[str] = set()
         self.expanding: list[str] = []
+        self.depth = 0
+        self.terms = 0
+        self.items = 0
 
     def compile(self, node: Node) -> tuple[Predicate, frozenset[str] | None]:
+        self.depth += 1
+        try:
+            if self.depth > MAX_EXPANDED_DEPTH:
+                raise ConditionSyntaxError(
+                    f"condition nested more than {MAX_EXPANDED_DEPTH} levels deep once its "
+                    "macros are expanded",
+                    -1,
+                )
+            return self._compile(node)
+        finally:
+            self.depth -= 1
+
+    def _compile(self, node: Node) -> tuple[Predicate, frozenset[str] | None]:
         if isinstance(node, Or):
             parts = [self.compile(operand) for operand in node.operands]
-            union: frozenset[str] | None = frozenset()
+            # One set for the union: `union | rules` per operand is quadratic in the operands.
+            union: set[str] = set()
             for _, rules in parts:
-                union = None if union is None or rules is None else union | rules
-            return _any_of([p for p, _ in parts]), union
+                if rules is None:
+                    return _any_of([p for p, _ in parts]), None
+                union.update(rules)
+            return _any_of([p for p, _ in parts]), frozenset(union)
         if isinstance(node, And):
             parts = [self.compile(operand) for operand in node.operands]
             constrained = [rules for _, rules in parts if rules is not None]
@@ -281,6 +445,15 @@ class _Compiler:
             return (lambda event: not inner(event)), None
         if isinstance(node, MacroRef):
             return self.expand(node)
+        self.terms += 1
+        if self.terms > MAX_CONDITION_TERMS:
+            raise ConditionSyntaxError(
+                f"condition has more than {MAX_CONDITION_TERMS} comparisons once its macros are "
+                "expanded (a macro used twice counts twice)",
+                -1,
+            )
+        if self.budget is not None:
+            self.budget.charge_terms(1, -1)
         self.fields.add(node.field)
         if isinstance(node, Exists):
             get = _getter(node.field)
@@ -298,17 +471,22 @@ class _Compiler:
             raise ConditionSyntaxError(f"unknown macro '{ref.name}'{hint}", ref.offset)
         if ref.name in self.expanding:
             cycle = [*self.expanding[self.expanding.index(ref.name) :], ref.name]
-            raise ConditionSyntaxError(f"macro cycle: {' -> '.join(cycle)}", -1)
+            raise ConditionSyntaxError(f"macro cycle: {_path(cycle)}", -1)
+        if len(self.expanding) >= MAX_MACRO_DEPTH:
+            raise _MacroError(
+                f"macros nested more than {MAX_MACRO_DEPTH} deep", ref.offset, [ref.name]
+            )
         self.expanding.append(ref.name)
         try:
             return self.compile(body)
+        except _MacroError as exc:
+            # Raised inside a macro: its offset is in some macro's own text; keep the path of
+            # macros and report at this reference, which is in the text one level up.
+            raise _MacroError(exc.inner, ref.offset, [ref.name, *exc.macros]) from None
         except ConditionSyntaxError as exc:
             if exc.offset == -1:
                 raise
-            # The inner offset points into the macro's own text; report the reference instead.
-            raise ConditionSyntaxError(
-                f"in macro '{ref.name}': {exc.message}", ref.offset
-            ) from None
+            raise _MacroError(exc.message, ref.offset, [ref.name]) from None
         finally:
             self.expanding.pop()
 
@@ -388,8 +566,21 @@ class _Compiler:
         items: list[str] = []
         offsets: list[int] = []
         for item in node.items:
-            expansion = None if item.quoted else self.lists.get(item.value)
+            expansion = None
+            if not item.quoted and item.value in self.lists:
+                try:
+                    expansion = self.lists[item.value]
+                except ConditionSyntaxError as exc:
+                    raise ConditionSyntaxError(exc.message, item.offset) from None
             values = (item.value,) if expansion is None else expansion
+            self.items += len(values)
+            if self.items > MAX_CONDITION_ITEMS:
+                raise ConditionSyntaxError(
+                    f"condition's lists expand to more than {MAX_CONDITION_ITEMS} items",
+                    item.offset,
+                )
+            if self.budget is not None:
+                self.budget.charge_items(len(values), item.offset)
             items.extend(values)
             offsets.extend([item.offset] * len(values))
         if op == "pmatch":
@@ -405,6 +596,28 @@ class _Compiler:
         on_str, on_other = _membership(items)
         on_list = _all_items(on_str, on_other) if op == "in" else _any_item(on_str, on_other)
         return _field_predicate(field, on_str, on_other, on_list), index
+
+
+class _MacroError(ConditionSyntaxError):
+    """An error inside expanded macros: `macros` is the path from the outermost reference."""
+
+    def __init__(self, inner: str, offset: int, macros: list[str]) -> None:
+        super().__init__(f"in macro {_path(macros, quote=True)}: {inner}", offset)
+        self.inner = inner
+        self.macros = macros
+
+
+def _path(names: list[str], *, quote: bool = False) -> str:
+    """`a -> b -> c`; a long path keeps its ends: `a -> b -> ... (60 more) -> y -> z`."""
+    shown = [f"'{n}'" if quote else n for n in names]
+    if len(shown) > 6:
+        shown = [*shown[:2], f"... ({len(shown) - 4} more)", *shown[-2:]]
+    return " -> ".join(shown)
+
+
+def _short(value: object) -> str:
+    text = reprlib.repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _rule_index(field: str, literals: Sequence[str]) -> frozenset[str] | None:

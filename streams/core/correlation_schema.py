@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from streams._text import short
 from streams.core._yaml_tree import location, to_python
 from streams.core.durations import parse_duration
 from streams.core.priority import canonical_priority
@@ -116,7 +117,7 @@ def build_correlation(
         except ValueError:
             choices = ", ".join(t.value for t in CorrelationType)
             check.error(
-                check.node("type"), f"unknown type {raw_type!r} (expected one of {choices})"
+                check.node("type"), f"unknown type {short(raw_type)} (expected one of {choices})"
             )
     if ctype is not None:
         for key, (key_node, _value) in item.keys.items():
@@ -144,7 +145,7 @@ def build_correlation(
         severity = canonical_priority(raw_sev)
         if severity is None:
             check.error(
-                check.node("severity"), f"severity {raw_sev!r} is not a Falco priority name"
+                check.node("severity"), f"severity {short(raw_sev)} is not a Falco priority name"
             )
     tags: tuple[str, ...] = ()
     if "tags" in item.keys:

@@ -1,7 +1,9 @@
 """Per-(correlation, key) state machines, one class per correlation type.
 
 Each receives events in (time, arrival) order (the engine's reorder buffer guarantees it), so
-everything a state holds is older than the event being processed. That makes consumption simple:
+everything a state holds is older than the event being processed. States keep events packed
+(`Event.packed()`: the payload as JSON bytes), which is what bounds memory per key; the engine
+unpacks the events of a match when it builds the incident. That makes consumption simple:
 when a correlation fires for a key, every event of that key up to the match is in the state, and
 the whole state is dropped.
 """
@@ -88,9 +90,10 @@ class SequenceState(KeyState):
             if chain is not None:
                 return [(corr.steps[i].name, e) for i, e in enumerate(chain)]
         # Not completing a chain: a candidate for every earlier step it matches.
+        stored = event.packed()
         for index in sorted(steps):
             if index < last:
-                self.candidates[index].append(event)
+                self.candidates[index].append(stored)
         excess = self.size() - cap
         while excess > 0:
             self._evict_oldest()
@@ -144,7 +147,7 @@ class AllState(KeyState):
     def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
         self.newest_ns = event.time_ns
         self.expire(event.time_ns - corr.within_ns)
-        self.latest[min(steps)] = event
+        self.latest[min(steps)] = event.packed()
         if any(e is None for e in self.latest):
             return None
         pairs = [(corr.steps[i].name, e) for i, e in enumerate(self.latest) if e is not None]
@@ -176,7 +179,7 @@ class CountState(KeyState):
     def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
         self.newest_ns = event.time_ns
         self.expire(event.time_ns - corr.within_ns)
-        self.events.append(event)
+        self.events.append(event.packed())
         if len(self.events) >= corr.threshold:
             return [("match", e) for e in self.events]
         if len(self.events) > cap:
@@ -214,7 +217,7 @@ class DistinctState(KeyState):
             return None  # still a match of the condition, but it adds no value
         ident = str(value)
         self.values.pop(ident, None)  # re-insert so dict order is recency order
-        self.values[ident] = event
+        self.values[ident] = event.packed()
         if len(self.values) >= corr.threshold:
             events = sorted(self.values.values(), key=lambda e: (e.time_ns, e.seq))
             return [("match", e) for e in events]
@@ -256,7 +259,7 @@ class AbsenceState(KeyState):
         if expect_index in steps and pending is not None:
             self.pending = pending = None
         if trigger_index in steps and pending is None:
-            self.pending = event
+            self.pending = event.packed()
             return [("trigger", event)]
         return None
 

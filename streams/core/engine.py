@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LATENESS_NS",
+    "DEFAULT_MAX_STATE_ENTRIES",
     "Engine",
     "EngineEntry",
     "EngineStats",
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 DEFAULT_LATENESS_NS = 10_000_000_000
+#: The global bound on (correlation, key) entries with partial matches, and separately on
+#: suppression anchors; past it the least recently used are evicted (`stats.evicted_keys`).
+#: bench/state_memory.py measures 0.6-1.6 KB per entry with ~0.8 KB Falco events.
+DEFAULT_MAX_STATE_ENTRIES = 1_000_000
 _NEG_INF = -(2**63)
 _POS_INF = 2**63
 
@@ -53,7 +58,8 @@ class EngineStats:
     events: int = 0
     late: int = 0
     matched: int = 0  # events that matched at least one condition
-    evicted: int = 0
+    evicted: int = 0  # events dropped by the per-key cap (max_pending)
+    evicted_keys: int = 0  # keys dropped by the global bound (max_state_entries), LRU first
     duplicates: int = 0  # redelivered records dropped (worker)
     template_errors: int = 0
     last_template_error: str | None = None
@@ -91,6 +97,7 @@ class Engine:
         *,
         lateness_ns: int = DEFAULT_LATENESS_NS,
         max_pending: int = 10_000,
+        max_state_entries: int = DEFAULT_MAX_STATE_ENTRIES,
         max_incident_events: int = 50,
         clock: Callable[[], int] | None = None,
         track_changes: bool = False,
@@ -102,6 +109,7 @@ class Engine:
         self.correlations: tuple[Correlation, ...] = ruleset.correlations
         self.lateness_ns = lateness_ns
         self.max_pending = max_pending
+        self.max_state_entries = max_state_entries
         self.max_incident_events = max_incident_events
         self.clock = clock
         self.stats = EngineStats()
@@ -283,9 +291,11 @@ class Engine:
             corr = self.correlations[ci]
             if self.track_changes:
                 self.changed.add((ci, key))
-            state = self._states.get((ci, key))
+            state = self._states.pop((ci, key), None)
             if state is None:
-                state = self._states[(ci, key)] = new_state(corr)
+                state = new_state(corr)
+            # (Re-)inserted last: dict order is least recently used first, for the global bound.
+            self._states[(ci, key)] = state
             evicted = state.evicted
             match = state.on_event(corr, steps, event, self.max_pending)
             self.stats.evicted += state.evicted - evicted
@@ -294,10 +304,14 @@ class Engine:
             if match is None:
                 if state.size() == 0:
                     del self._states[(ci, key)]
+                elif len(self._states) > self.max_state_entries:
+                    self._evict_oldest(self._states)
                 continue
             if corr.type is CorrelationType.ABSENCE:
                 deadline = event.time_ns + corr.within_ns
                 heapq.heappush(self._deadlines, (deadline, event.seq, ci, key))
+                if len(self._states) > self.max_state_entries:
+                    self._evict_oldest(self._states)
                 continue
             del self._states[(ci, key)]  # consumption: everything up to the match
             self._emit(ci, key, match, event.time_ns, out)
@@ -321,6 +335,7 @@ class Engine:
         self, ci: int, key: KeyTuple, match: Match, at_ns: int, out: list[dict[str, Any]]
     ) -> None:
         corr = self.correlations[ci]
+        match = [(step, event.unpacked()) for step, event in match]
         stats = self.stats
         stats.matches[corr.name] += 1
         key_dict = dict(zip(corr.by, key, strict=True))
@@ -343,6 +358,8 @@ class Engine:
             )
             if corr.suppress_ns is not None:
                 self._anchors[(ci, key)] = anchor
+                if len(self._anchors) > self.max_state_entries:
+                    self._evict_oldest(self._anchors)
             status = "new"
             stats.incidents[corr.name] += 1
         detected = self.clock() if self.clock is not None else at_ns
@@ -364,6 +381,17 @@ class Engine:
         out.append(record)
 
     # -- bounded state -------------------------------------------------------------------------
+
+    def _evict_oldest(self, table: dict[tuple[int, KeyTuple], Any]) -> None:
+        """Drop the first (least recently used) entry of `table` to keep the global bound.
+
+        A key evicted from `_states` loses its partial matches (an absence its pending trigger);
+        one evicted from `_anchors` loses suppression (its next match opens a new incident)."""
+        oldest = next(iter(table))
+        del table[oldest]
+        self.stats.evicted_keys += 1
+        if self.track_changes:
+            self.changed.add(oldest)
 
     def _sweep(self, wm: int) -> None:
         """Drop state no window or suppression can use any more."""
@@ -449,6 +477,8 @@ class Engine:
         """Put back an entry saved with `entry()` (recovery after a restart or a rebalance)."""
         if entry.state is not None:
             self._states[(ci, key)] = entry.state
+            if len(self._states) > self.max_state_entries:
+                self._evict_oldest(self._states)
             if isinstance(entry.state, AbsenceState):
                 within = self.correlations[ci].within_ns
                 for trigger in [entry.state.pending, *entry.state.due.values()]:
@@ -457,6 +487,8 @@ class Engine:
                         heapq.heappush(self._deadlines, (deadline, trigger.seq, ci, key))
         if entry.anchor is not None:
             self._anchors[(ci, key)] = entry.anchor
+            if len(self._anchors) > self.max_state_entries:
+                self._evict_oldest(self._anchors)
         if entry.sources:
             self._sources[(ci, key)] = dict(entry.sources)
         for time_ns, seq, _, event, matches in entry.held:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -17,12 +18,20 @@ from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import EventError
 
 __all__ = [
+    "MAX_EVENT_BYTES",
+    "MAX_EVENT_DEPTH",
+    "MAX_EVENT_TIME_NS",
+    "MIN_EVENT_TIME_NS",
     "TOP_LEVEL_FIELDS",
     "Event",
+    "FutureEvent",
+    "PackedEvent",
     "event_from_bytes",
     "event_from_dict",
     "format_time",
+    "hostname_label",
     "parse_time",
+    "too_far_ahead",
 ]
 
 # Names that refer to the payload's own keys; any other field name is looked up in output_fields.
@@ -35,6 +44,19 @@ _TIME = re.compile(
     r"(Z|z|[+-][0-9]{2}:?[0-9]{2})"
 )
 _NS = 1_000_000_000
+
+# Limits on what one event may be (docs/rules.md, "Limits"). Event content is attacker-controlled;
+# everything past these is invalid input, reported and skipped like a line that is not JSON.
+#: The largest record (one JSON line in replay, one Kafka value in the worker).
+MAX_EVENT_BYTES = 1 << 20
+#: Nesting of objects and lists, the payload itself being level 1. Falco's payloads use 3; the
+#: limit keeps every incident that quotes an event within what JSON writers accept (orjson: 254).
+MAX_EVENT_DEPTH = 32
+#: Event times are kept as signed 64-bit nanoseconds (orjson, the changelog and Kafka all use
+#: int64): 1970-01-01T00:00:00Z up to, not including, 2200-01-01T00:00:00Z, which leaves room
+#: for windows, lateness and deadlines to be added without leaving that range.
+MIN_EVENT_TIME_NS = 0
+MAX_EVENT_TIME_NS = 7_258_118_400 * _NS
 
 
 @lru_cache(maxsize=4096)
@@ -138,14 +160,44 @@ def _int_ns(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
+        # 19 digits hold every int64; longer ones are out of range anyway, and int() refuses
+        # (or is slow on) thousands of digits.
+        return int(value) if len(value) <= 19 else MAX_EVENT_TIME_NS
     return None
+
+
+def _in_range(time_ns: int | None) -> bool:
+    return time_ns is not None and MIN_EVENT_TIME_NS <= time_ns < MAX_EVENT_TIME_NS
+
+
+def _clip(value: object, limit: int = 40) -> str:
+    """A short, printable rendering of an attacker-controlled value for a reason text."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether objects/lists nest deeper than `limit` (the value itself is level 1)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children: Any = current.values()
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 class Event:
     """One valid Falco alert. `seq` is its arrival position, which breaks ties in time."""
 
-    __slots__ = ("_identity", "_rank", "fields", "raw", "rule", "seq", "time_ns")
+    __slots__ = ("_identity", "_packed", "_rank", "fields", "raw", "rule", "seq", "time_ns")
 
     def __init__(self, raw: dict[str, Any], time_ns: int, seq: int) -> None:
         self.raw = raw
@@ -156,6 +208,19 @@ class Event:
         self.time_ns = time_ns
         self.seq = seq
         self._identity: str | None = None
+        self._packed: PackedEvent | None = None
+
+    def packed(self) -> Event:
+        """This event as correlation state keeps it: the payload as compact JSON bytes (about
+        a third of the decoded dicts' memory). One twin per event, shared by every state that
+        keeps it; `unpacked()` gives the full event back when an incident is built."""
+        twin = self._packed
+        if twin is None:
+            twin = self._packed = PackedEvent(self)
+        return twin
+
+    def unpacked(self) -> Event:
+        return self
 
     def get(self, name: str) -> Any:
         """The value of a field (section 3 of the spec); None when missing or null.
@@ -210,29 +275,147 @@ class Event:
         return f"Event({self.rule!r}, t={self.time_ns}, seq={self.seq})"
 
 
-def event_from_dict(raw: object, seq: int) -> Event:
-    """Validate a decoded payload; EventError says why it is not a usable event."""
+class PackedEvent(Event):
+    """An Event whose payload is kept as JSON bytes (see `Event.packed`).
+
+    Reading `raw` or `fields` decodes them each time (nothing is cached, or the memory would come
+    back); what correlation state reads — time, arrival, rule, priority rank, identity — is kept
+    as attributes. Build incidents from `unpacked()`.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, event: Event) -> None:  # not Event.__init__: raw/fields are properties
+        # orjson hands back its whole output buffer (8 KiB here for a 0.8 KiB payload): keep an
+        # exact-size copy.
+        self._data = memoryview(orjson.dumps(event.raw)).tobytes()
+        self.rule = event.rule
+        self.time_ns = event.time_ns
+        self.seq = event.seq
+        self._rank = event._rank
+        self._identity = event._identity
+        self._packed = None
+
+    @property
+    def raw(self) -> dict[str, Any]:  # type: ignore[override]
+        raw: dict[str, Any] = orjson.loads(self._data)
+        return raw
+
+    @property
+    def fields(self) -> dict[str, Any]:  # type: ignore[override]
+        fields = self.raw.get("output_fields")
+        return fields if isinstance(fields, dict) else {}
+
+    def packed(self) -> Event:
+        return self
+
+    def unpacked(self) -> Event:
+        event = Event(self.raw, self.time_ns, self.seq)
+        event._rank = self._rank
+        event._identity = self._identity
+        return event
+
+
+def event_from_dict(raw: object, seq: int, *, check_depth: bool = True) -> Event:
+    """Validate a decoded payload; EventError says why it is not a usable event.
+
+    `check_depth=False` skips the nesting check, for callers that know the payload is shallow.
+    """
     if not isinstance(raw, dict):
         raise EventError(f"not a JSON object ({type(raw).__name__})")
     rule = raw.get("rule")
     if not isinstance(rule, str) or not rule:
         raise EventError("no 'rule'")
-    time_ns = parse_time(raw.get("time"))
+    if check_depth and _too_deep(raw, MAX_EVENT_DEPTH):
+        raise EventError(f"nested deeper than {MAX_EVENT_DEPTH} levels")
+    raw_time = raw.get("time")
+    time_ns = parse_time(raw_time)
+    rejected: list[str] = []
+    if time_ns is not None and not _in_range(time_ns):
+        rejected.append(f"time {_clip(raw_time)}")
+        time_ns = None
     if time_ns is None:
         fields = raw.get("output_fields")
         if isinstance(fields, dict):
-            time_ns = _int_ns(fields.get("evt.time"))
-            if time_ns is None:
-                time_ns = _int_ns(fields.get("evt.time.iso8601"))
+            for name in ("evt.time", "evt.time.iso8601"):
+                value = fields.get(name)
+                time_ns = _int_ns(value)
+                if time_ns is not None and not _in_range(time_ns):
+                    rejected.append(f"{name} {_clip(value)}")
+                    time_ns = None
+                if time_ns is not None:
+                    break
     if time_ns is None:
+        if rejected:
+            raise EventError(
+                f"event time out of range ({', '.join(rejected)}; accepted: "
+                f"{format_time(MIN_EVENT_TIME_NS)} to before {format_time(MAX_EVENT_TIME_NS)})"
+            )
         raise EventError("no usable time ('time' nor output_fields 'evt.time')")
     return Event(raw, time_ns, seq)
 
 
-def event_from_bytes(data: bytes | str, seq: int) -> Event:
-    """Decode one JSON document and validate it."""
+def event_from_bytes(data: bytes | str, seq: int, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
+    """Decode one JSON document and validate it; records over `max_bytes` are invalid."""
+    if len(data) > max_bytes:
+        raise EventError(f"record longer than the {max_bytes}-byte limit")
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise EventError(f"not JSON: {exc}") from None
-    return event_from_dict(raw, seq)
+    # Counting brackets (in C) is far cheaper than walking every payload; only a record with
+    # more brackets than the depth limit (strings included) can nest that deep.
+    if isinstance(data, str):
+        brackets = data.count("{") + data.count("[")
+    else:
+        brackets = data.count(b"{") + data.count(b"[")
+    return event_from_dict(raw, seq, check_depth=brackets > MAX_EVENT_DEPTH)
+
+
+# -- events ahead of the wall clock (the worker: `app.max_future_skew`) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FutureEvent:
+    """Why an event is dated too far ahead of the wall clock, and who sent it.
+
+    `reason` is for the dead-letter record; `hostname` is the Falco host as a metric label
+    (`hostname_label`): a node with a broken clock is what this usually means.
+    """
+
+    reason: str
+    hostname: str
+    ahead_ns: int
+
+
+def too_far_ahead(event: Event, now_ns: int, max_skew_ns: int) -> FutureEvent | None:
+    """A FutureEvent when `event` is more than `max_skew_ns` after `now_ns` (the wall clock,
+    read by the caller: the core reads no clock), else None.
+
+    Such an event would move the watermark ahead of every honest host and make all their
+    events late, so the worker treats it as invalid input: dead-lettered, never correlated,
+    never moving the watermark.
+    """
+    ahead = event.time_ns - now_ns
+    if ahead <= max_skew_ns:
+        return None
+    reason = (
+        f"event time {format_time(event.time_ns)} is {_seconds(ahead)} ahead of the wall clock "
+        f"{format_time(now_ns)} (app.max_future_skew {_seconds(max_skew_ns)})"
+    )
+    return FutureEvent(reason, hostname_label(event.raw.get("hostname")), ahead)
+
+
+def _seconds(ns: int) -> str:
+    return f"{ns / _NS:.3f}s"
+
+
+#: Metric label values are cut to this many characters.
+MAX_LABEL_CHARS = 64
+
+
+def hostname_label(hostname: object) -> str:
+    """A payload's `hostname` as a metric label: the text cut to 64 characters, or `<none>`."""
+    if not isinstance(hostname, str) or not hostname:
+        return "<none>"
+    return hostname[:MAX_LABEL_CHARS]

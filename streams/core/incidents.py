@@ -12,7 +12,7 @@ import orjson
 from streams.core.events import Event, format_time
 from streams.core.priority import PRIORITY_NAMES
 from streams.core.rules import Correlation
-from streams.core.templates import EventView
+from streams.core.templates import EventView, render_template
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -90,17 +90,20 @@ def _render(
     """The rendered output, or the plain default and the error text on a template failure."""
     views = [EventView(e, step) for step, e in match]
     try:
-        text = corr.output.render(
-            correlation=corr.name,
-            key=key,
-            events=views,
-            steps={v.step: v for v in views},
-            first=views[0],
-            last=views[-1],
-            count=count,
-            severity=severity,
+        text = render_template(
+            corr.output,
+            {
+                "correlation": corr.name,
+                "key": key,
+                "events": views,
+                "steps": {v.step: v for v in views},
+                "first": views[0],
+                "last": views[-1],
+                "count": count,
+                "severity": severity,
+            },
         )
-    except Exception as exc:
+    except Exception as exc:  # any template failure, budgets included: default text, counted
         fallback = f"{corr.name}: {len(match)} events for {orjson.dumps(key).decode()}"
         return fallback, f"{type(exc).__name__}: {exc}"
     return text, None

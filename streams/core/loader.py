@@ -7,15 +7,20 @@ any, nothing is loaded (RuleLoadError).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from streams.core._yaml_tree import compose_file, location, to_python
+from streams._text import short
+from streams.core._yaml_tree import MAX_YAML_BYTES, compose_file, location, to_python
 from streams.core.conditions import (
+    ExpansionBudget,
+    ListCycleError,
+    ResolvedLists,
     compile_condition,
     macro_refs,
     parse_condition,
@@ -89,41 +94,40 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
     items: list[RawItem] = []
     files = rule_files(paths)
     digest = hashlib.sha256()
+    yaml_problems: list[RuleError] = []
     for path in files:
         name = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            errors.append(RuleError(Location(name, 1, 1), f"cannot read rules file: {exc}"))
+        text = _read_text(path, errors)
+        if text is None:
             continue
-        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-        items.extend(_read_items(name, text, errors))
+        digest.update(name.encode() + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
+        items.extend(_read_items(name, text, errors, yaml_problems))
 
     merged = _merge(items, errors)
+    budget = ExpansionBudget()
     lists = _resolve_lists(merged["list"], errors)
+    lists.budget = budget
     macros = _parse_macros(merged["macro"], errors)
     _check_macro_cycles(merged["macro"], macros, errors)
 
     correlations = []
     disabled = []
-    compiler = ConditionCompiler(macros, lists, errors)
+    compiler = ConditionCompiler(macros, lists, errors, budget)
     for item in merged["correlation"].values():
-        built = build_correlation(item, errors, compiler)
+        try:
+            built = build_correlation(item, errors, compiler)
+        except RecursionError:
+            # Every known way to nest deeply has its own limit; this keeps an unknown one a
+            # located rule error (the worker's reload only catches RuleLoadError).
+            errors.append(RuleError(item.loc(item.kind), "too deeply nested to load"))
+            continue
         if built is not None:
             if built.enabled:
                 correlations.append(built)
             else:
                 disabled.append(built.name)
     if errors:
-        order = {str(path): index for index, path in enumerate(files)}
-        errors.sort(
-            key=lambda e: (
-                order.get(e.location.path, len(order)),
-                e.location.line,
-                e.location.column,
-            )
-        )
-        raise RuleLoadError(errors)
+        raise RuleLoadError(_report(errors, files, yaml_problems))
     return Ruleset(
         correlations=tuple(correlations),
         digest=digest.hexdigest()[:16],
@@ -132,18 +136,57 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
     )
 
 
+def _read_text(path: Path, errors: list[RuleError]) -> str | None:
+    name = str(path)
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            errors.append(
+                RuleError(Location(name, 1, 1), f"file larger than {MAX_YAML_BYTES} bytes")
+            )
+            return None
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        errors.append(
+            RuleError(Location(name, 1, 1), f"cannot read rules file: not UTF-8 ({exc.reason} "
+                      f"at byte {exc.start})")
+        )  # fmt: skip
+    except OSError as exc:
+        errors.append(RuleError(Location(name, 1, 1), f"cannot read rules file: {exc}"))
+    return None
+
+
+def _report(
+    errors: list[RuleError], files: list[Path], yaml_problems: list[RuleError]
+) -> list[RuleError]:
+    """Errors in file order, then line and column; at a place with a YAML problem (`1:30`,
+    `yes`), only that problem: what the value was read as would only repeat it."""
+    order = {str(path): index for index, path in enumerate(files)}
+    problems = {id(e) for e in yaml_problems}
+    places = {e.location for e in yaml_problems}
+    kept = [e for e in errors if id(e) in problems or e.location not in places]
+    kept.sort(
+        key=lambda e: (
+            order.get(e.location.path, len(order)),
+            e.location.line,
+            e.location.column,
+        )
+    )
+    return kept
+
+
 @dataclass
 class ConditionCompiler:
     """Compiles correlation conditions against the loaded macros and lists, collecting errors."""
 
     macros: dict[str, Any]
-    lists: dict[str, tuple[str, ...]]
+    lists: Mapping[str, tuple[str, ...]]
     errors: list[RuleError]
+    budget: ExpansionBudget | None = None
 
     def __call__(self, item: RawItem, key: str, text: str, node: yaml.Node) -> Any:
         """The compiled condition, or None after recording the error at the condition's node."""
         try:
-            return compile_condition(parse_condition(text), self.macros, self.lists)
+            return compile_condition(parse_condition(text), self.macros, self.lists, self.budget)
         except ConditionSyntaxError as exc:
             where = location(item.path, node)
             self.errors.append(RuleError(where, f"{key}: {_condition_message(exc, text)}"))
@@ -157,10 +200,13 @@ def _condition_message(exc: ConditionSyntaxError, text: str) -> str:
     return f"{exc.message} (at offset {exc.offset}: {near!r})"
 
 
-def _read_items(path: str, text: str, errors: list[RuleError]) -> list[RawItem]:
+def _read_items(
+    path: str, text: str, errors: list[RuleError], yaml_problems: list[RuleError]
+) -> list[RawItem]:
     root, found = compose_file(path, text)
     errors.extend(found)
-    if root is None or any("cannot load value" in e.message for e in found):
+    yaml_problems.extend(found)
+    if root is None:
         return []
     if not isinstance(root, yaml.SequenceNode):
         errors.append(RuleError(location(path, root), "a rules file is a YAML sequence of items"))
@@ -261,7 +307,7 @@ def _apply_override(item: RawItem, table: dict[str, RawItem], errors: list[RuleE
             choices = "append or replace" if key in allowed_append else "replace"
             errors.append(
                 RuleError(
-                    item.loc("override"), f"override: '{key}' must be {choices}, not {mode!r}"
+                    item.loc("override"), f"override: '{key}' must be {choices}, not {short(mode)}"
                 )
             )
             ok = False
@@ -298,9 +344,7 @@ def _check_keys(item: RawItem, errors: list[RuleError]) -> None:
             errors.append(RuleError(item.key_loc(key), f"unknown key '{key}' in {item.kind}"))
 
 
-def _resolve_lists(
-    items: dict[str, RawItem], errors: list[RuleError]
-) -> dict[str, tuple[str, ...]]:
+def _resolve_lists(items: dict[str, RawItem], errors: list[RuleError]) -> ResolvedLists:
     raw: dict[str, list[object]] = {}
     for name, item in items.items():
         _check_keys(item, errors)
@@ -318,10 +362,11 @@ def _resolve_lists(
         raw[name] = values
     try:
         return resolve_lists(raw)
-    except ValueError as exc:
-        first = next(iter(items.values()))
-        errors.append(RuleError(first.loc(), str(exc)))
-        return {}
+    except ListCycleError as exc:
+        errors.append(RuleError(items[exc.cycle[0]].loc("items"), str(exc)))
+    except ValueError as exc:  # pragma: no cover - item types are checked above
+        errors.append(RuleError(next(iter(items.values())).loc(), str(exc)))
+    return resolve_lists({})
 
 
 def _parse_macros(items: dict[str, RawItem], errors: list[RuleError]) -> dict[str, Any]:
@@ -347,28 +392,111 @@ def _parse_macros(items: dict[str, RawItem], errors: list[RuleError]) -> dict[st
 def _check_macro_cycles(
     items: dict[str, RawItem], macros: dict[str, Any], errors: list[RuleError]
 ) -> None:
-    """Unknown macros inside macros and cycles are reported at the macro that has them."""
+    """Unknown macros inside macros and cycles are reported at the macro that has them.
+
+    Linear in the number of macros and references (strongly connected components), however
+    the macros use each other: 40 macros that each use the previous one twice are 40 nodes and
+    80 edges here, not 2**40 paths.
+    """
+    graph: dict[str, list[str]] = {}
     for name, node in macros.items():
         item = items[name]
+        refs = []
         for ref in macro_refs(node):
             if ref.name not in macros and ref.name not in items:
                 errors.append(
                     RuleError(item.loc("condition"), f"macro '{name}': unknown macro '{ref.name}'")
                 )
-        path = _find_cycle(name, macros, [])
-        if path:
-            errors.append(RuleError(item.loc("condition"), "macro cycle: " + " -> ".join(path)))
+            elif ref.name in macros:
+                refs.append(ref.name)
+        graph[name] = list(dict.fromkeys(refs))
+    for component in _strongly_connected(graph):
+        members = set(component)
+        cyclic = len(component) > 1 or component[0] in graph[component[0]]
+        if not cyclic:
+            continue
+        for index, name in enumerate(sorted(members, key=list(macros).index)):
+            if index < _MAX_CYCLE_PATHS:
+                message = "macro cycle: " + _path(_cycle_through(name, graph, members))
+            else:
+                message = (
+                    f"macro cycle: '{name}' is one of {len(members)} macros that use each other"
+                )
+            errors.append(RuleError(items[name].loc("condition"), message))
 
 
-def _find_cycle(name: str, macros: dict[str, Any], stack: list[str]) -> list[str] | None:
-    if name in stack:
-        return [*stack[stack.index(name) :], name] if stack[0] == name else None
-    stack.append(name)
-    try:
-        for ref in macro_refs(macros[name]) if name in macros else []:
-            found = _find_cycle(ref.name, macros, stack)
-            if found:
-                return found
-    finally:
-        stack.pop()
-    return None
+# Finding the path of a cycle is a search per macro; past this many in one component, the
+# error says which component instead.
+_MAX_CYCLE_PATHS = 20
+
+
+def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's algorithm without recursion."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+    for root, refs in graph.items():
+        if root in index:
+            continue
+        work = [(root, iter(refs))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(graph[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                found.append(component)
+    return found
+
+
+def _cycle_through(start: str, graph: dict[str, list[str]], members: set[str]) -> list[str]:
+    """The shortest cycle from `start` back to it, within its component (breadth first)."""
+    previous: dict[str, str] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for child in graph[node]:
+            if child not in members:
+                continue
+            if child == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(previous[path[-1]])
+                return [start, *reversed(path[:-1]), start] if node != start else [start, start]
+            if child not in previous:
+                previous[child] = node
+                queue.append(child)
+    return [start, start]  # pragma: no cover - a member of a cyclic component has a cycle
+
+
+def _path(names: list[str]) -> str:
+    """`a -> b -> a`; a long cycle keeps its ends."""
+    if len(names) > 8:
+        names = [*names[:3], f"... ({len(names) - 6} more)", *names[-3:]]
+    return " -> ".join(names)

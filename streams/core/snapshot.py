@@ -36,6 +36,11 @@ def _unev(data: list[Any]) -> Event:
     return Event(data[0], int(data[1]), int(data[2]))
 
 
+def _unev_kept(data: list[Any]) -> Event:
+    """An event of a state machine: packed, as the engine keeps it (Event.packed)."""
+    return _unev(data).packed()
+
+
 def _state_to_data(state: KeyState) -> dict[str, Any]:
     if isinstance(state, SequenceState):
         return {"cands": [[_ev(e) for e in c] for c in state.candidates]}
@@ -60,26 +65,26 @@ def _state_from_data(corr: Correlation, data: dict[str, Any]) -> KeyState:
         cands = data["cands"]
         if len(cands) != len(seq_state.candidates):
             raise ValueError("number of steps changed")
-        seq_state.candidates = [[_unev(e) for e in c] for c in cands]
+        seq_state.candidates = [[_unev_kept(e) for e in c] for c in cands]
         return seq_state
     if kind is CorrelationType.ALL:
         all_state = AllState(len(corr.steps))
         latest = data["latest"]
         if len(latest) != len(all_state.latest):
             raise ValueError("number of steps changed")
-        all_state.latest = [None if e is None else _unev(e) for e in latest]
+        all_state.latest = [None if e is None else _unev_kept(e) for e in latest]
         return all_state
     if kind is CorrelationType.COUNT:
         count_state = CountState()
-        count_state.events = [_unev(e) for e in data["events"]]
+        count_state.events = [_unev_kept(e) for e in data["events"]]
         return count_state
     if kind is CorrelationType.DISTINCT:
         distinct_state = DistinctState()
-        distinct_state.values = {str(v): _unev(e) for v, e in data["values"]}
+        distinct_state.values = {str(v): _unev_kept(e) for v, e in data["values"]}
         return distinct_state
     absence = AbsenceState()
-    absence.pending = None if data["pending"] is None else _unev(data["pending"])
-    absence.due = {e.seq: e for e in (_unev(d) for d in data["due"])}
+    absence.pending = None if data["pending"] is None else _unev_kept(data["pending"])
+    absence.due = {e.seq: e for e in (_unev_kept(d) for d in data["due"])}
     return absence
 
 

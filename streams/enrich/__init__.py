@@ -20,7 +20,13 @@ from streams.enrich.pipeline import (
     EnrichmentPipeline,
 )
 from streams.enrich.posture import PostureEnricher
-from streams.enrich.registry import ENRICHER_TYPES, load_enrichment
+from streams.enrich.registry import (
+    ENRICHER_TYPES,
+    EnricherSpec,
+    EnrichmentConfig,
+    load_enrichment,
+    parse_enrichment,
+)
 from streams.enrich.risk import RiskEnricher, RiskModel, score_incident
 from streams.enrich.trivy import TrivyReportsEnricher
 
@@ -30,6 +36,8 @@ __all__ = [
     "Enricher",
     "EnricherContext",
     "EnricherSlot",
+    "EnricherSpec",
+    "EnrichmentConfig",
     "EnrichmentError",
     "EnrichmentMetrics",
     "EnrichmentPipeline",
@@ -40,5 +48,6 @@ __all__ = [
     "RiskModel",
     "TrivyReportsEnricher",
     "load_enrichment",
+    "parse_enrichment",
     "score_incident",
 ]

@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from streams._text import short
 from streams.enrich._images import ImageRef, image_from_incident, parse_image
 from streams.enrich._options import Options
 from streams.enrich._resilience import CircuitBreaker, TTLCache
@@ -96,11 +97,11 @@ class HarborConfig:
         url = str(options.string("url")).rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"{options.key('url')}: expected an http(s) URL, got {url!r}")
+            raise ConfigError(
+                f"{options.key('url')}: expected an http(s) URL, got {short(url)}"
+            )
         username = options.secret("username", required=False)
         password = options.secret("password", required=False)
-        if (username is None) != (password is None):
-            raise ConfigError(f"{options.key('password')}: username and password go together")
         rules = [_parse_rule(item) for item in options.items("projects")]
         hosts = options.strings("hosts") or (parts.netloc.lower(),)
         rules.extend(ProjectRule(host.lower()) for host in hosts)
@@ -121,7 +122,10 @@ class HarborConfig:
             ca_file=options.string("ca_file", None),
             verify_tls=options.boolean("verify_tls", True),
         )
-        options.finish()
+        options.finish()  # before the check that combines keys: `passwrd` is reported as itself
+        if (username is None) != (password is None):
+            missing = "password" if password is None else "username"
+            raise ConfigError(f"{options.key(missing)}: username and password go together")
         return config
 
     def resolve(self, image: ImageRef) -> tuple[ProjectRule, str, str] | None:
@@ -141,7 +145,7 @@ def _parse_rule(item: Options) -> ProjectRule:
         raise ConfigError(f"{item.key('project_id')}: expected an integer")
     item.finish()
     if registry != "*" and parse_image(f"{registry}/x/y") is None:
-        raise ConfigError(f"{item.key('registry')}: not a registry host: {registry!r}")
+        raise ConfigError(f"{item.key('registry')}: not a registry host: {short(registry)}")
     return ProjectRule(registry, prefix, project, project_id)
 
 
@@ -184,8 +188,16 @@ class HarborEnricher:
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
+    def parse_options(cls, options: Options) -> HarborConfig:
+        return HarborConfig.from_options(options)
+
+    @classmethod
+    def create(cls, name: str, config: HarborConfig, context: EnricherContext) -> HarborEnricher:
+        return cls(name, config, context)
+
+    @classmethod
     def from_options(cls, name: str, options: Options, context: EnricherContext) -> HarborEnricher:
-        return cls(name, HarborConfig.from_options(options), context)
+        return cls.create(name, cls.parse_options(options), context)
 
     @property
     def circuit_state(self) -> str:

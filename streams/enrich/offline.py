@@ -8,32 +8,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from streams._config_fields import locate, read_config_file
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.enrich.pipeline import EnrichmentPipeline
-from streams.enrich.registry import load_enrichment
+from streams.enrich.registry import load_enrichment, parse_enrichment
 from streams.errors import ConfigError
 
 __all__ = ["BlockingEnrichment", "read_enrichment_section"]
 
 
-def read_enrichment_section(path: str) -> object:
-    """The `enrichment:` value of a worker config file (None when absent)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if data is None:
+def read_enrichment_section(path: str, env: Mapping[str, str] | None = None) -> object:
+    """The `enrichment:` section of a worker config file, typed (an EnrichmentConfig), or None
+    when absent. Read like the worker reads it: YAML problems and section errors are located
+    ConfigErrors (`worker.yaml:12:9: enrichment[0].harbor.url: required`)."""
+    file = read_config_file(path)
+    section = file.data.get("enrichment")
+    if section is None:
         return None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data.get("enrichment")
+    try:
+        return parse_enrichment(section, env=env)
+    except ConfigError as exc:
+        raise ConfigError(locate(str(exc), file.values)) from None
 
 
 class BlockingEnrichment:
@@ -54,7 +51,7 @@ class BlockingEnrichment:
         the problem (`--enrich` without a config, or an enricher's key)."""
         if path is None:
             raise ConfigError("--enrich needs --config FILE with an `enrichment:` section")
-        section = read_enrichment_section(path)
+        section = read_enrichment_section(path, env)
         if section is None:
             raise ConfigError(f"{path}: no `enrichment:` section")
         return cls(load_enrichment(section, env=env, metrics=metrics))

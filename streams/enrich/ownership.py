@@ -26,13 +26,21 @@ from typing import Any, ClassVar
 
 import yaml
 
+from streams._text import short
 from streams.enrich._images import image_from_incident, parse_image, present
 from streams.enrich._options import Options
 from streams.enrich._sources import Refreshing
 from streams.enrich.pipeline import EnricherContext
 from streams.errors import ConfigError
 
-__all__ = ["KINDS", "OwnerRow", "OwnershipEnricher", "OwnershipTable", "load_tables"]
+__all__ = [
+    "KINDS",
+    "OwnerRow",
+    "OwnershipEnricher",
+    "OwnershipOptions",
+    "OwnershipTable",
+    "load_tables",
+]
 
 KINDS: tuple[str, ...] = ("pod_prefix", "image", "namespace", "hostname")
 _YAML_SECTIONS = {
@@ -76,7 +84,7 @@ class OwnershipTable:
 
 def _row(kind: str, key: object, values: object, where: str, table: str) -> OwnerRow:
     if kind not in KINDS:
-        raise ValueError(f"{where}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        raise ValueError(f"{where}: unknown kind {short(kind)} (known: {', '.join(KINDS)})")
     if not isinstance(key, str) or not key.strip():
         raise ValueError(f"{where}: the key must be a non-empty string")
     if not isinstance(values, Mapping):
@@ -111,7 +119,7 @@ def _parse_yaml(text: str, name: str) -> list[OwnerRow]:
     for section, entries in data.items():
         kind = _YAML_SECTIONS.get(str(section))
         if kind is None:
-            raise ValueError(f"{name}: unknown section {section!r}")
+            raise ValueError(f"{name}: unknown section {short(section)}")
         if not isinstance(entries, Mapping):
             raise ValueError(f"{name}: {section}: expected a mapping key -> owner fields")
         for key, values in entries.items():
@@ -147,6 +155,16 @@ def load_tables(paths: Iterable[str]) -> OwnershipTable:
     return table
 
 
+@dataclass(frozen=True, slots=True)
+class OwnershipOptions:
+    """The `ownership:` section of an ownership enricher (`key`: where, for errors)."""
+
+    tables: tuple[str, ...]
+    precedence: tuple[str, ...] = KINDS
+    reload_interval: float = 30.0
+    key: str = "tables"
+
+
 class OwnershipEnricher:
     """`enrichment.<name>`: the owner fields of the first matching row, and what matched."""
 
@@ -174,33 +192,43 @@ class OwnershipEnricher:
             self._data.prime(initial)
 
     @classmethod
-    def from_options(
-        cls, name: str, options: Options, context: EnricherContext
-    ) -> OwnershipEnricher:
+    def parse_options(cls, options: Options) -> OwnershipOptions:
         tables = options.strings("tables")
+        precedence = options.strings("precedence") or KINDS
+        reload_interval = options.seconds("reload_interval", 30.0)
+        options.finish()
         if not tables:
             raise ConfigError(f"{options.key('tables')}: required (YAML or CSV files)")
-        precedence = options.strings("precedence") or KINDS
         for index, kind in enumerate(precedence):
             if kind not in KINDS:
                 raise ConfigError(
-                    f"{options.key('precedence')}[{index}]: unknown kind {kind!r} "
+                    f"{options.key('precedence')}[{index}]: unknown kind {short(kind)} "
                     f"(known: {', '.join(KINDS)})"
                 )
-        reload_interval = options.seconds("reload_interval", 30.0)
-        options.finish()
+        return OwnershipOptions(tables, precedence, reload_interval, options.key("tables"))
+
+    @classmethod
+    def create(
+        cls, name: str, config: OwnershipOptions, context: EnricherContext
+    ) -> OwnershipEnricher:
         try:  # a broken table stops the worker at start, not at the first incident
-            initial = load_tables(tables)
+            initial = load_tables(config.tables)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{options.key('tables')}: {exc}") from None
+            raise ConfigError(f"{config.key}: {exc}") from None
         return cls(
             name,
-            tables,
+            config.tables,
             context,
-            precedence=precedence,
-            reload_interval=reload_interval,
+            precedence=config.precedence,
+            reload_interval=config.reload_interval,
             initial=initial,
         )
+
+    @classmethod
+    def from_options(
+        cls, name: str, options: Options, context: EnricherContext
+    ) -> OwnershipEnricher:
+        return cls.create(name, cls.parse_options(options), context)
 
     async def enrich(self, incident: Mapping[str, Any]) -> dict[str, Any]:
         table = await self._data.get()

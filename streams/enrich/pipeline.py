@@ -62,7 +62,12 @@ class EnricherContext:
 
 
 class EnricherType(Protocol):
-    """A configurable kind of enricher: the registry maps its `type` name to this."""
+    """A configurable kind of enricher: the registry maps its `type` name to this.
+
+    The built-in types also split `from_options` in two: `parse_options(options)` reads the
+    config section into a typed value (secrets as `Secret`) without I/O, when the worker's
+    configuration is read, and `create(name, config, context)` builds the enricher at start.
+    A type with only `from_options` is read when it is built."""
 
     default_timeout: ClassVar[float]
     late: ClassVar[bool]

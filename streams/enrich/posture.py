@@ -25,10 +25,12 @@ from streams.enrich._options import Options
 from streams.enrich._sources import Refreshing, SourceReader
 from streams.enrich.pipeline import EnricherContext
 from streams.errors import ConfigError
+from streams.secrets import Secret
 
 __all__ = [
     "PostureData",
     "PostureEnricher",
+    "PostureOptions",
     "incident_node",
     "parse_kube_bench",
     "parse_kube_hunter",
@@ -149,6 +151,21 @@ class PostureData:
     errors: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PostureOptions:
+    """The `posture:` section of a posture enricher; `token` is a Secret."""
+
+    kube_bench: tuple[tuple[str, str], ...] = ()
+    kube_bench_dir: str | None = None
+    kube_hunter: tuple[str, ...] = ()
+    nodes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    refresh: float = 300.0
+    max_checks: int = 20
+    max_findings: int = 10
+    request_timeout: float = 5.0
+    token: Secret | None = None
+
+
 class PostureEnricher:
     """`enrichment.<name>`: `cis` (failed checks of the node) and `exposure` (findings)."""
 
@@ -192,7 +209,7 @@ class PostureEnricher:
         )
 
     @classmethod
-    def from_options(cls, name: str, options: Options, context: EnricherContext) -> PostureEnricher:
+    def parse_options(cls, options: Options) -> PostureOptions:
         bench = []
         for item in options.items("kube_bench"):
             bench.append((str(item.string("node")), str(item.string("source"))))
@@ -200,25 +217,46 @@ class PostureEnricher:
         nodes_raw = options.raw("nodes", {})
         if not isinstance(nodes_raw, Mapping):
             raise ConfigError(f"{options.key('nodes')}: expected a mapping node -> addresses")
-        nodes = {str(node): options.section("nodes").strings(str(node)) for node in nodes_raw}
-        token = options.secret("token", required=False)
-        headers = {"Authorization": f"Bearer {token.reveal()}"} if token is not None else None
-        enricher = cls(
-            name,
-            context,
-            kube_bench=bench,
+        nodes_section = options.section("nodes")
+        nodes = tuple((str(node), nodes_section.strings(str(node))) for node in nodes_raw)
+        parsed = PostureOptions(
+            kube_bench=tuple(bench),
             kube_bench_dir=options.string("kube_bench_dir", None),
             kube_hunter=options.strings("kube_hunter"),
             nodes=nodes,
             refresh=options.seconds("refresh", 300.0),
             max_checks=options.integer("max_checks", 20),
             max_findings=options.integer("max_findings", 10),
-            reader=SourceReader(options.seconds("request_timeout", 5.0), headers),
+            request_timeout=options.seconds("request_timeout", 5.0),
+            token=options.secret("token", required=False),
         )
         options.finish()
-        if not bench and enricher._bench_dir is None and not enricher._hunter:
+        if not parsed.kube_bench and not parsed.kube_bench_dir and not parsed.kube_hunter:
             raise ConfigError(f"{options.path}: give kube_bench, kube_bench_dir or kube_hunter")
-        return enricher
+        return parsed
+
+    @classmethod
+    def create(
+        cls, name: str, config: PostureOptions, context: EnricherContext
+    ) -> PostureEnricher:
+        token = config.token
+        headers = {"Authorization": f"Bearer {token.reveal()}"} if token is not None else None
+        return cls(
+            name,
+            context,
+            kube_bench=config.kube_bench,
+            kube_bench_dir=config.kube_bench_dir,
+            kube_hunter=config.kube_hunter,
+            nodes=dict(config.nodes),
+            refresh=config.refresh,
+            max_checks=config.max_checks,
+            max_findings=config.max_findings,
+            reader=SourceReader(config.request_timeout, headers),
+        )
+
+    @classmethod
+    def from_options(cls, name: str, options: Options, context: EnricherContext) -> PostureEnricher:
+        return cls.create(name, cls.parse_options(options), context)
 
     async def enrich(self, incident: Mapping[str, Any]) -> dict[str, Any]:
         node = incident_node(incident)

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
+from streams._text import short
 from streams.enrich._options import Options
 from streams.enrich.harbor import HarborEnricher
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.enrich.ownership import OwnershipEnricher
 from streams.enrich.pipeline import (
     DEFAULT_DEADLINE,
+    Enricher,
     EnricherContext,
     EnricherSlot,
     EnricherType,
@@ -31,7 +35,13 @@ from streams.enrich.risk import RiskEnricher
 from streams.enrich.trivy import TrivyReportsEnricher
 from streams.errors import ConfigError
 
-__all__ = ["ENRICHER_TYPES", "load_enrichment"]
+__all__ = [
+    "ENRICHER_TYPES",
+    "EnricherSpec",
+    "EnrichmentConfig",
+    "load_enrichment",
+    "parse_enrichment",
+]
 
 ENRICHER_TYPES: dict[str, type[EnricherType]] = {
     "harbor": HarborEnricher,
@@ -44,21 +54,35 @@ ENRICHER_TYPES: dict[str, type[EnricherType]] = {
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
-def load_enrichment(
+@dataclass(frozen=True, slots=True)
+class EnricherSpec:
+    """One parsed entry of the `enrichment:` list; `options` is the type's own typed config."""
+
+    type: str
+    name: str
+    timeout: float
+    options: Any
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentConfig:
+    """The `enrichment:` section, typed: what `load_enrichment` builds a pipeline from."""
+
+    deadline: float = DEFAULT_DEADLINE
+    enrichers: tuple[EnricherSpec, ...] = ()
+
+
+def parse_enrichment(
     section: object,
     *,
     env: Mapping[str, str] | None = None,
-    metrics: EnrichmentMetrics | None = None,
-    context: EnricherContext | None = None,
     types: Mapping[str, type[EnricherType]] | None = None,
     path: str = "enrichment",
-) -> EnrichmentPipeline:
-    """A pipeline from the `enrichment:` config value (None: an empty pipeline, which only
-    makes sure `enrichment` is an object). The first problem raises ConfigError naming its
-    key, e.g. `enrichment[0].harbor.url: required`. Secrets are resolved here from `env`."""
+) -> EnrichmentConfig:
+    """The `enrichment:` config value (a list of enrichers, or {deadline, enrichers}), typed,
+    secrets resolved from `env`, without I/O. The first problem raises ConfigError naming its
+    key, e.g. `enrichment[0].harbor.url: required`."""
     known = ENRICHER_TYPES if types is None else types
-    metrics = metrics or (context.metrics if context else EnrichmentMetrics.shared())
-    ctx = context or EnricherContext(metrics=metrics, env=env)
     deadline = DEFAULT_DEADLINE
     items: object = section
     list_path = path
@@ -72,7 +96,7 @@ def load_enrichment(
         items = []
     if not isinstance(items, list):
         raise ConfigError(f"{list_path}: expected a list of enrichers")
-    slots: list[EnricherSlot] = []
+    specs: list[EnricherSpec] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         options = Options(item, f"{list_path}[{index}]", env)
@@ -80,16 +104,61 @@ def load_enrichment(
         enricher_type = known.get(type_name)
         if enricher_type is None:
             raise ConfigError(
-                f"{options.key('type')}: unknown type {type_name!r} (known: {', '.join(known)})"
+                f"{options.key('type')}: unknown type {short(type_name)} "
+                f"(known: {', '.join(known)})"
             )
         name = str(options.string("name", type_name))
         if not _NAME.fullmatch(name):
-            raise ConfigError(f"{options.key('name')}: {name!r} is not a valid name")
+            raise ConfigError(f"{options.key('name')}: {short(name)} is not a valid name")
         if name in seen:
-            raise ConfigError(f"{options.key('name')}: duplicate enricher name {name!r}")
+            raise ConfigError(f"{options.key('name')}: duplicate enricher name {short(name)}")
         seen.add(name)
         timeout = options.seconds("timeout", min(enricher_type.default_timeout, deadline))
-        enricher = enricher_type.from_options(name, options.section(type_name), ctx)
+        parse = getattr(enricher_type, "parse_options", None)
+        section_options = options.section(type_name)
+        parsed = _Unparsed(section_options) if parse is None else parse(section_options)
         options.finish()
-        slots.append(EnricherSlot(enricher, timeout, enricher_type.late))
-    return EnrichmentPipeline(slots, deadline=deadline, metrics=metrics)
+        specs.append(EnricherSpec(type_name, name, timeout, parsed))
+    return EnrichmentConfig(deadline, tuple(specs))
+
+
+def load_enrichment(
+    section: object,
+    *,
+    env: Mapping[str, str] | None = None,
+    metrics: EnrichmentMetrics | None = None,
+    context: EnricherContext | None = None,
+    types: Mapping[str, type[EnricherType]] | None = None,
+    path: str = "enrichment",
+) -> EnrichmentPipeline:
+    """A pipeline from the `enrichment:` config value, or from an EnrichmentConfig already
+    parsed (the worker config holds it typed); None gives an empty pipeline, which only makes
+    sure `enrichment` is an object. ConfigError names the key of the first problem."""
+    known = ENRICHER_TYPES if types is None else types
+    metrics = metrics or (context.metrics if context else EnrichmentMetrics.shared())
+    ctx = context or EnricherContext(metrics=metrics, env=env)
+    config = (
+        section
+        if isinstance(section, EnrichmentConfig)
+        else parse_enrichment(section, env=env, types=known, path=path)
+    )
+    slots = [
+        EnricherSlot(_create(known[spec.type], spec, ctx), spec.timeout, known[spec.type].late)
+        for spec in config.enrichers
+    ]
+    return EnrichmentPipeline(slots, deadline=config.deadline, metrics=metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unparsed:
+    """The section of a type without `parse_options`: read by its `from_options` at start."""
+
+    options: Options = field(repr=False)
+
+
+def _create(kind: type[EnricherType], spec: EnricherSpec, context: EnricherContext) -> Enricher:
+    if isinstance(spec.options, _Unparsed):
+        return kind.from_options(spec.name, spec.options.options, context)
+    create = kind.create  # type: ignore[attr-defined]  # the built-in types have it
+    enricher: Enricher = create(spec.name, spec.options, context)
+    return enricher

@@ -185,8 +185,16 @@ class RiskEnricher:
         self.model = model or RiskModel()
 
     @classmethod
+    def parse_options(cls, options: Options) -> RiskModel:
+        return parse_risk_model(options)
+
+    @classmethod
+    def create(cls, name: str, config: RiskModel, context: EnricherContext) -> RiskEnricher:
+        return cls(name, config)
+
+    @classmethod
     def from_options(cls, name: str, options: Options, context: EnricherContext) -> RiskEnricher:
-        return cls(name, parse_risk_model(options))
+        return cls.create(name, cls.parse_options(options), context)
 
     async def enrich(self, incident: Mapping[str, Any]) -> dict[str, Any]:
         result = score_incident(incident, self.model)

@@ -36,6 +36,7 @@ from streams.enrich.vulns import (
 
 __all__ = [
     "TrivyIndex",
+    "TrivyOptions",
     "TrivyReportsEnricher",
     "parse_trivy_report",
     "scan_directory",
@@ -160,6 +161,16 @@ def scan_directory(directory: Path, previous: TrivyIndex, top: int, normalize: b
     return index
 
 
+@dataclass(frozen=True, slots=True)
+class TrivyOptions:
+    """The `trivy:` section of a trivy enricher."""
+
+    directory: str
+    top: int = 5
+    normalize: bool = True
+    reload_interval: float = 30.0
+
+
 class TrivyReportsEnricher:
     """`enrichment.<name>`: the Trivy report summary of the incident's image."""
 
@@ -191,19 +202,34 @@ class TrivyReportsEnricher:
         )
 
     @classmethod
-    def from_options(
-        cls, name: str, options: Options, context: EnricherContext
-    ) -> TrivyReportsEnricher:
-        enricher = cls(
-            name,
-            str(options.string("directory")),
-            context,
+    def parse_options(cls, options: Options) -> TrivyOptions:
+        parsed = TrivyOptions(
+            directory=str(options.string("directory")),
             top=options.integer("top", 5),
             normalize=options.boolean("normalize", True),
             reload_interval=options.seconds("reload_interval", 30.0),
         )
         options.finish()
-        return enricher
+        return parsed
+
+    @classmethod
+    def create(
+        cls, name: str, config: TrivyOptions, context: EnricherContext
+    ) -> TrivyReportsEnricher:
+        return cls(
+            name,
+            config.directory,
+            context,
+            top=config.top,
+            normalize=config.normalize,
+            reload_interval=config.reload_interval,
+        )
+
+    @classmethod
+    def from_options(
+        cls, name: str, options: Options, context: EnricherContext
+    ) -> TrivyReportsEnricher:
+        return cls.create(name, cls.parse_options(options), context)
 
     async def enrich(self, incident: Mapping[str, Any]) -> dict[str, Any]:
         image = image_from_incident(incident)

@@ -21,6 +21,7 @@ from streams.notifiers.base import (
     InMemoryThreadStore,
     Notifier,
     NotifierContext,
+    NotifierSpec,
     NotifierType,
     ThreadStore,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "Notifier",
     "NotifierContext",
     "NotifierMetrics",
+    "NotifierSpec",
     "Route",
     "SearchConfig",
     "SearchIndexNotifier",
@@ -71,10 +73,15 @@ def load_notifiers(
     *,
     env: Mapping[str, str] | None = None,
 ) -> list[Notifier]:
-    """Notifiers from the `notifiers:` config list; ConfigError names the offending key.
+    """Notifiers from the `notifiers:` config list, or from specs already parsed (the worker
+    config holds them typed); ConfigError names the offending key.
 
-    Secrets (`${env:NAME}`, `${file:/path}`) are resolved here, from `env` (default os.environ).
+    Secrets (`${env:NAME}`, `${file:/path}`) are resolved when parsing, from `env` (default
+    os.environ).
     """
     ctx = context if context is not None else NotifierContext()
-    specs = parse_notifier_specs(section, NOTIFIER_TYPES, env=env)
+    if isinstance(section, list | tuple) and all(isinstance(s, NotifierSpec) for s in section):
+        specs = list(section)
+    else:
+        specs = parse_notifier_specs(section, NOTIFIER_TYPES, env=env)
     return [NOTIFIER_TYPES[spec.type].create(spec, ctx) for spec in specs]

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 
+from streams._text import short
 from streams.errors import ConfigError
 from streams.notifiers._delivery import DeliveryPolicy
 from streams.notifiers._fields import Fields
@@ -65,17 +66,19 @@ def parse_notifier_specs(
         name = fields.string("name")
         if not _NAME.fullmatch(name):
             raise ConfigError(
-                f"{fields.key('name')}: {name!r} is not a valid name "
+                f"{fields.key('name')}: {short(name)} is not a valid name "
                 "(letters, digits, '_', '.', '-'; at most 63 characters)"
             )
         if name in seen:
-            raise ConfigError(f"{fields.key('name')}: duplicate notifier name {name!r}")
+            raise ConfigError(f"{fields.key('name')}: duplicate notifier name {short(name)}")
         seen.add(name)
         type_name = fields.string("type")
         notifier_type = types.get(type_name)
         if notifier_type is None:
             known = ", ".join(sorted(types))
-            raise ConfigError(f"{fields.key('type')}: unknown type {type_name!r} (known: {known})")
+            raise ConfigError(
+                f"{fields.key('type')}: unknown type {short(type_name)} (known: {known})"
+            )
         route = parse_route(fields.section("route"))
         policy = parse_delivery_policy(fields.section("delivery"), notifier_type.default_policy)
         options = notifier_type.parse_options(fields.section(type_name))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from streams._text import short
 from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError
 from streams.notifiers._fields import Fields
@@ -106,7 +107,7 @@ def parse_route(fields: Fields) -> Route:
         canonical = canonical_priority(min_severity)
         if canonical is None:
             raise ConfigError(
-                f"{fields.key('min_severity')}: unknown priority {min_severity!r} "
+                f"{fields.key('min_severity')}: unknown priority {short(min_severity)} "
                 "(Emergency, Alert, Critical, Error, Warning, Notice, Informational, Debug)"
             )
         min_severity = canonical

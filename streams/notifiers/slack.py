@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import aiohttp
@@ -17,6 +17,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from streams._text import short
 from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import (
@@ -248,21 +249,9 @@ def build_slack_payload(incident: Mapping[str, Any], config: SlackConfig) -> dic
 def _parse_config(fields: Fields) -> SlackConfig:
     webhook_url = fields.secret("webhook_url", required=False)
     token = fields.secret("token", required=False)
-    if (webhook_url is None) == (token is None):
-        raise ConfigError(f"{fields.path}: set exactly one of webhook_url or token")
-    if webhook_url is not None and not webhook_url.reveal().startswith(("https://", "http://")):
-        raise ConfigError(f"{fields.key('webhook_url')}: expected an http(s) URL")
     channel = fields.string("channel", None)
-    if token is not None and channel is None:
-        raise ConfigError(f"{fields.key('channel')}: required with token (bot mode)")
     min_severity = fields.string("min_severity", None)
-    if min_severity is not None:
-        if canonical_priority(min_severity) is None:
-            raise ConfigError(f"{fields.key('min_severity')}: unknown priority {min_severity!r}")
-        min_severity = canonical_priority(min_severity)
     base_url = fields.string("base_url", SLACK_API_URL)
-    if not base_url.startswith(("https://", "http://")):
-        raise ConfigError(f"{fields.key('base_url')}: expected an http(s) URL")
     config = SlackConfig(
         webhook_url=webhook_url,
         token=token,
@@ -276,7 +265,22 @@ def _parse_config(fields: Fields) -> SlackConfig:
         max_timeline_events=fields.integer("max_timeline_events", 10, minimum=2),
         channel_from=fields.string("channel_from", None),
     )
-    fields.finish()
+    fields.finish()  # before the checks that combine keys: a typo is reported as itself
+    if (webhook_url is None) == (token is None):
+        raise ConfigError(f"{fields.path}: set exactly one of webhook_url or token")
+    if webhook_url is not None and not webhook_url.reveal().startswith(("https://", "http://")):
+        raise ConfigError(f"{fields.key('webhook_url')}: expected an http(s) URL")
+    if token is not None and channel is None:
+        raise ConfigError(f"{fields.key('channel')}: required with token (bot mode)")
+    if min_severity is not None:
+        canonical = canonical_priority(min_severity)
+        if canonical is None:
+            raise ConfigError(
+                f"{fields.key('min_severity')}: unknown priority {short(min_severity)}"
+            )
+        config = replace(config, min_severity=canonical)
+    if not base_url.startswith(("https://", "http://")):
+        raise ConfigError(f"{fields.key('base_url')}: expected an http(s) URL")
     return config
 
 

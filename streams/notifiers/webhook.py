@@ -14,8 +14,15 @@ from typing import Any, ClassVar
 import aiohttp
 import jinja2
 import orjson
-from jinja2.sandbox import SandboxedEnvironment
 
+from streams._text import short
+from streams.core.templates import (
+    BudgetedSandbox,
+    RenderLimits,
+    TemplateSyntaxError,
+    compile_template,
+    render_template,
+)
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import (
     DeliveryPolicy,
@@ -42,7 +49,9 @@ SIGNATURE_HEADER = "X-Falco-Signature"
 TIMESTAMP_HEADER = "X-Falco-Timestamp"
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Only the template source is compiled: incident values reach it as variables, never as code.
-_TEMPLATES = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+# A body may quote whole incidents, so its bounds are wider than those of a rule's `output`.
+BODY_TEMPLATE_LIMITS = RenderLimits(max_output=4 << 20, max_value=4 << 20, max_alloc=64 << 20)
+_TEMPLATES = BudgetedSandbox(BODY_TEMPLATE_LIMITS, autoescape=False, keep_trailing_newline=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +88,7 @@ def _render_body(incident: Mapping[str, Any], config: WebhookConfig) -> bytes:
         return orjson.dumps(incident, option=orjson.OPT_NON_STR_KEYS)
     variables = {str(k): v for k, v in incident.items()}
     variables["incident"] = incident
-    return config.template.render(variables).encode()
+    return render_template(config.template, variables).encode()
 
 
 def build_webhook_request(
@@ -135,7 +144,7 @@ def _parse_config(fields: Fields) -> WebhookConfig:
         raise ConfigError(f"{fields.key('url')}: expected an http(s) URL")
     method = fields.string("method", "POST").upper()
     if method not in {"POST", "PUT"}:
-        raise ConfigError(f"{fields.key('method')}: expected POST or PUT, got {method!r}")
+        raise ConfigError(f"{fields.key('method')}: expected POST or PUT, got {short(method)}")
     header_fields = fields.section("headers")
     headers: list[tuple[str, Secret]] = []
     for name in header_fields.data:
@@ -151,8 +160,8 @@ def _parse_config(fields: Fields) -> WebhookConfig:
     template = None
     if body_template is not None:
         try:
-            template = _TEMPLATES.from_string(body_template)
-        except jinja2.TemplateSyntaxError as exc:
+            template = compile_template(body_template, _TEMPLATES)
+        except TemplateSyntaxError as exc:
             raise ConfigError(
                 f"{fields.key('body_template')}: line {exc.lineno}: {exc.message}"
             ) from None
@@ -213,7 +222,13 @@ class WebhookNotifier:
                 body, headers = build_webhook_request(
                     incident, config, timestamp=int(self.deliverer.wall_clock())
                 )
-            except (jinja2.TemplateError, TypeError, ValueError) as exc:
+            except (
+                jinja2.TemplateError,
+                TypeError,
+                ValueError,
+                RecursionError,
+                OverflowError,
+            ) as exc:
                 # SecurityError and UndefinedError are TemplateErrors: a config problem.
                 raise NotifyError(f"body template: {exc}", retryable=False) from None
             async with session.request(

@@ -192,13 +192,16 @@ def build_app(
     ingestor = Ingestor(
         ruleset,
         partitions,
-        max_future_skew_ns=getattr(cfg_app, "max_future_skew_ns", None),
+        max_future_skew_ns=cfg_app.max_future_skew_ns,
+        max_event_bytes=cfg_app.max_event_bytes,
     )
     correlator = PartitionCorrelator(
         ruleset,
         state_store,
         lateness_ns=cfg_app.lateness_ns,
         max_pending=cfg_app.max_pending_per_key,
+        # the global bound is per process: split over the correlate partitions it may own
+        max_state_entries=max(1, cfg_app.max_state_entries // partitions),
         wall_clock=wall_clock,
     )
     processed: dict[int, int] = {}
@@ -495,7 +498,7 @@ def set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset) -> None:
 
 def _update_gauges(worker: WorkerApp, now_ns: int) -> None:
     metrics = worker.metrics
-    template_errors = evicted = 0
+    template_errors = evicted = keys_evicted = 0
     for partition, engine in worker.correlator.partitions().items():
         label = str(partition)
         metrics.state_entries.labels(label).set(engine.state_entries)
@@ -504,7 +507,9 @@ def _update_gauges(worker: WorkerApp, now_ns: int) -> None:
             metrics.watermark_lag.labels(label).set((now_ns - engine.watermark_ns) / 1e9)
         template_errors += engine.stats.template_errors
         evicted += engine.stats.evicted
+        keys_evicted += engine.stats.evicted_keys
     _raise_counter(metrics.template_errors, template_errors, worker.ready, "template_errors")
+    _raise_counter(metrics.keys_evicted, keys_evicted, worker.ready, "keys_evicted")
     _raise_counter(metrics.evicted, evicted, worker.ready, "evicted")
 
 

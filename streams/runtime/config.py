@@ -17,13 +17,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from streams._config_fields import ConfigFile, locate, read_config_file
+from streams._text import printable, short
 from streams.core.durations import NS_PER_UNIT, format_duration, parse_duration
+from streams.core.engine import DEFAULT_MAX_STATE_ENTRIES
+from streams.core.events import MAX_EVENT_BYTES
 from streams.errors import ConfigError
+from streams.runtime.notify_settings import NotifySettings, parse_notify_settings
 from streams.secrets import Secret, read_secret
+
+if TYPE_CHECKING:
+    from streams.enrich.registry import EnrichmentConfig
+    from streams.notifiers.base import NotifierSpec
 
 __all__ = [
     "SETTINGS",
@@ -114,6 +121,9 @@ class AppConfig:
     web_port: int = 6066
     tick_interval_ns: int = 1 * NS_PER_UNIT["s"]
     max_pending_per_key: int = 10_000
+    max_state_entries: int = DEFAULT_MAX_STATE_ENTRIES
+    max_future_skew_ns: int = 5 * NS_PER_UNIT["m"]
+    max_event_bytes: int = MAX_EVENT_BYTES
     session_timeout_ns: int = 30 * NS_PER_UNIT["s"]
     idle_timeout_ns: int = 2 * NS_PER_UNIT["s"]
     stall_timeout_ns: int = 60 * NS_PER_UNIT["s"]
@@ -133,11 +143,11 @@ class WorkerConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     app: AppConfig = field(default_factory=AppConfig)
-    # --- notify stage: raw YAML data, validated when the worker starts (streams/runtime/notify.py)
-    notifiers: object = None  # the `notifiers:` list, see streams.notifiers.load_notifiers
-    delivery: object = None  # the `delivery:` mapping of the notify stage
-    # --- correlate stage: the `enrichment:` section, see streams.enrich.load_enrichment
-    enrichment: object = None
+    # --- notify stage (streams/runtime/notify.py): typed, secrets resolved, when the file is read
+    notifiers: tuple[NotifierSpec, ...] = ()  # give them to streams.notifiers.load_notifiers
+    delivery: NotifySettings = field(default_factory=NotifySettings)
+    # --- correlate stage: the `enrichment:` section, for streams.enrich.load_enrichment
+    enrichment: EnrichmentConfig | None = None
 
 
 # --- parsers: raw value (YAML value, or the text of an environment variable) -> typed value ---
@@ -154,7 +164,7 @@ def _text(raw: object, _environ: Mapping[str, str]) -> str:
 def _existing_file(raw: object, environ: Mapping[str, str]) -> str:
     path = _text(raw, environ)
     if not Path(path).is_file():
-        raise ValueError(f"file {path!r} does not exist")
+        raise ValueError(f"file {short(path)} does not exist")
     return path
 
 
@@ -169,7 +179,7 @@ def _integer(minimum: int, maximum: int | None = None) -> _Parser:
         if isinstance(raw, str) and re.fullmatch(r"\s*-?[0-9]+\s*", raw):
             raw = int(raw)
         if not isinstance(raw, int) or isinstance(raw, bool):
-            raise ValueError(f"must be an integer, got {raw!r}")
+            raise ValueError(f"must be an integer, got {short(raw)}")
         if raw < minimum or (maximum is not None and raw > maximum):
             upper = f" and at most {maximum}" if maximum is not None else ""
             raise ValueError(f"must be at least {minimum}{upper}, got {raw}")
@@ -187,7 +197,7 @@ def _boolean(raw: object, _environ: Mapping[str, str]) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
         return raw.strip().lower() in _TRUE
-    raise ValueError(f"must be true or false, got {raw!r}")
+    raise ValueError(f"must be true or false, got {short(raw)}")
 
 
 def _choice(enum: type[StrEnum], aliases: Mapping[str, str] | None = None) -> _Parser:
@@ -199,7 +209,7 @@ def _choice(enum: type[StrEnum], aliases: Mapping[str, str] | None = None) -> _P
         if isinstance(raw, str) and raw.strip().lower() in by_name:
             return by_name[raw.strip().lower()]
         allowed = "|".join(member.value for member in enum)
-        raise ValueError(f"must be one of {allowed}, got {raw!r}")
+        raise ValueError(f"must be one of {allowed}, got {short(raw)}")
 
     return parse
 
@@ -209,7 +219,7 @@ def _duration(minimum_ns: int) -> _Parser:
         ns = parse_duration(raw)
         if ns < minimum_ns:
             least = "more than 0" if minimum_ns <= 1 else f"at least {format_duration(minimum_ns)}"
-            raise ValueError(f"must be {least}, got {raw!r}")
+            raise ValueError(f"must be {least}, got {short(raw)}")
         return ns
 
     return parse
@@ -220,7 +230,7 @@ def _bootstrap(raw: object, environ: Mapping[str, str]) -> str:
     for server in servers:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected host:port[,host:port...], got {raw!r}")
+            raise ValueError(f"expected host:port[,host:port...], got {short(raw)}")
     return ",".join(servers)
 
 
@@ -231,7 +241,9 @@ _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 def _topic_name(raw: object, environ: Mapping[str, str]) -> str:
     name = _text(raw, environ)
     if not _TOPIC_NAME.fullmatch(name) or name in {".", ".."}:
-        raise ValueError(f"{name!r} is not a valid topic name (letters, digits, '.', '_', '-')")
+        raise ValueError(
+            f"{short(name)} is not a valid topic name (letters, digits, '.', '_', '-')"
+        )
     return name
 
 
@@ -309,6 +321,14 @@ SETTINGS: tuple[Setting, ...] = (
        "how often ticks advance the watermark and fire absence deadlines", attr="tick_interval_ns"),
     _s("app", "max_pending_per_key", _integer(1), "10000",
        "cap on the partial matches kept per correlation key (bounds memory)"),
+    _s("app", "max_state_entries", _integer(1), "1000000",
+       "global cap on (correlation, key) entries kept per engine, and on suppression anchors; "
+       "the least recently used are evicted and counted"),
+    _s("app", "max_future_skew", _duration(0), "5m",
+       "an event dated more than this ahead of the wall clock is invalid (dead-lettered)",
+       attr="max_future_skew_ns"),
+    _s("app", "max_event_bytes", _integer(64), "1048576",
+       "largest event record accepted; longer ones are dead-lettered"),
     _s("app", "session_timeout", _duration(NS_PER_UNIT["s"]), "30s",
        "Kafka group session timeout: how soon a crashed worker's partitions move to the others",
        attr="session_timeout_ns"),
@@ -327,19 +347,22 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 _SECTIONS = ("kafka", "topics", "app")
-# Sections carried to WorkerConfig as plain data; the notify stage validates them at start.
-_RAW_SECTIONS = ("notifiers", "delivery", "enrichment")
+# Sections read by their own typed readers (the notifiers', the notify stage's, the enrichers').
+_TYPED_SECTIONS = ("notifiers", "delivery", "enrichment")
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
 def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
     """Defaults, then the YAML file at `path` (if any), then `environ`. ConfigError lists every
-    problem, each naming its key and source. An empty environment variable counts as unset."""
+    problem, each naming its key and where it came from (`file:line:col`, `env NAME`). An empty
+    environment variable counts as unset.
+
+    Every section is read here, once, into typed values: the notifiers (with their secrets as
+    `Secret`), the notify stage's `delivery`, the enrichers. Nothing keeps raw YAML, so neither
+    `repr` nor logging of the configuration can show a secret."""
     errors: list[str] = []
-    raw: dict[str, tuple[object, str]] = {}  # key name -> (value, where it came from)
-    if path is not None:
-        raw.update(_read_file(path, errors))
-    data = {name: raw.pop(name)[0] for name in _RAW_SECTIONS if name in raw}
+    file = read_config_file(path) if path is not None else ConfigFile({}, {}, {})
+    raw = _settings_from_file(file, errors)
     for setting in SETTINGS:
         for env_name in setting.env:
             value = environ.get(env_name, "")
@@ -353,21 +376,45 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> WorkerConfig:
             values[setting.section][setting.attr] = setting.parse(raw_value, environ)
         except ValueError as exc:
             errors.append(f"{where}: {name}: {exc}")
+    typed = _typed_sections(file, environ, errors)
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(printable(error) for error in errors))
 
     config = WorkerConfig(
         kafka=dataclasses.replace(KafkaConfig(), **values["kafka"]),
         topics=dataclasses.replace(TopicsConfig(), **values["topics"]),
         app=dataclasses.replace(AppConfig(), **values["app"]),
-        notifiers=data.get("notifiers"),
-        delivery=data.get("delivery"),
-        enrichment=data.get("enrichment"),
+        **typed,
     )
     errors.extend(_check_security(config.kafka, {name: where for name, (_, where) in raw.items()}))
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(printable(error) for error in errors))
     return config
+
+
+def _typed_sections(
+    file: ConfigFile, environ: Mapping[str, str], errors: list[str]
+) -> dict[str, Any]:
+    """`notifiers`, `delivery`, `enrichment` through their readers; each one's first error,
+    located, goes to `errors`."""
+    from streams.enrich.registry import parse_enrichment
+    from streams.notifiers import NOTIFIER_TYPES
+    from streams.notifiers.config import parse_notifier_specs
+
+    readers: dict[str, Callable[[object], Any]] = {
+        "notifiers": lambda data: tuple(parse_notifier_specs(data, NOTIFIER_TYPES, env=environ)),
+        "delivery": parse_notify_settings,
+        "enrichment": lambda data: parse_enrichment(data, env=environ),
+    }
+    typed: dict[str, Any] = {}
+    for name, read in readers.items():
+        if file.data.get(name) is None:
+            continue
+        try:
+            typed[name] = read(file.data[name])
+        except ConfigError as exc:
+            errors.append(locate(str(exc), file.values))
+    return typed
 
 
 def _check_security(kafka: KafkaConfig, sources: Mapping[str, str]) -> list[str]:
@@ -396,76 +443,55 @@ def _check_security(kafka: KafkaConfig, sources: Mapping[str, str]) -> list[str]
     return errors
 
 
-def _read_file(path: str, errors: list[str]) -> dict[str, tuple[object, str]]:
-    """`section.key -> (value, "path:line:col")`; appends problems to `errors`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
-    try:
-        # Composing keeps each value's line and column; SafeLoader builds only plain data.
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
-        problem = getattr(exc, "problem", None) or exc
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    if root is None or _is_null(root):
-        return {}
-    if not isinstance(root, yaml.MappingNode):
-        raise ConfigError(f"{_at(path, root)}: the configuration must be a mapping of sections "
-                          f"({', '.join(_SECTIONS)})")  # fmt: skip
-    constructor = yaml.SafeLoader("")
+def _settings_from_file(file: ConfigFile, errors: list[str]) -> dict[str, tuple[object, str]]:
+    """`section.key -> (value, "path:line:col")` for the kafka/topics/app settings; unknown
+    sections and keys (with a suggestion) and wrong shapes go to `errors`."""
     found: dict[str, tuple[object, str]] = {}
-    known = _SECTIONS + _RAW_SECTIONS
-    for section, section_node in _mapping_items(path, root, "", known, errors):
-        if section in _RAW_SECTIONS:
-            value = constructor.construct_object(section_node, deep=True)
-            found[section] = (value, _at(path, section_node))
+    known = _SECTIONS + _TYPED_SECTIONS
+    for section in _known_keys(file.data, "", known, file, errors):
+        if section in _TYPED_SECTIONS:
             continue
-        if _is_null(section_node):
+        value = file.data[section]
+        if value is None:
             continue
-        if not isinstance(section_node, yaml.MappingNode):
-            errors.append(f"{_at(path, section_node)}: {section}: must be a mapping of keys")
+        if not isinstance(value, dict):
+            where = _at(file.values, section, file.path)
+            errors.append(f"{where}: {section}: must be a mapping of keys")
             continue
         keys = tuple(s.key for s in SETTINGS if s.section == section)
-        for key, value_node in _mapping_items(path, section_node, f"{section}.", keys, errors):
-            value = constructor.construct_object(value_node, deep=True)
-            found[f"{section}.{key}"] = (value, _at(path, value_node))
+        for key in _known_keys(value, f"{section}.", keys, file, errors):
+            name = f"{section}.{key}"
+            found[name] = (value[key], _at(file.values, name, file.path))
     return found
 
 
-def _mapping_items(
-    path: str, node: yaml.MappingNode, prefix: str, known: tuple[str, ...], errors: list[str]
-) -> list[tuple[str, yaml.Node]]:
-    items: list[tuple[str, yaml.Node]] = []
-    seen: set[str] = set()
-    for key_node, value_node in node.value:
-        is_text = isinstance(key_node, yaml.ScalarNode) and key_node.tag == _STR_TAG
-        key = key_node.value if is_text else None
+def _known_keys(
+    data: dict[Any, Any],
+    prefix: str,
+    known: tuple[str, ...],
+    file: ConfigFile,
+    errors: list[str],
+) -> list[str]:
+    """The keys of `data` that are in `known`; the others are errors at their place."""
+    keys = []
+    for key in data:
+        name = f"{prefix}{key}"
+        where = _at(file.keys, name, file.path)
         if not isinstance(key, str):
-            errors.append(f"{_at(path, key_node)}: {prefix or 'top level'}: keys must be strings")
-        elif key in seen:
-            errors.append(f"{_at(path, key_node)}: duplicate key {prefix}{key}")
+            errors.append(f"{where}: {prefix.rstrip('.') or 'top level'}: keys must be strings")
         elif key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             kind = "key" if prefix else "section"
-            errors.append(f"{_at(path, key_node)}: unknown {kind} {prefix}{key}{hint}")
+            errors.append(f"{where}: unknown {kind} {_cut(name)}{hint}")
         else:
-            items.append((key, value_node))
-        if isinstance(key, str):
-            seen.add(key)
-    return items
+            keys.append(key)
+    return keys
 
 
-_STR_TAG = "tag:yaml.org,2002:str"
-_NULL_TAG = "tag:yaml.org,2002:null"
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
-
-
-def _at(path: str, node: yaml.Node) -> str:
-    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+def _at(locations: Mapping[str, str], name: str, path: str) -> str:
+    return locations.get(name, path)

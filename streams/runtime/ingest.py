@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streams.core.engine import Engine, KeyTuple, StepMatch
-from streams.core.events import Event, event_from_bytes
+from streams.core.events import MAX_EVENT_BYTES, Event, event_from_bytes, too_far_ahead
 from streams.core.rules import Ruleset
 from streams.errors import EventError
 from streams.runtime.records import (
@@ -30,8 +30,6 @@ from streams.runtime.records import (
 )
 
 __all__ = ["DeadLetter", "IngestBatch", "Ingestor", "SourceMessage", "encode_records"]
-
-_NS = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +72,11 @@ class Ingestor:
         correlate_partitions: int,
         *,
         max_future_skew_ns: int | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.correlate_partitions = correlate_partitions
         self.max_future_skew_ns = max_future_skew_ns
+        self.max_event_bytes = max_event_bytes
         self._matcher = Engine(ruleset)
         self._routes: dict[tuple[str, KeyTuple], int] = {}
 
@@ -116,7 +116,7 @@ class Ingestor:
                 out.dead_letters.append(DeadLetter(message, "empty message (no value)"))
                 continue
             try:
-                event = event_from_bytes(value, message.offset)
+                event = event_from_bytes(value, message.offset, max_bytes=self.max_event_bytes)
             except EventError as exc:
                 out.dead_letters.append(DeadLetter(message, str(exc)))
                 continue
@@ -125,20 +125,13 @@ class Ingestor:
                 # is dead-lettered with its type rather than stopping the stream
                 out.dead_letters.append(DeadLetter(message, f"unreadable event: {exc!r:.200}"))
                 continue
-            if horizon is not None and self.max_future_skew_ns is not None and (
-                event.time_ns > horizon
-            ):
-                ahead = (event.time_ns - wall_ns) / _NS
-                out.dead_letters.append(
-                    DeadLetter(
-                        message,
-                        f"event time is {ahead:.0f}s ahead of the worker's clock "
-                        f"(app.max_future_skew is {self.max_future_skew_ns / _NS:.0f}s)",
-                    )
-                )
-                hostname = event.raw.get("hostname")
-                out.future[hostname if isinstance(hostname, str) else ""] += 1
-                continue
+            if horizon is not None and event.time_ns > horizon:
+                assert self.max_future_skew_ns is not None
+                future = too_far_ahead(event, wall_ns, self.max_future_skew_ns)
+                if future is not None:
+                    out.dead_letters.append(DeadLetter(message, future.reason))
+                    out.future[future.hostname] += 1
+                    continue
             out.observed.append((partition, event.time_ns))
             matches = matcher.match(event)
             if matches:

@@ -41,6 +41,7 @@ class WorkerMetrics:
     unowned: Gauge
     backpressure: Counter
     refused: Counter
+    keys_evicted: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -147,6 +148,11 @@ class WorkerMetrics:
             unowned=Gauge(
                 "fc_unowned_partitions",
                 "Partitions of the consumed topics that no member of the group owns",
+                registry=reg,
+            ),
+            keys_evicted=Counter(
+                "fc_state_keys_evicted",
+                "Keys dropped (least recently used first) by the global app.max_state_entries",
                 registry=reg,
             ),
             refused=Counter(

@@ -24,7 +24,6 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import mode
@@ -42,11 +41,11 @@ from streams.notifiers import (
     NotifierMetrics,
     load_notifiers,
 )
-from streams.notifiers._fields import Fields
 from streams.notifiers.slack import SlackNotifier
 from streams.runtime._slack_threads import KafkaThreadStore, retry_forever
 from streams.runtime.config import WorkerConfig
 from streams.runtime.kafka_options import aiokafka_options
+from streams.runtime.notify_settings import NotifySettings, parse_notify_settings
 
 if TYPE_CHECKING:
     from streams.runtime.app import WorkerApp
@@ -70,32 +69,6 @@ __all__ = [
 log = logging.getLogger("streams.notify")
 
 NOTIFIER_HEADER = "fc-notifier"
-_DAY = 86_400.0
-
-
-@dataclass(frozen=True, slots=True)
-class NotifySettings:
-    """The `delivery:` section of the worker config (the stage; per-notifier retries are in
-    each notifier's own `delivery:`)."""
-
-    max_in_flight: int = 32
-    commit_interval: float = 1.0
-    shutdown_grace: float = 10.0
-    thread_retention: float = 7 * _DAY
-
-
-def parse_notify_settings(section: object) -> NotifySettings:
-    """ConfigError names the key (`delivery.max_in_flight: ...`)."""
-    fields = Fields(section, "delivery")
-    default = NotifySettings()
-    settings = NotifySettings(
-        max_in_flight=fields.integer("max_in_flight", default.max_in_flight),
-        commit_interval=fields.seconds("commit_interval", default.commit_interval),
-        shutdown_grace=fields.seconds("shutdown_grace", default.shutdown_grace),
-        thread_retention=fields.seconds("thread_retention", default.thread_retention),
-    )
-    fields.finish()
-    return settings
 
 
 def thread_topic_name(app_id: str) -> str:

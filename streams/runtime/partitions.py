@@ -81,9 +81,11 @@ class PartitionCorrelator:
         *,
         lateness_ns: int,
         max_pending: int,
+        max_state_entries: int | None = None,
         wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.ruleset = ruleset
+        self.max_state_entries = max_state_entries
         self.store = store
         self.lateness_ns = lateness_ns
         self.max_pending = max_pending
@@ -112,12 +114,16 @@ class PartitionCorrelator:
         return NEG_INF if part is None else part.progress.high_water_ns()
 
     def _new_engine(self) -> Engine:
+        extra: dict[str, Any] = {}
+        if self.max_state_entries is not None:
+            extra["max_state_entries"] = self.max_state_entries
         return Engine(
             self.ruleset,
             lateness_ns=self.lateness_ns,
             max_pending=self.max_pending,
             clock=self.wall_clock,
             track_changes=True,
+            **extra,
         )
 
     def _by_name(self) -> dict[str, tuple[int, Correlation]]:

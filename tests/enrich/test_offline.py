@@ -45,7 +45,7 @@ def test_enriches_incidents_synchronously_from_the_worker_config(tmp_path: Path)
     [
         (None, "--enrich needs --config FILE"),
         ("kafka: {}\n", "no `enrichment:` section"),
-        ("- a\n", "expected a mapping at the top level"),
+        ("- a\n", "the configuration must be a mapping of sections"),
         ("enrichment: [{type: nope}]\n", "enrichment[0].type: unknown type 'nope'"),
     ],
 )

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import re
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,29 @@ def test_sandbox_blocks_unsafe_template_and_nothing_is_sent() -> None:
     assert result.permanent
     assert result.last_error.startswith("body template:")
     assert receiver.requests == []
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{{ 'x' * 2000000000 }}",
+        "{{ 'x'|center(2000000000) }}",
+    ],
+)
+def test_body_template_is_compiled_without_evaluation_and_its_render_is_bounded(
+    template: str,
+) -> None:
+    started = time.monotonic()
+    [notifier] = load_notifiers(
+        [entry("tpl", {"url": "http://127.0.0.1:9/t", "body_template": template})], context()
+    )
+    result = asyncio.run(notifier.send(make_incident(1)))
+    asyncio.run(notifier.close())
+    assert time.monotonic() - started < 3.0
+    assert isinstance(result, DeliveryFailure)
+    assert result.permanent
+    assert result.last_error.startswith("body template: ")
 
 
 def test_signed_deliveries_arrive_once_per_key_despite_retries() -> None:

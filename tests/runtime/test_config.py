@@ -67,6 +67,9 @@ def test_no_file_and_no_environment_gives_the_documented_defaults() -> None:
     assert config.app.web_port == 6066
     assert config.app.tick_interval_ns == 1_000_000_000
     assert config.app.max_pending_per_key == 10_000
+    assert config.app.max_state_entries == 1_000_000
+    assert config.app.max_future_skew_ns == 300_000_000_000
+    assert config.app.max_event_bytes == 1_048_576
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
@@ -221,6 +224,9 @@ INVALID: dict[str, tuple[object, str | None, str]] = {
     "app.web_port": (70000, "70000", "at most 65535"),
     "app.tick_interval": ("0s", "0s", "must be more than 0"),
     "app.max_pending_per_key": (True, "-1", "must be"),
+    "app.max_state_entries": (0, "0", "must be at least 1"),
+    "app.max_future_skew": ("-5m", "5 minutes", "invalid duration"),
+    "app.max_event_bytes": (10, "1e6", "must be"),
     "app.session_timeout": ("500ms", "0s", "must be at least 1s"),
     "app.idle_timeout": ("soon", "soon", "invalid duration 'soon'"),
     "app.stall_timeout": ("10ms", "0s", "must be at least 1s"),
@@ -278,7 +284,7 @@ def test_unknown_keys_and_sections_are_errors_with_a_suggestion(tmp_path: Path) 
 
 def test_a_duplicate_key_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "app:\n  lateness: 5s\n  lateness: 6s\n")
-    assert f"{path}:3:3: duplicate key app.lateness" in config_error(path)
+    assert f"{path}:3:3: duplicate key 'lateness' (first at line 2)" in config_error(path)
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
@@ -294,7 +300,7 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     [
         ("- a\n- b\n", "1:1: the configuration must be a mapping of sections"),
         ("app: 3\n", "1:6: app: must be a mapping of keys"),
-        ("app:\n  lateness: [\n", "invalid YAML"),
+        ("app:\n  lateness: [\n", "YAML syntax error"),
         ("1: x\n", "1:1: top level: keys must be strings"),
     ],
 )

@@ -156,20 +156,39 @@ def test_a_bad_delivery_section_names_the_key(section: object, message: str) -> 
         parse_notify_settings(section)
 
 
-def test_the_worker_config_carries_notifiers_and_delivery_as_data(tmp_path: Path) -> None:
+def test_the_worker_config_reads_notifiers_and_delivery_typed_with_secrets_resolved(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "worker.yaml"
     path.write_text(
         "app:\n  id: fc\nnotifiers:\n  - name: soar\n    type: webhook\n"
         "    webhook: {url: '${env:HOOK}'}\ndelivery:\n  max_in_flight: 4\n"
     )
 
-    config = load_config(str(path), {})
+    config = load_config(str(path), {"HOOK": "https://soar.example/h?token=t0ps3cret"})
 
-    assert config.notifiers == [
-        {"name": "soar", "type": "webhook", "webhook": {"url": "${env:HOOK}"}}
-    ]
-    assert config.delivery == {"max_in_flight": 4}
-    assert load_config(None, {}).notifiers is None
+    [spec] = config.notifiers
+    assert (spec.name, spec.type) == ("soar", "webhook")
+    assert spec.options.url.reveal() == "https://soar.example/h?token=t0ps3cret"
+    assert "t0ps3cret" not in repr(config)
+    assert config.delivery == NotifySettings(max_in_flight=4)
+    assert load_config(None, {}).notifiers == ()
+    [notifier] = load_notify_parts(config, registry=CollectorRegistry())[1]
+    assert notifier.name == "soar"
+
+
+def test_a_notifier_secret_that_cannot_be_resolved_is_a_located_config_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "worker.yaml"
+    path.write_text("notifiers:\n  - name: soar\n    type: webhook\n"
+                    "    webhook: {url: '${env:HOOK}'}\n")  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert str(info.value) == (
+        f"{path}:4:20: notifiers[0].webhook.url: secret environment variable HOOK is not set or "
+        "empty"
+    )
 
 
 def test_notifier_errors_name_the_key_when_the_stage_is_built() -> None:
