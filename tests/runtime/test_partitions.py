@@ -268,7 +268,7 @@ def test_an_event_too_far_in_the_future_is_dead_lettered_and_moves_nothing(rules
         [SourceMessage(0, 0, orjson.dumps(ahead)), SourceMessage(0, 1, orjson.dumps(fine))], BASE
     )
     assert [d.message.offset for d in batch.dead_letters] == [0]
-    assert "3600s ahead" in batch.dead_letters[0].reason
+    assert "3600.000s ahead of the wall clock" in batch.dead_letters[0].reason
     assert batch.future == {"broken-clock": 1}
     assert batch.observed == [(0, BASE + 299 * S)]
 
