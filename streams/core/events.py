@@ -222,6 +222,12 @@ class Event:
     def unpacked(self) -> Event:
         return self
 
+    @property
+    def twin(self) -> Event | None:
+        """The packed twin if `packed()` made one, else None (never makes one: for observers,
+        which must tell that a state's packed event is this one)."""
+        return self._packed
+
     def get(self, name: str) -> Any:
         """The value of a field (section 3 of the spec); None when missing or null.
 

@@ -40,7 +40,12 @@ class EngineObserver(Protocol):
 
         `state` is that key's state after the event. `match` is what it completed (for an absence:
         the trigger that became pending), else None. On a match of any other type the engine then
-        drops the whole state: every event it held was consumed."""
+        drops the whole state: every event it held was consumed.
+
+        States hold packed twins of the events they keep (`Event.packed()`; `event.twin` is the
+        fed event's), so `state.held()` and `match` may show twins, not the fed objects."""
 
     def emitted(self, ci: int, key: ObservedKey, match: Match, record: dict[str, Any]) -> None:
-        """A match became an incident record (`status` new, or update when suppressed)."""
+        """A match became an incident record (`status` new, or update when suppressed).
+
+        `match` holds the unpacked copies the record was built from (new objects)."""

@@ -5,6 +5,11 @@ events correlated in order with the steps they were candidates of, every match w
 consumed, evictions by the per-key cap and, for absences, the triggers that were cleared; plus the
 events of that correlation that were late or whose `by` fields did not resolve. It never changes
 the engine: two engines, each with its own trace, can run side by side over the same events.
+
+States keep events packed (`Event.packed()`: a twin object per event) and incidents are built from
+unpacked copies, so the events a state or a match shows are not the objects that were fed. The
+trace maps each of them back to the event it was fed (`_original`, `_trigger`): everything it
+records, and everything `explain` compares by identity, is a fed event.
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ class CorrelationTrace:
         self._evicted_seen: dict[ObservedKey, tuple[int, int]] = {}
         self._pending: dict[ObservedKey, Event | None] = {}
         self._open_fire: dict[ObservedKey, Fire] = {}
+        # id(packed twin) -> the fed event it packs (the fed event keeps its twin alive)
+        self._originals: dict[int, Event] = {}
 
     def _key(self, key: ObservedKey) -> KeyTrace:
         trace = self.keys.get(key)
@@ -149,6 +156,11 @@ class CorrelationTrace:
     ) -> None:
         if ci != self.ci:
             return
+        twin = event.twin
+        if twin is not None:
+            self._originals[id(twin)] = event
+        if match is not None:
+            match = [(step, self._original(e)) for step, e in match]
         trace = self._key(key)
         trace.fed.append(Fed(event, frozenset(steps)))
         if isinstance(state, AbsenceState):
@@ -161,7 +173,8 @@ class CorrelationTrace:
             self._retain(key, event, steps)
         if match is not None:
             used = {id(e) for _, e in match}
-            consumed = [e for e in state.held() if id(e) not in used]
+            held = [self._original(e) for e in state.held()]
+            consumed = [e for e in held if id(e) not in used]
             fire = Fire(match, consumed)
             trace.fires.append(fire)
             self._open_fire[key] = fire
@@ -173,11 +186,24 @@ class CorrelationTrace:
             return
         fire = self._open_fire.pop(key, None)
         if fire is None:  # an absence fires at its deadline, not when an event is correlated
-            fire = Fire(match, [])
-            self._key(key).fires.append(fire)
+            trace = self._key(key)
+            fire = Fire([(step, self._trigger(trace, e)) for step, e in match], [])
+            trace.fires.append(fire)
         fire.record = record
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _original(self, event: Event) -> Event:
+        """The fed event behind a state's packed twin (an event that was not packed: itself)."""
+        return self._originals.get(id(event), event)
+
+    def _trigger(self, trace: KeyTrace, event: Event) -> Event:
+        """The fed trigger behind an absence incident's (unpacked) event: the engine tells a
+        key's triggers apart by arrival number, and so does this."""
+        for trigger in reversed(trace.triggers):
+            if trigger.seq == event.seq and trigger.time_ns == event.time_ns:
+                return trigger
+        return event
 
     def _retain(self, key: ObservedKey, event: Event, steps: set[int]) -> None:
         """Keep the events the state now holds (as far as evictions can concern them)."""
@@ -206,7 +232,7 @@ class CorrelationTrace:
         self._evicted_seen[key] = (id(state), state.evicted)
         if seen is None or seen[0] != id(state) or state.evicted <= seen[1]:
             return
-        held = {id(e) for e in state.held()}
+        held = {id(self._original(e)) for e in state.held()}
         horizon = event.time_ns - self.correlation.within_ns
         live = self._live.get(key, [])
         for old in live:
@@ -224,7 +250,7 @@ class CorrelationTrace:
             and state.pending is not before
             and before.seq not in state.due
         ):
-            trace.cleared.append((before, event))
+            trace.cleared.append((self._original(before), event))
         self._pending[key] = state.pending
 
 
