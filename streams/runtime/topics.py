@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,19 @@ def ensure_topics(config: WorkerConfig, timeout_s: float = 30.0) -> None:
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+    # A created topic reaches every broker's metadata a moment later: wait for it, so that the
+    # next steps (and the groups' first assignment) see every topic.
+    deadline = time.monotonic() + timeout_s
+    pending = {topic.topic for topic in missing}
+    while pending:
+        listed = admin.list_topics(timeout=timeout_s).topics
+        pending = {
+            name for name in pending if name not in listed or listed[name].error is not None
+        }
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"topics not in the cluster metadata after creation: {pending}")
+        if pending:
+            time.sleep(0.2)
 
 
 def discard_stale_state(config: WorkerConfig, timeout_s: float = 30.0) -> list[str]:
@@ -89,12 +103,22 @@ def discard_stale_state(config: WorkerConfig, timeout_s: float = 30.0) -> list[s
     tables = table_dir(config)
     stores = _partition_stores(tables)
     changelog = changelog_topic_name(config.app.id)
-    from confluent_kafka import TopicCollection, TopicPartition
+    from confluent_kafka import KafkaException, TopicCollection, TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
     admin = AdminClient(confluent_config(config.kafka))
-    description = admin.describe_topics(TopicCollection([changelog]), request_timeout=timeout_s)
-    topic_id = str(description[changelog].result(timeout=timeout_s).topic_id)
+    deadline = time.monotonic() + timeout_s
+    while True:  # a just-created topic may not be known to the broker answering yet
+        description = admin.describe_topics(
+            TopicCollection([changelog]), request_timeout=timeout_s
+        )
+        try:
+            topic_id = str(description[changelog].result(timeout=timeout_s).topic_id)
+            break
+        except KafkaException as exc:
+            if "UNKNOWN_TOPIC" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     marker = tables.parent / _MARKER
     removed: list[str] = []
     recorded = _read_marker(marker)
