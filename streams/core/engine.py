@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from streams.core.correlators import AbsenceState, KeyState, Match, new_state
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
+from streams.core.prefilter import StepTarget, step_index
 from streams.core.rules import Correlation, CorrelationType, Ruleset
 
 __all__ = [
@@ -121,37 +122,21 @@ class Engine:
 
     # -- matching --------------------------------------------------------------------------
 
-    def _index(
-        self,
-    ) -> tuple[dict[str, list[tuple[int, int]]], list[tuple[int, int]]]:
-        """Conditions by the Falco rule names they can match, so an event meets only those."""
-        by_rule: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        any_rule: list[tuple[int, int]] = []
-        for ci, corr in enumerate(self.correlations):
-            for si, step in enumerate(corr.steps):
-                rules = step.condition.rules
-                if rules is None:
-                    any_rule.append((ci, si))
-                else:
-                    for rule in rules:
-                        by_rule[rule].append((ci, si))
-        for targets in by_rule.values():
-            targets.extend(any_rule)
-            targets.sort()
-        return dict(by_rule), any_rule
+    def _index(self) -> tuple[dict[str, list[StepTarget]], list[StepTarget]]:
+        """Steps by the Falco rule names they can match, so an event meets only those, each
+        with its condition specialised for that name (streams/core/prefilter.py)."""
+        return step_index(self.correlations)
 
     def match(self, event: Event) -> list[StepMatch]:
         """Every (correlation, step, key) the event takes part in."""
         found: list[StepMatch] = []
         correlations = self.correlations
         skip_ci = -1
-        for ci, si in self._by_rule.get(event.rule, self._any_rule):
-            if ci == skip_ci:
+        for ci, si, test in self._by_rule.get(event.rule, self._any_rule):
+            if ci == skip_ci or (test is not None and not test(event)):
                 continue
             corr = correlations[ci]
             step = corr.steps[si]
-            if not step.condition.predicate(event):
-                continue
             if corr.type is CorrelationType.ALL:
                 skip_ci = ci  # `all`: an event belongs to the first step it matches only
             key = _resolve_key(event, step.by)
