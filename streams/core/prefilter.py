@@ -53,6 +53,7 @@ from streams.core._condition_parser import (
     path_test,
 )
 from streams.core.events import TOP_LEVEL_FIELDS, Event
+from streams.core.rules import CorrelationType
 from streams.errors import ConditionSyntaxError
 
 if TYPE_CHECKING:
@@ -61,9 +62,11 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RESIDUALS",
     "MAX_SPECIALIZED_TERMS",
+    "KeyReader",
     "Residual",
     "Specialized",
     "StepTarget",
+    "key_reader",
     "specialize",
     "step_index",
 ]
@@ -71,8 +74,11 @@ __all__ = [
 Predicate = Callable[[Event], bool]
 #: A condition as it stands for the events of some rule names: a closure, or a known result.
 Residual = Predicate | bool
-#: (correlation index, step index, test; None when the step matches every such event).
-StepTarget = tuple[int, int, Predicate | None]
+KeyReader = Callable[[Event], "tuple[Any, ...] | None"]
+#: What the engine runs for one step: (correlation index, step index, test or None when the
+#: step matches every event that meets it, the step's group key reader, whether the correlation
+#: is an `all`, whose event belongs to the first step it matches only).
+StepTarget = tuple[int, int, Predicate | None, KeyReader, bool]
 
 MAX_SPECIALIZED_TERMS = 2_000
 MAX_RESIDUALS = 32
@@ -151,18 +157,18 @@ def step_index(
     left out of that name's list.
     """
     steps = [
-        (ci, si, step.condition)
+        (ci, si, step.condition, key_reader(step.by), corr.type is CorrelationType.ALL)
         for ci, corr in enumerate(correlations)
         for si, step in enumerate(corr.steps)
     ]
     names: set[str] = set()
-    for _, _, condition in steps:
+    for _, _, condition, _, _ in steps:
         special = condition.specialized
         names.update(special.by_rule if special is not None else condition.rules or ())
 
     def targets(rule: str | None) -> list[StepTarget]:
         found: list[StepTarget] = []
-        for ci, si, condition in steps:
+        for ci, si, condition, key_of, first_only in steps:
             special = condition.specialized
             test: Residual
             if special is not None:
@@ -172,10 +178,39 @@ def step_index(
             else:
                 test = False
             if test is not False:
-                found.append((ci, si, None if test is True else test))
+                found.append((ci, si, None if test is True else test, key_of, first_only))
         return found
 
     return {name: targets(name) for name in sorted(names)}, targets(None)
+
+
+def key_reader(fields: tuple[str, ...]) -> KeyReader:
+    """The group key of an event on `fields` (the values), or None when one of them is null,
+    empty, an object or a list: the event then takes no part in the step (spec section 4)."""
+    if len(fields) == 1 and fields[0] not in TOP_LEVEL_FIELDS and not fields[0].endswith("]"):
+        name = fields[0]
+
+        def output_field_key(event: Event) -> tuple[Any, ...] | None:
+            value = event.fields.get(name)
+            if value.__class__ is str:
+                return (value,) if value else None
+            if value is None or value == "" or isinstance(value, dict | list):
+                return None
+            return (value,)
+
+        return output_field_key
+    readers = tuple(_reader(name) for name in fields)
+
+    def key(event: Event) -> tuple[Any, ...] | None:
+        values = []
+        for read in readers:
+            value = read(event)
+            if value is None or value == "" or isinstance(value, dict | list):
+                return None
+            values.append(value)
+        return tuple(values)
+
+    return key
 
 
 # -- the syntax tree ---------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from streams.core.events import parse_time
 from streams.core.loader import load_rules
-from streams.core.prefilter import StepTarget
-from streams.core.rules import Ruleset
+from streams.core.prefilter import StepTarget, key_reader
+from streams.core.rules import CorrelationType, Ruleset
 
 LATENESS = 3  # grid units (seconds)
 
@@ -278,7 +278,13 @@ def _disable_index(feed: Feed) -> None:
     """Make the engine evaluate every plain condition of every correlation for every event."""
     engine = feed.engine
     every: list[StepTarget] = [
-        (ci, si, step.condition.predicate)
+        (
+            ci,
+            si,
+            step.condition.predicate,
+            key_reader(step.by),
+            corr.type is CorrelationType.ALL,
+        )
         for ci, corr in enumerate(engine.correlations)
         for si, step in enumerate(corr.steps)
     ]
