@@ -21,7 +21,7 @@ from typing import Any
 from streams.core.correlators import AbsenceState, KeyState, Match, new_state
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
-from streams.core.prefilter import StepTarget, step_index
+from streams.core.prefilter import KeyReader, StepTarget, step_index
 from streams.core.rules import Correlation, CorrelationType, Ruleset
 
 __all__ = [
@@ -132,12 +132,15 @@ class Engine:
         """Every (correlation, step, key) the event takes part in."""
         found: list[StepMatch] = []
         skip_ci = -1
+        last_reader: KeyReader | None = None
+        key: KeyTuple | None = None
         for ci, si, test, key_of, first_only in self._by_rule.get(event.rule, self._any_rule):
             if ci == skip_ci or (test is not None and not test(event)):
                 continue
             if first_only:
                 skip_ci = ci  # `all`: an event belongs to the first step it matches only
-            key = key_of(event)
+            if key_of is not last_reader:  # steps with the same `by` share their reader
+                last_reader, key = key_of, key_of(event)
             if key is not None:
                 found.append((ci, si, key))
         return found

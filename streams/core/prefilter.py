@@ -154,10 +154,17 @@ def step_index(
     """The engine's index: steps to test per Falco rule name, and for any other name.
 
     Targets stay in (correlation, step) order; a step whose condition is false for a name is
-    left out of that name's list.
+    left out of that name's list. Steps with the same `by` share one key reader.
     """
+    readers: dict[tuple[str, ...], KeyReader] = {}  # one per `by`: the engine reuses its key
     steps = [
-        (ci, si, step.condition, key_reader(step.by), corr.type is CorrelationType.ALL)
+        (
+            ci,
+            si,
+            step.condition,
+            readers.setdefault(step.by, key_reader(step.by)),
+            corr.type is CorrelationType.ALL,
+        )
         for ci, corr in enumerate(correlations)
         for si, step in enumerate(corr.steps)
     ]
@@ -187,7 +194,8 @@ def step_index(
 def key_reader(fields: tuple[str, ...]) -> KeyReader:
     """The group key of an event on `fields` (the values), or None when one of them is null,
     empty, an object or a list: the event then takes no part in the step (spec section 4)."""
-    if len(fields) == 1 and fields[0] not in TOP_LEVEL_FIELDS and not fields[0].endswith("]"):
+    plan = tuple((_read_kind(name), name) for name in fields)
+    if len(plan) == 1 and plan[0][0] == _OUTPUT_FIELD:
         name = fields[0]
 
         def output_field_key(event: Event) -> tuple[Any, ...] | None:
@@ -199,13 +207,21 @@ def key_reader(fields: tuple[str, ...]) -> KeyReader:
             return (value,)
 
         return output_field_key
-    readers = tuple(_reader(name) for name in fields)
 
     def key(event: Event) -> tuple[Any, ...] | None:
+        raw, output_fields = event.raw, event.fields
         values = []
-        for read in readers:
-            value = read(event)
-            if value is None or value == "" or isinstance(value, dict | list):
+        for kind, name in plan:  # the reads of `_reader`, inline
+            if kind == _OUTPUT_FIELD:
+                value = output_fields.get(name)
+            elif kind == _TOP_LEVEL:
+                value = raw.get(name)
+            else:
+                value = event.get(name)
+            if value.__class__ is str:
+                if not value:
+                    return None
+            elif value is None or value == "" or isinstance(value, dict | list):
                 return None
             values.append(value)
         return tuple(values)
@@ -385,6 +401,10 @@ def _guarded(atoms: list[_Atom], predicate: Predicate) -> Predicate:
     by_field: dict[str, list[tuple[str, Any]]] = {}
     for field, kind, operand in atoms:
         by_field.setdefault(field, []).append((kind, operand))
+    if len(by_field) == 1:
+        ((field, kinds),) = by_field.items()
+        if _read_kind(field) == _OUTPUT_FIELD and all(kind == "contains" for kind, _ in kinds):
+            return _guarded_contains(field, [literal for _, literal in kinds], predicate)
     checks = [(_reader(field), _text_test(kinds)) for field, kinds in by_field.items()]
     if len(checks) == 1:
         read, test = checks[0]
@@ -413,11 +433,48 @@ def _guarded(atoms: list[_Atom], predicate: Predicate) -> Predicate:
     return guarded
 
 
-def _reader(field: str) -> Callable[[Event], Any]:
-    """How the compiler reads a field (top-level key, bracketed name with fallback, or plain)."""
+def _guarded_contains(field: str, literals: list[str], predicate: Predicate) -> Predicate:
+    """The common guard, fused: an output field that must contain one of some literals."""
+    unique = tuple(dict.fromkeys(literals))
+    if len(unique) >= _RE2_MIN_LITERALS:
+        test = contains_any(unique)
+
+        def guarded_many(event: Event) -> bool:
+            value = event.fields.get(field)
+            if value.__class__ is str:
+                return test(value) and predicate(event)
+            return value is not None and predicate(event)
+
+        return guarded_many
+
+    def guarded_few(event: Event) -> bool:
+        value = event.fields.get(field)
+        if value.__class__ is str:
+            for literal in unique:
+                if literal in value:
+                    return predicate(event)
+            return False
+        return value is not None and predicate(event)
+
+    return guarded_few
+
+
+_TOP_LEVEL, _OUTPUT_FIELD, _BRACKETED = 0, 1, 2
+
+
+def _read_kind(field: str) -> int:
+    """How the compiler reads a field: a top-level key, a bracketed output field (with
+    falcosidekick's `name_N` fallback, `Event.get`), or a plain output field."""
     if field in TOP_LEVEL_FIELDS:
+        return _TOP_LEVEL
+    return _BRACKETED if field.endswith("]") else _OUTPUT_FIELD
+
+
+def _reader(field: str) -> Callable[[Event], Any]:
+    kind = _read_kind(field)
+    if kind == _TOP_LEVEL:
         return lambda event: event.raw.get(field)
-    if field.endswith("]"):
+    if kind == _BRACKETED:
         return lambda event: event.get(field)
     return lambda event: event.fields.get(field)
 
