@@ -53,6 +53,7 @@ from streams.core._condition_parser import (
     regex_test,
 )
 from streams.core.events import TOP_LEVEL_FIELDS, Event
+from streams.core.prefilter import Specialized, specialize
 from streams.core.priority import PRIORITY_NAMES, priority_rank
 from streams.errors import ConditionSyntaxError
 
@@ -144,12 +145,14 @@ class CompiledCondition:
     """A condition ready to run.
 
     `rules` is an index: the only `rule` values the predicate can accept (None: any). `fields` are
-    the field names the condition reads, after macro expansion.
+    the field names the condition reads, after macro expansion. `specialized`: the same condition
+    per rule name, guarded (streams/core/prefilter.py); None when it was too large to specialise.
     """
 
     predicate: Predicate
     rules: frozenset[str] | None
     fields: frozenset[str]
+    specialized: Specialized | None = None
 
 
 def parse_condition(text: str) -> Node:
@@ -290,7 +293,10 @@ def compile_condition(
     """
     compiler = _Compiler(macros, lists, budget)
     predicate, rules = compiler.compile(node)
-    return CompiledCondition(predicate, rules, frozenset(compiler.fields))
+    specialized = specialize(
+        node, predicate, macros, lists, lambda part: _Compiler(macros, lists, None).compile(part)[0]
+    )
+    return CompiledCondition(predicate, rules, frozenset(compiler.fields), specialized)
 
 
 def _getter(field: str) -> _Getter:

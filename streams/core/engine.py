@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from streams.core.correlators import AbsenceState, KeyState, Match, new_state
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
+from streams.core.prefilter import KeyReader, StepTarget, step_index
 from streams.core.rules import Correlation, CorrelationType, Ruleset
 
 if TYPE_CHECKING:
@@ -78,14 +79,14 @@ class EngineEntry:
     sources: dict[int, int]
 
 
-def _resolve_key(event: Event, fields: tuple[str, ...]) -> KeyTuple | None:
-    values = []
-    for name in fields:
-        value = event.get(name)
-        if value is None or value == "" or isinstance(value, dict | list):
-            return None
-        values.append(value)
-    return tuple(values)
+def _inert_steps(corr: Correlation) -> frozenset[int]:
+    """Steps whose events leave a new state of `corr` empty and match nothing: a sequence's
+    last step (no chain to complete) and an absence's `expect` (no trigger to clear)."""
+    if corr.type is CorrelationType.SEQUENCE and len(corr.steps) > 1:
+        return frozenset({len(corr.steps) - 1})
+    if corr.type is CorrelationType.ABSENCE:
+        return frozenset({1})
+    return frozenset()
 
 
 class Engine:
@@ -122,6 +123,7 @@ class Engine:
         self._states: dict[tuple[int, KeyTuple], KeyState] = {}
         self._anchors: dict[tuple[int, KeyTuple], IncidentAnchor] = {}
         self._by_rule, self._any_rule = self._index()
+        self._inert = [_inert_steps(corr) for corr in self.correlations]
         self._next_sweep_ns = _NEG_INF
         self._sweep_after = 0
         # For a persistent host (the worker): which (correlation, key) entries changed since the
@@ -138,40 +140,24 @@ class Engine:
 
     # -- matching --------------------------------------------------------------------------
 
-    def _index(
-        self,
-    ) -> tuple[dict[str, list[tuple[int, int]]], list[tuple[int, int]]]:
-        """Conditions by the Falco rule names they can match, so an event meets only those."""
-        by_rule: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        any_rule: list[tuple[int, int]] = []
-        for ci, corr in enumerate(self.correlations):
-            for si, step in enumerate(corr.steps):
-                rules = step.condition.rules
-                if rules is None:
-                    any_rule.append((ci, si))
-                else:
-                    for rule in rules:
-                        by_rule[rule].append((ci, si))
-        for targets in by_rule.values():
-            targets.extend(any_rule)
-            targets.sort()
-        return dict(by_rule), any_rule
+    def _index(self) -> tuple[dict[str, list[StepTarget]], list[StepTarget]]:
+        """Steps by the Falco rule names they can match, so an event meets only those, each
+        with its condition specialised for that name (streams/core/prefilter.py)."""
+        return step_index(self.correlations)
 
     def match(self, event: Event) -> list[StepMatch]:
         """Every (correlation, step, key) the event takes part in."""
         found: list[StepMatch] = []
-        correlations = self.correlations
         skip_ci = -1
-        for ci, si in self._by_rule.get(event.rule, self._any_rule):
-            if ci == skip_ci:
+        last_reader: KeyReader | None = None
+        key: KeyTuple | None = None
+        for ci, si, test, key_of, first_only in self._by_rule.get(event.rule, self._any_rule):
+            if ci == skip_ci or (test is not None and not test(event)):
                 continue
-            corr = correlations[ci]
-            step = corr.steps[si]
-            if not step.condition.predicate(event):
-                continue
-            if corr.type is CorrelationType.ALL:
+            if first_only:
                 skip_ci = ci  # `all`: an event belongs to the first step it matches only
-            key = _resolve_key(event, step.by)
+            if key_of is not last_reader:  # steps with the same `by` share their reader
+                last_reader, key = key_of, key_of(event)
             if key is not None:
                 found.append((ci, si, key))
             elif self.observer is not None:
@@ -222,7 +208,12 @@ class Engine:
                     self._held.setdefault((ci, key), {})[id(item)] = item
                     self._held_changes.setdefault((ci, key), {})[event.seq] = item
                     self.changed.add((ci, key))
-        return self.observe(event.time_ns) if observe else []
+        # `observe`, inlined: this runs for every event.
+        time_ns = event.time_ns
+        if observe and time_ns > self.max_time_ns:
+            self.max_time_ns = time_ns
+            return self._release(time_ns - self.lateness_ns)
+        return []
 
     def observe(self, time_ns: int) -> list[dict[str, Any]]:
         """Take a time as seen (an event's, or a high-water mark carried from upstream)."""
@@ -262,19 +253,20 @@ class Engine:
         wm = self.watermark_ns
         out: list[dict[str, Any]] = []
         buffer, deadlines = self._buffer, self._deadlines
+        pop, track = heapq.heappop, self.track_changes
         while True:
-            event_ready = bool(buffer) and (release_all or buffer[0][0] <= wm)
-            deadline_ready = bool(deadlines) and deadlines[0][0] < wm
-            if event_ready and (not deadline_ready or buffer[0][0] <= deadlines[0][0]):
-                item = heapq.heappop(buffer)
-                if self.track_changes:
-                    self._unhold(item)
-                self._correlate(item[3], item[4], out)
-            elif deadline_ready:
-                deadline, seq, ci, key = heapq.heappop(deadlines)
-                self._fire_absence(ci, key, seq, deadline, out)
-            else:
+            # The earliest of the next event and the next deadline, events first on a tie.
+            if buffer and (release_all or buffer[0][0] <= wm):
+                if not (deadlines and deadlines[0][0] < wm and deadlines[0][0] < buffer[0][0]):
+                    item = pop(buffer)
+                    if track:
+                        self._unhold(item)
+                    self._correlate(item[3], item[4], out)
+                    continue
+            elif not (deadlines and deadlines[0][0] < wm):
                 break
+            deadline, seq, ci, key = pop(deadlines)
+            self._fire_absence(ci, key, seq, deadline, out)
         # Sweep when event time moved on by half the shortest window, but not more often than
         # every 1000 events: sparse streams with large time gaps would otherwise sweep per event.
         if wm >= self._next_sweep_ns and wm > _NEG_INF and self.stats.events >= self._sweep_after:
@@ -284,15 +276,21 @@ class Engine:
 
     def _correlate(self, event: Event, matches: list[StepMatch], out: list[dict[str, Any]]) -> None:
         observer = self.observer
-        grouped: dict[tuple[int, KeyTuple], set[int]] = {}
-        for ci, si, key in matches:
-            grouped.setdefault((ci, key), set()).add(si)
+        if len(matches) == 1:  # the common case: one step of one correlation
+            ci, si, key = matches[0]
+            grouped = {(ci, key): {si}}
+        else:
+            grouped = {}
+            for ci, si, key in matches:
+                grouped.setdefault((ci, key), set()).add(si)
         for (ci, key), steps in grouped.items():
             corr = self.correlations[ci]
             if self.track_changes:
                 self.changed.add((ci, key))
             state = self._states.pop((ci, key), None)
             if state is None:
+                if observer is None and steps <= self._inert[ci]:
+                    continue  # a new state would stay empty and match nothing
                 state = new_state(corr)
             # (Re-)inserted last: dict order is least recently used first, for the global bound.
             self._states[(ci, key)] = state

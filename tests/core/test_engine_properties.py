@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from streams.core.events import parse_time
 from streams.core.loader import load_rules
-from streams.core.rules import Ruleset
+from streams.core.prefilter import StepTarget, key_reader
+from streams.core.rules import CorrelationType, Ruleset
 
 LATENESS = 3  # grid units (seconds)
 
@@ -274,12 +275,20 @@ def _run(
 
 
 def _disable_index(feed: Feed) -> None:
-    """Make the engine evaluate every condition of every correlation for every event."""
+    """Make the engine evaluate every plain condition of every correlation for every event."""
     engine = feed.engine
-    every = [
-        (ci, si) for ci, corr in enumerate(engine.correlations) for si in range(len(corr.steps))
+    every: list[StepTarget] = [
+        (
+            ci,
+            si,
+            step.condition.predicate,
+            key_reader(step.by),
+            corr.type is CorrelationType.ALL,
+        )
+        for ci, corr in enumerate(engine.correlations)
+        for si, step in enumerate(corr.steps)
     ]
-    engine._by_rule = {}  # the index is what this property is about
+    engine._by_rule = {}  # the index and the prefilters are what this property is about
     engine._any_rule = every
 
 

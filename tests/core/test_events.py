@@ -7,8 +7,16 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streams.core.events import Event, event_from_bytes, event_from_dict, parse_time
+from streams.core.events import (
+    Event,
+    _parse_time_slow,
+    event_from_bytes,
+    event_from_dict,
+    parse_time,
+)
 from streams.core.priority import PRIORITY_NAMES, canonical_priority, priority_rank
 from streams.errors import EventError
 
@@ -93,6 +101,51 @@ def test_time_parses_the_same_when_its_second_was_seen_before(
 )
 def test_time_with_non_ascii_digits_is_unparsable(text: str) -> None:
     assert parse_time(text) is None
+
+
+# Falco-shaped times with every character possibly swapped for a look-alike.
+_TIME_CHARS = "0123456789-:.TtZz +\u0666\uff11x"
+
+
+@st.composite
+def _time_like(draw: st.DrawFn) -> str:
+    text = list(
+        draw(
+            st.sampled_from(
+                [
+                    "2024-05-01T12:00:05.478445995Z",
+                    "2023-02-28T23:59:60Z",
+                    "2024-02-29T00:00:00.1Z",
+                    "1999-12-31t23:59:59.123456789z",
+                    "2024-05-01 12:00:05.4Z",
+                    "2024-05-01T12:00:05+02:00",
+                    "2023-02-28T23:59:61.5Z",
+                    "2024-05-01T24:00:00Z",
+                    "2024-05-01T23:60:00.0Z",
+                    "2023-02-29T00:00:00Z",
+                ]
+            )
+        )
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(text)))
+        char = draw(st.sampled_from(_TIME_CHARS))
+        action = draw(st.sampled_from(["replace", "insert", "delete"]))
+        if action == "insert" or not text:
+            text.insert(at, char)
+        elif action == "replace":
+            text[min(at, len(text) - 1)] = char
+        else:
+            del text[min(at, len(text) - 1)]
+    return "".join(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(texts=st.lists(_time_like(), min_size=1, max_size=4))
+def test_time_fast_path_agrees_with_the_full_pattern(texts: list[str]) -> None:
+    # The per-minute cache is shared: earlier texts of the list warm it for later ones.
+    for text in texts:
+        assert parse_time(text) == _parse_time_slow(text), text
 
 
 def test_time_with_more_than_nine_fractional_digits_is_unparsable() -> None:
