@@ -201,7 +201,7 @@ def check_rules(doctor: Doctor, config: WorkerConfig) -> None:
 
 def local_state(config: WorkerConfig) -> list[Path]:
     """Files of local table state under app.data_dir (RocksDB store only)."""
-    root = Path(config.app.data_dir).expanduser() / config.app.id
+    root = Path(config.app.data_dir).expanduser()  # <data_dir>/<app id>/..., or 0.1's layout
     if config.app.store is not StoreKind.ROCKSDB or not root.is_dir():
         return []
     first = next((p for p in root.rglob("*") if p.is_file()), None)
