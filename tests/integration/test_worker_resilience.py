@@ -175,10 +175,28 @@ def test_broker_outage_mid_stream_loses_nothing(tmp_path: Path) -> None:
 
 
 def _outage(env: WorkerEnv, broker: LocalBroker, start_s: float) -> None:
+    """A real-time stream from two falcosidekick instances, both buffering while the broker is
+    away: node-b's reconnects 8 s after the broker is back (librdkafka's reconnect backoff
+    reaches 10 s), the other one as soon as it can."""
     rules = env.rules_file("mixed.yaml", MIXED_RULES)
     settings = env.settings([rules], lateness="2s")
     worker = env.worker(settings).start(wait_ready=True)
     producer = env.producer(settings, idempotent=True)
+    late_producer = env.producer(settings, idempotent=True)
+    lock = threading.Lock()
+    disconnected = threading.Event()
+    held: list[dict[str, Any]] = []
+
+    def send(event: dict[str, Any]) -> None:
+        if event["hostname"] != "node-b":
+            producer.send_nowait(event)
+            return
+        with lock:
+            if disconnected.is_set():
+                held.append(event)
+            else:
+                late_producer.send_nowait(event)
+
     stop = threading.Event()
     sent: list[dict[str, Any]] = []
     failure: list[BaseException] = []
@@ -186,9 +204,7 @@ def _outage(env: WorkerEnv, broker: LocalBroker, start_s: float) -> None:
     def produce() -> None:
         try:
             sent.extend(
-                produce_mixed_stream(
-                    random.Random(42), producer.send_nowait, slots=100_000, stop=stop.is_set
-                )
+                produce_mixed_stream(random.Random(42), send, slots=100_000, stop=stop.is_set)
             )
         except BaseException as exc:  # reported by the test below
             failure.append(exc)
@@ -197,21 +213,29 @@ def _outage(env: WorkerEnv, broker: LocalBroker, start_s: float) -> None:
     thread.start()
     try:
         time.sleep(3.0)
+        disconnected.set()
         stop_s = broker.stop()
         down = time.monotonic()
         time.sleep(10.0)
         restart_s = broker.start(keep=True)
         outage = time.monotonic() - down
+        time.sleep(8.0)
+        with lock:  # node-b's falcosidekick reconnects and sends what it buffered
+            for event in held:
+                late_producer.send_nowait(event)
+            disconnected.clear()
         time.sleep(3.0)
     finally:
         stop.set()
         thread.join(timeout=30)
     assert not failure, failure
     producer.flush(120)
+    late_producer.flush(120)
     print(
         f"broker start {start_s:.1f} s, stop {stop_s:.1f} s, restart {restart_s:.1f} s, "
-        f"outage {outage:.1f} s; {len(sent)} events"
+        f"outage {outage:.1f} s; {len(sent)} events, {len(held)} delivered 8 s late"
     )
+    assert len(held) > 50
     expected = replay_incidents([rules], sent, env.directory, flush=True)
     _mixed_expectations(expected)
     reader = env.reader(settings.topics.incidents)
