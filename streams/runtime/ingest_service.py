@@ -39,7 +39,7 @@ from streams.runtime.config import WorkerConfig
 from streams.runtime.ingest import Ingestor, SourceMessage, encode_records
 from streams.runtime.kafka_options import confluent_config
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.progress import SourceProgress
+from streams.runtime.progress import OUTAGE_GRACE_NS, SourceProgress
 from streams.runtime.records import BATCH_KEY
 
 __all__ = ["IngestService", "PartitionHealth", "ingest_group"]
@@ -142,6 +142,8 @@ class IngestService:
         self._unacked: deque[_Pending] = deque()
         self._committable: dict[int, int] = {}
         self._last_progress_ns = 0
+        self._ends_ok_wall: int | None = None  # when end offsets were last read
+        self._unreachable_since: int | None = None  # last success before failing reads
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="fc-ingest-consumer")
         self._io_thread = ThreadPoolExecutor(1, thread_name_prefix="fc-ingest-io")
         self._consumer: Any = None
@@ -570,12 +572,26 @@ class IngestService:
         interval = self.config.app.tick_interval_ns / 1e9
         while not self._stopping:
             await asyncio.sleep(interval)
+            query_wall = self.wall_clock()
             try:
                 await self._refresh_ends()
             except Exception as exc:  # a broker outage: keep the last figures
                 log.warning("cannot read end offsets: %s", exc)
+                if self._unreachable_since is None:
+                    self._unreachable_since = self._ends_ok_wall or query_wall
                 if _stale_leader_epoch(exc):
                     self._renew_admin()
+            else:
+                if self._unreachable_since is not None:
+                    # producers buffered meanwhile: see SourceProgress.brokers_unreachable
+                    self.progress.brokers_unreachable(self._unreachable_since, query_wall)
+                    log.info(
+                        "brokers answer again after %.1f s; idle partitions hold the "
+                        "watermark for %.0f s more (producers' buffered events)",
+                        (query_wall - self._unreachable_since) / 1e9, OUTAGE_GRACE_NS / 1e9,
+                    )
+                    self._unreachable_since = None
+                self._ends_ok_wall = query_wall
             await self._refresh_committed()
             self.progress.prune(self.wall_clock())
             if self.progress.assigned:

@@ -19,6 +19,12 @@ pace, so the high-water mark is a minimum over source partitions of how far each
 
   `V(w)` is the stream's highest event time as of wall time `w` plus the wall time elapsed since
   it last increased: the event time the stream would have reached at `w` had it stayed live.
+  Wall time during which the brokers did not answer (and `OUTAGE_GRACE` after they are back)
+  does not count: producers buffered meanwhile and append what they held when they reconnect —
+  up to their reconnect backoff after the brokers are back (librdkafka: 10 s at most by
+  default) — so a caught-up confirmation right after an outage says nothing about the events
+  still on their way. Without this, the first confirmation after a 10 s outage moved the
+  watermark over the whole outage and every buffered event became late.
 
 - **Correlate side (`MergedProgress`)**: every batch and tick carries the sender's contributions
   and the number of source partitions. A correlate partition keeps the highest contribution heard
@@ -37,6 +43,7 @@ from collections.abc import Iterable, Mapping
 __all__ = ["NEG_INF", "MergedProgress", "SourceProgress"]
 
 NEG_INF = -(2**63)
+OUTAGE_GRACE_NS = 10 * 1_000_000_000  # librdkafka's default reconnect.backoff.max.ms
 
 
 class SourceProgress:
@@ -51,6 +58,8 @@ class SourceProgress:
         self._walls: list[int] = []
         self._highs: list[int] = []
         self.high_ns = NEG_INF
+        # wall-time intervals the extrapolation does not count (broker outages plus the grace)
+        self._frozen: list[tuple[int, int]] = []
 
     @property
     def assigned(self) -> frozenset[int]:
@@ -80,12 +89,23 @@ class SourceProgress:
         ):
             self._confirmed_wall[partition] = query_wall_ns
 
+    def brokers_unreachable(self, since_wall_ns: int, until_wall_ns: int) -> None:
+        """The brokers did not answer between `since` (the last query that succeeded) and
+        `until` (the first that succeeded again): the extrapolation does not count that time
+        nor `OUTAGE_GRACE_NS` after it."""
+        self._frozen.append((since_wall_ns, until_wall_ns + OUTAGE_GRACE_NS))
+
     def extrapolated(self, wall_ns: int) -> int:
-        """V(wall_ns): the highest event time as of `wall_ns`, moved on with wall time."""
+        """V(wall_ns): the highest event time as of `wall_ns`, moved on with the wall time
+        elapsed since, outages excepted."""
         at = bisect_right(self._walls, wall_ns) - 1
         if at < 0:
             return NEG_INF
-        return self._highs[at] + (wall_ns - self._walls[at])
+        start = self._walls[at]
+        frozen = 0
+        for begin, end in self._frozen:
+            frozen += max(0, min(end, wall_ns) - max(begin, start))
+        return self._highs[at] + max(0, wall_ns - start - frozen)
 
     def contribution(self, partition: int) -> int:
         own = self._max.get(partition, NEG_INF)
@@ -109,6 +129,9 @@ class SourceProgress:
         if cut > 0:
             del self._walls[:cut]
             del self._highs[:cut]
+        if self._walls:
+            oldest = self._walls[0]
+            self._frozen = [(b, e) for b, e in self._frozen if e > oldest]
 
 
 class MergedProgress:

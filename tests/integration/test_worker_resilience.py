@@ -124,37 +124,67 @@ def _mixed_expectations(expected: list[dict[str, Any]]) -> None:
 
 
 def test_ten_runs_under_cpu_load_each_give_replays_incidents(worker_env: WorkerEnv) -> None:
-    """Ten fresh workers one after the other (each starting, joining and correlating a
-    round-robin stream over 3 partitions) while two processes spin on both cores. Each next
-    worker starts while the previous run drains, to keep the test short."""
+    """Ten fresh workers (each starting, joining its groups and correlating a round-robin
+    stream over 3 partitions) while two processes spin on both cores. The runs overlap to keep
+    the test short: run i+1 streams while run i drains and is compared, and run i+2 starts."""
     runs = 10
     rules = worker_env.rules_file("mixed.yaml", MIXED_RULES)
+    settings = [worker_env.settings([rules], lateness="2s") for _ in range(runs)]
+    workers = [worker_env.worker(s, name=f"run-{i}") for i, s in enumerate(settings)]
+    producers = [worker_env.producer(s) for s in settings]
+    sent: dict[int, list[dict[str, Any]]] = {}
+    streamed = [threading.Event() for _ in range(runs)]
+    ready_s: dict[int, float] = {}
+    streamed_at: dict[int, float] = {}
+    failure: list[BaseException] = []
+
+    def feed() -> None:
+        """The streams, one after the other, each as soon as its worker is ready."""
+        try:
+            for run in range(runs):
+                ready_s[run] = workers[run].wait_ready(timeout=90)
+                rng = random.Random(9000 + run)
+                sent[run] = produce_mixed_stream(rng, producers[run].send, slots=100)
+                streamed_at[run] = time.monotonic()
+                streamed[run].set()
+        except BaseException as exc:  # re-raised by the test
+            failure.append(exc)
+        finally:
+            for event in streamed:
+                event.set()
+
     timings: list[str] = []
     with cpu_burners(2):
-        settings = [worker_env.settings([rules], lateness="2s") for _ in range(runs)]
-        workers = [worker_env.worker(s, name=f"run-{i}") for i, s in enumerate(settings)]
         workers[0].start(wait_ready=False)
-        for run in range(runs):
-            worker, setting = workers[run], settings[run]
-            ready_s = worker.wait_ready(timeout=90)
-            producer = worker_env.producer(setting)
-            sent = produce_mixed_stream(random.Random(9000 + run), producer.send, slots=100)
-            produced = time.monotonic()
-            if run + 1 < runs:
-                workers[run + 1].start(wait_ready=False)
-            expected = replay_incidents([rules], sent, worker_env.directory, flush=True)
-            _mixed_expectations(expected)
-            reader = worker_env.reader(setting.topics.incidents)
-            reader.wait_count(len(expected), timeout=60)
-            reader.drain(1.5)
-            waited = time.monotonic() - produced
-            late = _late(worker)
-            assert late == 0, f"run {run}: {late} late events"
-            _assert_same_as_replay(reader.values(), expected, f"run {run}")
-            timings.append(f"run {run}: ready {ready_s:.1f} s, all incidents {waited:.1f} s")
-            worker.signal(signal.SIGTERM)
-            reader.close()
-            producer.close()
+        workers[1].start(wait_ready=False)
+        feeder = threading.Thread(target=feed, name="streams")
+        feeder.start()
+        try:
+            for run in range(runs):
+                streamed[run].wait(timeout=300)
+                if failure:
+                    raise failure[0]
+                if run + 2 < runs:
+                    workers[run + 2].start(wait_ready=False)
+                expected = replay_incidents(
+                    [rules], sent[run], worker_env.directory, flush=True
+                )
+                _mixed_expectations(expected)
+                reader = worker_env.reader(settings[run].topics.incidents)
+                reader.wait_count(len(expected), timeout=60)
+                reader.drain(1.0)
+                late = _late(workers[run])
+                assert late == 0, f"run {run}: {late} late events"
+                _assert_same_as_replay(reader.values(), expected, f"run {run}")
+                waited = time.monotonic() - streamed_at[run]
+                timings.append(
+                    f"run {run}: ready {ready_s[run]:.1f} s, all incidents {waited:.1f} s "
+                    f"after its stream"
+                )
+                workers[run].signal(signal.SIGTERM)
+                reader.close()
+        finally:
+            feeder.join(timeout=120)
     print("\n".join(timings))
     for worker in workers:
         assert worker.terminate(timeout=30) == 0, worker.log_tail()
@@ -175,10 +205,28 @@ def test_broker_outage_mid_stream_loses_nothing(tmp_path: Path) -> None:
 
 
 def _outage(env: WorkerEnv, broker: LocalBroker, start_s: float) -> None:
+    """A real-time stream from two falcosidekick instances, both buffering while the broker is
+    away: node-b's reconnects 8 s after the broker is back (librdkafka's reconnect backoff
+    reaches 10 s), the other one as soon as it can."""
     rules = env.rules_file("mixed.yaml", MIXED_RULES)
     settings = env.settings([rules], lateness="2s")
     worker = env.worker(settings).start(wait_ready=True)
     producer = env.producer(settings, idempotent=True)
+    late_producer = env.producer(settings, idempotent=True)
+    lock = threading.Lock()
+    disconnected = threading.Event()
+    held: list[dict[str, Any]] = []
+
+    def send(event: dict[str, Any]) -> None:
+        if event["hostname"] != "node-b":
+            producer.send_nowait(event)
+            return
+        with lock:
+            if disconnected.is_set():
+                held.append(event)
+            else:
+                late_producer.send_nowait(event)
+
     stop = threading.Event()
     sent: list[dict[str, Any]] = []
     failure: list[BaseException] = []
@@ -186,9 +234,7 @@ def _outage(env: WorkerEnv, broker: LocalBroker, start_s: float) -> None:
     def produce() -> None:
         try:
             sent.extend(
-                produce_mixed_stream(
-                    random.Random(42), producer.send_nowait, slots=100_000, stop=stop.is_set
-                )
+                produce_mixed_stream(random.Random(42), send, slots=100_000, stop=stop.is_set)
             )
         except BaseException as exc:  # reported by the test below
             failure.append(exc)
@@ -197,21 +243,29 @@ def _outage(env: WorkerEnv, broker: LocalBroker, start_s: float) -> None:
     thread.start()
     try:
         time.sleep(3.0)
+        disconnected.set()
         stop_s = broker.stop()
         down = time.monotonic()
         time.sleep(10.0)
         restart_s = broker.start(keep=True)
         outage = time.monotonic() - down
+        time.sleep(8.0)
+        with lock:  # node-b's falcosidekick reconnects and sends what it buffered
+            for event in held:
+                late_producer.send_nowait(event)
+            disconnected.clear()
         time.sleep(3.0)
     finally:
         stop.set()
         thread.join(timeout=30)
     assert not failure, failure
     producer.flush(120)
+    late_producer.flush(120)
     print(
         f"broker start {start_s:.1f} s, stop {stop_s:.1f} s, restart {restart_s:.1f} s, "
-        f"outage {outage:.1f} s; {len(sent)} events"
+        f"outage {outage:.1f} s; {len(sent)} events, {len(held)} delivered 8 s late"
     )
+    assert len(held) > 50
     expected = replay_incidents([rules], sent, env.directory, flush=True)
     _mixed_expectations(expected)
     reader = env.reader(settings.topics.incidents)

@@ -401,7 +401,13 @@ class EventProducer:
     """falcosidekick's Kafka output: no key, no headers, round-robin over the partitions."""
 
     def __init__(
-        self, bootstrap: str, topic: str, partitions: int, *, idempotent: bool = False
+        self,
+        bootstrap: str,
+        topic: str,
+        partitions: int,
+        *,
+        idempotent: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.partitions = partitions
@@ -410,6 +416,7 @@ class EventProducer:
         config: dict[str, Any] = {"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"}
         if idempotent:  # retries across a broker outage keep each partition's order
             config["enable.idempotence"] = True
+        config.update(options or {})
         self._producer = Producer(config)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -638,9 +645,19 @@ class WorkerEnv:
         self.workers.append(worker)
         return worker
 
-    def producer(self, settings: WorkerSettings, *, idempotent: bool = False) -> EventProducer:
+    def producer(
+        self,
+        settings: WorkerSettings,
+        *,
+        idempotent: bool = False,
+        options: dict[str, Any] | None = None,
+    ) -> EventProducer:
         producer = EventProducer(
-            self.bootstrap, settings.topics.events, settings.partitions, idempotent=idempotent
+            self.bootstrap,
+            settings.topics.events,
+            settings.partitions,
+            idempotent=idempotent,
+            options=options,
         )
         self.producers.append(producer)
         return producer

@@ -19,7 +19,7 @@ from streams.core.events import event_from_dict, format_time
 from streams.core.loader import load_rules
 from streams.runtime.ingest import Ingestor, SourceMessage, encode_records
 from streams.runtime.partitions import PartitionCorrelator
-from streams.runtime.progress import MergedProgress, SourceProgress
+from streams.runtime.progress import OUTAGE_GRACE_NS, MergedProgress, SourceProgress
 from streams.runtime.records import decode_batch
 
 RULES = """
@@ -358,6 +358,30 @@ def test_a_broker_outage_freezes_the_contribution_of_caught_up_partitions() -> N
     before = progress.contribution(0)
     # no confirmation during the outage (ListOffsets fails): nothing moves with wall time
     assert progress.contribution(0) == before == BASE + 5 * S - LATENESS
+
+
+def test_after_a_broker_outage_buffered_events_are_not_late() -> None:
+    """Regression (broker stopped 10 s, producers reconnecting up to their backoff after it is
+    back): the first caught-up confirmation after the outage moved the watermark over the whole
+    outage, and every event the producers had buffered became late."""
+    progress = SourceProgress(LATENESS)
+    progress.assign({0, 1})
+    for p in (0, 1):
+        progress.observe(p, BASE, wall_ns=0)  # a live stream: event time = wall time
+        progress.confirm_caught_up(p, 0)
+    down, back = 1 * S, 25 * S  # no end offsets from the brokers in between
+    progress.brokers_unreachable(down, back)
+    # right after the outage both partitions are confirmed caught up (nothing appended yet)
+    for p in (0, 1):
+        progress.confirm_caught_up(p, back + 1 * S)
+    assert progress.high_water_ns() - LATENESS <= BASE + down - LATENESS
+    # a producer reconnects 9 s later and appends what it buffered since wall 1 s
+    progress.confirm_caught_up(0, back + 9 * S)
+    assert progress.high_water_ns() - LATENESS < BASE + down  # the first buffered event
+    # later on, an idle stream moves on again with wall time (absences fire)
+    progress.confirm_caught_up(0, back + 60 * S)
+    progress.confirm_caught_up(1, back + 60 * S)
+    assert progress.high_water_ns() == BASE + down + (60 * S - LATENESS) - OUTAGE_GRACE_NS
 
 
 def test_contributions_never_depend_on_forgotten_history() -> None:
