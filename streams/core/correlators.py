@@ -1,11 +1,11 @@
 """Per-(correlation, key) state machines, one class per correlation type.
 
 Each receives events in (time, arrival) order (the engine's reorder buffer guarantees it), so
-everything a state holds is older than the event being processed. States keep events packed
-(`Event.packed()`: the payload as JSON bytes), which is what bounds memory per key; the engine
-unpacks the events of a match when it builds the incident. That makes consumption simple:
-when a correlation fires for a key, every event of that key up to the match is in the state, and
-the whole state is dropped.
+everything a state holds is older than the event being processed. A state keeps the event object
+it is given: the engine hands in packed events (`Event.packed()`, the payload as JSON bytes) once
+its state is large, and unpacks the events of a match when it builds the incident. Consumption
+is simple: when a correlation fires for a key, every event of that key up to the match is in the
+state, and the whole state is dropped.
 """
 
 from __future__ import annotations
@@ -90,10 +90,9 @@ class SequenceState(KeyState):
             if chain is not None:
                 return [(corr.steps[i].name, e) for i, e in enumerate(chain)]
         # Not completing a chain: a candidate for every earlier step it matches.
-        stored = event.packed()
         for index in sorted(steps):
             if index < last:
-                self.candidates[index].append(stored)
+                self.candidates[index].append(event)
         excess = self.size() - cap
         while excess > 0:
             self._evict_oldest()
@@ -147,7 +146,7 @@ class AllState(KeyState):
     def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
         self.newest_ns = event.time_ns
         self.expire(event.time_ns - corr.within_ns)
-        self.latest[min(steps)] = event.packed()
+        self.latest[min(steps)] = event
         if any(e is None for e in self.latest):
             return None
         pairs = [(corr.steps[i].name, e) for i, e in enumerate(self.latest) if e is not None]
@@ -179,7 +178,7 @@ class CountState(KeyState):
     def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
         self.newest_ns = event.time_ns
         self.expire(event.time_ns - corr.within_ns)
-        self.events.append(event.packed())
+        self.events.append(event)
         if len(self.events) >= corr.threshold:
             return [("match", e) for e in self.events]
         if len(self.events) > cap:
@@ -217,7 +216,7 @@ class DistinctState(KeyState):
             return None  # still a match of the condition, but it adds no value
         ident = str(value)
         self.values.pop(ident, None)  # re-insert so dict order is recency order
-        self.values[ident] = event.packed()
+        self.values[ident] = event
         if len(self.values) >= corr.threshold:
             events = sorted(self.values.values(), key=lambda e: (e.time_ns, e.seq))
             return [("match", e) for e in events]
@@ -259,7 +258,7 @@ class AbsenceState(KeyState):
         if expect_index in steps and pending is not None:
             self.pending = pending = None
         if trigger_index in steps and pending is None:
-            self.pending = event.packed()
+            self.pending = event
             return [("trigger", event)]
         return None
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LATENESS_NS",
     "DEFAULT_MAX_STATE_ENTRIES",
+    "PACK_STATE_ABOVE",
     "Engine",
     "EngineEntry",
     "EngineStats",
@@ -43,6 +44,9 @@ DEFAULT_LATENESS_NS = 10_000_000_000
 #: suppression anchors; past it the least recently used are evicted (`stats.evicted_keys`).
 #: bench/state_memory.py measures 0.6-1.6 KB per entry with ~0.8 KB Falco events.
 DEFAULT_MAX_STATE_ENTRIES = 1_000_000
+#: Past this many state entries, events are kept packed (compact JSON bytes, about half the
+#: memory of the decoded payload); below it, keeping them decoded saves packing them.
+PACK_STATE_ABOVE = 10_000
 _NEG_INF = -(2**63)
 _POS_INF = 2**63
 
@@ -99,6 +103,7 @@ class Engine:
         lateness_ns: int = DEFAULT_LATENESS_NS,
         max_pending: int = 10_000,
         max_state_entries: int = DEFAULT_MAX_STATE_ENTRIES,
+        pack_state_above: int = PACK_STATE_ABOVE,
         max_incident_events: int = 50,
         clock: Callable[[], int] | None = None,
         track_changes: bool = False,
@@ -111,6 +116,7 @@ class Engine:
         self.lateness_ns = lateness_ns
         self.max_pending = max_pending
         self.max_state_entries = max_state_entries
+        self.pack_state_above = pack_state_above
         self.max_incident_events = max_incident_events
         self.clock = clock
         self.stats = EngineStats()
@@ -283,6 +289,8 @@ class Engine:
             grouped = {}
             for ci, si, key in matches:
                 grouped.setdefault((ci, key), set()).add(si)
+        if len(self._states) >= self.pack_state_above:
+            event = event.packed()  # one twin, shared by every state that keeps it
         for (ci, key), steps in grouped.items():
             corr = self.correlations[ci]
             if self.track_changes:

@@ -3,11 +3,15 @@ no traceback, bounded time."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
+import pytest
 from _cli_support import CLI_RULES, Run, at, parse_incidents
+
+from streams.cli import replay
 
 
 def _shell(seconds: int, **extra: object) -> dict[str, object]:
@@ -85,3 +89,25 @@ def test_replay_max_line_bytes_sets_the_limit_also_for_a_last_line_without_newli
     assert result.returncode == 0, result.stderr
     assert _skips(result.stderr, "events.jsonl") == {2: "record longer than the 300-byte limit"}
     assert parse_incidents(result.stdout) == []
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 1 << 20])
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [
+        (b"", []),
+        (b"a\nbb\n", [b"a", b"bb"]),
+        (b"a\nbb", [b"a", b"bb"]),
+        (b"\n\n", [b"", b""]),
+        (b"12345\n", [b"12345"]),  # the newline does not count toward the limit
+        (b"x" * 10 + b"\nok\n", [b"x" * 6, b"ok"]),
+        (b"x" * 10, [b"x" * 6]),
+        (b"abc\n" + b"y" * 25 + b"\nz\n", [b"abc", b"y" * 6, b"z"]),
+    ],
+)
+def test_lines_are_split_and_cut_the_same_whatever_the_read_size(
+    monkeypatch: pytest.MonkeyPatch, block: int, data: bytes, lines: list[bytes]
+) -> None:
+    monkeypatch.setattr(replay, "_BLOCK", block)
+    read = replay.read_inputs(["-"], io.BufferedReader(io.BytesIO(data)), max_line_bytes=5)
+    assert [(n, line) for _, n, line in read] == list(enumerate(lines, 1))

@@ -102,8 +102,16 @@ def test_restore_respects_the_bound(chain: Ruleset) -> None:
     assert target.stats.evicted_keys == 1
 
 
-def test_state_keeps_events_packed_and_incidents_are_unchanged(chain: Ruleset) -> None:
-    packed = Feed(chain)
+def test_small_state_keeps_events_as_they_are(chain: Ruleset) -> None:
+    feed = Feed(chain)
+    _send(feed, "A", 0, "c1")
+    state = feed.engine._states[(0, ("c1",))]
+    assert isinstance(state, SequenceState)
+    assert not isinstance(state.candidates[0][0], PackedEvent)
+
+
+def test_large_state_keeps_events_packed_and_incidents_are_unchanged(chain: Ruleset) -> None:
+    packed = Feed(chain, pack_state_above=0)
     _send(packed, "A", 0, "c1")
     state = packed.engine._states[(0, ("c1",))]
     assert isinstance(state, SequenceState)
@@ -120,7 +128,7 @@ def test_state_keeps_events_packed_and_incidents_are_unchanged(chain: Ruleset) -
 
 def test_an_event_kept_by_several_correlations_is_packed_once(tmp_path: Path) -> None:
     rules = load(tmp_path, RULES + RULES.replace("correlation: chain", "correlation: chain2"))
-    feed = Feed(rules)
+    feed = Feed(rules, pack_state_above=0)
     _send(feed, "A", 0, "c1")
     first = feed.engine._states[(0, ("c1",))]
     second = feed.engine._states[(1, ("c1",))]
@@ -132,7 +140,7 @@ def test_an_event_kept_by_several_correlations_is_packed_once(tmp_path: Path) ->
 def test_memory_per_key_stays_near_the_packed_payload(chain: Ruleset) -> None:
     """About 0.9 KB of JSON per event; before packing a key cost about 3.2 KB."""
     fields = {f"field.{n}": f"value-{n}-" + "x" * 20 for n in range(20)}
-    engine = Engine(chain)
+    engine = Engine(chain, pack_state_above=100)
     gc.collect()
     tracemalloc.start()
     try:
