@@ -82,6 +82,13 @@ def parse_time(text: object) -> int | None:
     Falco's and falcosidekick's shape `YYYY-MM-DDTHH:MM:SS[.fff]Z` takes a fast path (slices and a
     per-minute cache); anything else goes through the full pattern.
     """
+    if text.__class__ is str and len(text) == 30 and text[19] == "." and text[29] == "Z":
+        # Falco's own shape (nine digits), in as few steps as possible: it is every event.
+        minute = _MINUTE_CACHE.get(text[:17])
+        second = _SECOND_OF_MINUTE.get(text[17:19])
+        frac = text[20:29]
+        if minute is not None and second is not None and frac.isdigit() and frac.isascii():
+            return (minute + second) * _NS + int(frac)
     if not isinstance(text, str):
         return None
     size = len(text)
