@@ -82,7 +82,12 @@ async def check_notifiers(
                     "add a `notifiers:` section (docs/notifiers.md)")
         return
     context = NotifierContext(metrics=NotifierMetrics(CollectorRegistry()))
-    entries = config.notifiers if isinstance(config.notifiers, list) else [config.notifiers]
+    notifiers_section: object = config.notifiers
+    entries = (
+        list(notifiers_section)
+        if isinstance(notifiers_section, list | tuple)
+        else [notifiers_section]
+    )
     notifiers = []
     for index, entry in enumerate(entries):
         # One at a time, so that one broken entry does not hide the checks of the others.

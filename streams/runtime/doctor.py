@@ -95,9 +95,16 @@ def _walk(value: Any, path: str) -> list[tuple[str, Any]]:
     return [(path, value)]
 
 
-def check_secrets(doctor: Doctor, raw: Any, env: Mapping[str, str]) -> None:
-    """Every `${env:...}` / `${file:...}` of the file, resolved; values are never printed."""
+_PLACEHOLDER = "https://secret-missing.invalid/"
+
+
+def check_secrets(doctor: Doctor, raw: Any, env: Mapping[str, str]) -> dict[str, str]:
+    """Every `${env:...}` / `${file:...}` of the file, resolved; values are never printed.
+
+    Returns a placeholder for each missing environment variable: the configuration is then
+    loaded with them, so one missing secret (reported here) does not hide every other check."""
     references = 0
+    placeholders: dict[str, str] = {}
     for path, value in _walk(raw, ""):
         key = path.rsplit(".", 1)[-1]
         if not isinstance(value, str):
@@ -112,6 +119,8 @@ def check_secrets(doctor: Doctor, raw: Any, env: Mapping[str, str]) -> None:
                     "the mounted file (Helm: extraVolumes)"
                 )
                 doctor.fail(f"secret {path}", str(exc), f"provide it in {where}")
+                if stripped.startswith("${env:"):
+                    placeholders[stripped[len("${env:") : -1].strip()] = _PLACEHOLDER
             else:
                 doctor.ok(f"secret {path}", f"resolved from {secret.source}")
         elif _REFERENCE_MARK in value:
@@ -129,6 +138,7 @@ def check_secrets(doctor: Doctor, raw: Any, env: Mapping[str, str]) -> None:
     if references == 0:
         doctor.ok("secrets", "the configuration references no secrets")
     _check_harbor_credentials(doctor, raw, env)
+    return placeholders
 
 
 def _harbor_sections(raw: Any) -> list[tuple[str, Mapping[str, Any]]]:
@@ -245,8 +255,9 @@ def run_doctor(
         except (OSError, yaml.YAMLError) as exc:
             doctor.fail("config", f"cannot read {config_path}: {exc}")
             return 1
-    check_secrets(doctor, raw, environ)
-    config = check_config(doctor, config_path, environ, rules)
+    placeholders = check_secrets(doctor, raw, environ)
+    # missing secrets were reported: the other checks run with placeholders for them
+    config = check_config(doctor, config_path, {**environ, **placeholders}, rules)
     if config is not None:
         check_rules(doctor, config)
         check_state_dir(doctor, config)

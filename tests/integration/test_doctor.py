@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 from confluent_kafka import Producer
 
+from streams.core.loader import load_rules
 from streams.runtime.doctor import run_doctor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,6 +33,10 @@ pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 SLACK_TOKEN = "xoxb-doctor-token-1234567890"  # a test value, checked never to be printed
+
+SHIPPED_CORRELATIONS = len(
+    load_rules([str(Path(__file__).resolve().parents[2] / "rules")]).correlations
+)
 
 
 class Servers:
@@ -186,7 +191,7 @@ def test_a_healthy_deployment_passes_and_every_service_is_called_once(
     assert code == 0, "\n".join(lines)
     assert not [text for text in lines if text.startswith("FAIL")]
     line(lines, "OK", "secret notifiers[0].slack.token: resolved from env:SLACK_BOT_TOKEN")
-    line(lines, "OK", "rules: 15 correlations")
+    line(lines, "OK", f"rules: {SHIPPED_CORRELATIONS} correlations")
     line(lines, "OK", f"topic {topic}: (events) 2 partitions")
     line(lines, "WARN", "1 of the last 9 messages are not Falco events")
     line(lines, "OK", "auth.test: bot falco-bot in team Security, posts to #security")
