@@ -556,6 +556,10 @@ def test_the_worker_runs_the_stage_and_serves_its_metrics(
                 await eventually(lambda: _metrics(web_port) is not None, "the worker's /metrics")
                 await produce(config, incidents)
                 await eventually(lambda: len(receiver.accepted) == 3, "deliveries")
+                # the receiver counts a request when it arrives; the notifier counts it as sent
+                # once it has read the answer, a moment later
+                sent = 'falco_correlator_notifications_sent_total{notifier="hook"} 3.0'
+                await eventually(lambda: sent in (_metrics(web_port) or ""), "the sent counter")
                 exposition = _metrics(web_port) or ""
             finally:
                 worker.send_signal(signal.SIGTERM)
