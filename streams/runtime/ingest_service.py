@@ -579,15 +579,16 @@ class IngestService:
                 log.warning("cannot read end offsets: %s", exc)
                 if self._unreachable_since is None:
                     self._unreachable_since = self._ends_ok_wall or query_wall
+                    # producers buffer meanwhile: see SourceProgress (broker outages)
+                    self.progress.brokers_down(self._unreachable_since)
                 if _stale_leader_epoch(exc):
                     self._renew_admin()
             else:
                 if self._unreachable_since is not None:
-                    # producers buffered meanwhile: see SourceProgress.brokers_unreachable
-                    self.progress.brokers_unreachable(self._unreachable_since, query_wall)
+                    self.progress.brokers_back(query_wall)
                     log.info(
-                        "brokers answer again after %.1f s; idle partitions hold the "
-                        "watermark for %.0f s more (producers' buffered events)",
+                        "brokers answer again after %.1f s; the watermark holds for %.0f s "
+                        "more (events the producers buffered meanwhile)",
                         (query_wall - self._unreachable_since) / 1e9, OUTAGE_GRACE_NS / 1e9,
                     )
                     self._unreachable_since = None

@@ -19,12 +19,18 @@ pace, so the high-water mark is a minimum over source partitions of how far each
 
   `V(w)` is the stream's highest event time as of wall time `w` plus the wall time elapsed since
   it last increased: the event time the stream would have reached at `w` had it stayed live.
-  Wall time during which the brokers did not answer (and `OUTAGE_GRACE` after they are back)
-  does not count: producers buffered meanwhile and append what they held when they reconnect —
-  up to their reconnect backoff after the brokers are back (librdkafka: 10 s at most by
-  default) — so a caught-up confirmation right after an outage says nothing about the events
-  still on their way. Without this, the first confirmation after a 10 s outage moved the
-  watermark over the whole outage and every buffered event became late.
+
+- **Broker outages.** While the brokers do not answer, producers buffer, and each appends what
+  it held when it reconnects: up to its reconnect backoff after the brokers are back
+  (librdkafka: 10 s at most by default), one producer after the other. So from the first failed
+  end-offset query until `OUTAGE_GRACE` after the first successful one again, every
+  contribution is capped at the highest event time seen when the outage began — the producers
+  that reconnect first (or a consumer reading them before the outage is even noticed) must not
+  move the watermark past what the slower ones still hold — and the extrapolation does not count
+  that wall time. Without this, the first confirmation after a 10 s outage moved the watermark
+  over the whole outage and every buffered event became late; and a falcosidekick reconnecting
+  8 s after another lost most of its buffer. Incidents come out up to `OUTAGE_GRACE` later
+  after an outage.
 
 - **Correlate side (`MergedProgress`)**: every batch and tick carries the sender's contributions
   and the number of source partitions. A correlate partition keeps the highest contribution heard
@@ -44,6 +50,9 @@ __all__ = ["NEG_INF", "MergedProgress", "SourceProgress"]
 
 NEG_INF = -(2**63)
 OUTAGE_GRACE_NS = 10 * 1_000_000_000  # librdkafka's default reconnect.backoff.max.ms
+# librdkafka's default message.timeout.ms: producers drop what they buffered longer than that,
+# and end offsets failing for longer while events still flow must not freeze the watermark
+OUTAGE_CAP_MAX_NS = 300 * 1_000_000_000
 
 
 class SourceProgress:
@@ -60,6 +69,9 @@ class SourceProgress:
         self.high_ns = NEG_INF
         # wall-time intervals the extrapolation does not count (broker outages plus the grace)
         self._frozen: list[tuple[int, int]] = []
+        self._down_since: int | None = None  # the brokers do not answer since (wall)
+        self._cap: int | None = None  # contributions capped at this event time ...
+        self._cap_until: int | None = None  # ... until this wall time (None: outage going on)
 
     @property
     def assigned(self) -> frozenset[int]:
@@ -89,11 +101,26 @@ class SourceProgress:
         ):
             self._confirmed_wall[partition] = query_wall_ns
 
-    def brokers_unreachable(self, since_wall_ns: int, until_wall_ns: int) -> None:
-        """The brokers did not answer between `since` (the last query that succeeded) and
-        `until` (the first that succeeded again): the extrapolation does not count that time
-        nor `OUTAGE_GRACE_NS` after it."""
-        self._frozen.append((since_wall_ns, until_wall_ns + OUTAGE_GRACE_NS))
+    def brokers_down(self, since_wall_ns: int) -> None:
+        """The brokers stopped answering after `since` (the last query that succeeded):
+        contributions stay at the highest event time seen by then until `brokers_back`."""
+        if self._down_since is None:
+            self._down_since = since_wall_ns
+            at = bisect_right(self._walls, since_wall_ns) - 1
+            high = self._highs[at] if at >= 0 else NEG_INF
+            # a cap left from an earlier outage's grace stays if it is lower
+            self._cap = high if self._cap is None else min(self._cap, high)
+            self._cap_until = None
+
+    def brokers_back(self, wall_ns: int) -> None:
+        """The brokers answer again (a query sent at `wall_ns` succeeded): the cap holds for
+        `OUTAGE_GRACE_NS` more, and the extrapolation skips the outage and the grace."""
+        if self._down_since is None:
+            return
+        self._frozen.append((self._down_since, wall_ns + OUTAGE_GRACE_NS))
+        if self._cap is not None:
+            self._cap_until = wall_ns + OUTAGE_GRACE_NS
+        self._down_since = None
 
     def extrapolated(self, wall_ns: int) -> int:
         """V(wall_ns): the highest event time as of `wall_ns`, moved on with the wall time
@@ -108,11 +135,13 @@ class SourceProgress:
         return self._highs[at] + max(0, wall_ns - start - frozen)
 
     def contribution(self, partition: int) -> int:
-        own = self._max.get(partition, NEG_INF)
+        value = self._max.get(partition, NEG_INF)
         confirmed = self._confirmed_wall.get(partition)
-        if confirmed is None:
-            return own
-        return max(own, self.extrapolated(confirmed - self.idle_after_ns))
+        if confirmed is not None:
+            value = max(value, self.extrapolated(confirmed - self.idle_after_ns))
+        if self._cap is not None:
+            value = min(value, self._cap)
+        return value
 
     def contributions(self) -> dict[int, int]:
         return {p: self.contribution(p) for p in sorted(self._assigned)}
@@ -123,7 +152,12 @@ class SourceProgress:
         return min(values) if values else NEG_INF
 
     def prune(self, now_wall_ns: int) -> None:
-        """Forget history no confirmation can ask for any more (keeps one sample before it)."""
+        """Forget history no confirmation can ask for any more (keeps one sample before it);
+        lift the outage cap once its grace is over."""
+        if self._cap_until is not None and now_wall_ns >= self._cap_until:
+            self._cap = self._cap_until = None
+        if self._down_since is not None and now_wall_ns - self._down_since > OUTAGE_CAP_MAX_NS:
+            self._cap = None
         horizon = now_wall_ns - 2 * self.idle_after_ns - 60 * 1_000_000_000
         cut = bisect_right(self._walls, horizon) - 1
         if cut > 0:

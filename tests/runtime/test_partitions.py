@@ -370,7 +370,8 @@ def test_after_a_broker_outage_buffered_events_are_not_late() -> None:
         progress.observe(p, BASE, wall_ns=0)  # a live stream: event time = wall time
         progress.confirm_caught_up(p, 0)
     down, back = 1 * S, 25 * S  # no end offsets from the brokers in between
-    progress.brokers_unreachable(down, back)
+    progress.brokers_down(down)
+    progress.brokers_back(back)
     # right after the outage both partitions are confirmed caught up (nothing appended yet)
     for p in (0, 1):
         progress.confirm_caught_up(p, back + 1 * S)
@@ -379,9 +380,43 @@ def test_after_a_broker_outage_buffered_events_are_not_late() -> None:
     progress.confirm_caught_up(0, back + 9 * S)
     assert progress.high_water_ns() - LATENESS < BASE + down  # the first buffered event
     # later on, an idle stream moves on again with wall time (absences fire)
+    progress.prune(back + 60 * S)
     progress.confirm_caught_up(0, back + 60 * S)
     progress.confirm_caught_up(1, back + 60 * S)
     assert progress.high_water_ns() == BASE + down + (60 * S - LATENESS) - OUTAGE_GRACE_NS
+
+
+def test_after_a_broker_outage_the_first_producer_back_does_not_make_the_others_late() -> None:
+    """Regression: one falcosidekick delivered its buffer (and live events) as soon as the broker
+    was back, another 8 s later; the first one's events moved the watermark past everything the
+    second one held (the consumer may even read them before the outage is noticed)."""
+    progress = SourceProgress(LATENESS)
+    progress.assign({0, 1})
+    for p in (0, 1):
+        progress.observe(p, BASE, wall_ns=0)
+    progress.brokers_down(1 * S)
+    # the first producer's events, up to 30 s, are read on both partitions at wall 30 s
+    for p in (0, 1):
+        progress.observe(p, BASE + 30 * S, wall_ns=30 * S)
+    assert progress.high_water_ns() == BASE  # capped: the outage began at event time BASE
+    progress.brokers_back(31 * S)
+    progress.prune(38 * S)
+    for p in (0, 1):
+        progress.observe(p, BASE + 38 * S, wall_ns=38 * S)
+    assert progress.high_water_ns() == BASE  # still within the grace
+    progress.prune(31 * S + OUTAGE_GRACE_NS)  # the grace is over: the cap is lifted
+    assert progress.high_water_ns() == BASE + 38 * S
+
+
+def test_end_offsets_failing_for_long_do_not_freeze_the_watermark() -> None:
+    progress = SourceProgress(LATENESS)
+    progress.assign({0})
+    progress.observe(0, BASE, wall_ns=0)
+    progress.brokers_down(0)  # ListOffsets keeps failing, but events are read
+    progress.observe(0, BASE + 400 * S, wall_ns=400 * S)
+    assert progress.high_water_ns() == BASE
+    progress.prune(400 * S)  # longer than producers keep what they buffer
+    assert progress.high_water_ns() == BASE + 400 * S
 
 
 def test_contributions_never_depend_on_forgotten_history() -> None:
