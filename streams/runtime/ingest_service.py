@@ -49,6 +49,7 @@ log = logging.getLogger("streams.worker.ingest")
 _T = TypeVar("_T")
 _MAX_RECORD_BYTES = 512 * 1024
 _PROGRESS_EVERY_NS = 100_000_000  # progress reaches partitions without events at most this often
+_MAX_HOST_LABELS = 1000  # distinct hostname labels of fc_events_future_total, then "<other>"
 _MAX_UNACKED_BATCHES = 16  # batches produced and not yet acknowledged before ingest waits
 
 
@@ -140,6 +141,7 @@ class IngestService:
         self._paused = False
         self._delivery_errors: list[str] = []
         self._unacked: deque[_Pending] = deque()
+        self._future_hosts: set[str] = set()
         self._committable: dict[int, int] = {}
         self._last_progress_ns = 0
         self._ends_ok_wall: int | None = None  # when end offsets were last read
@@ -428,7 +430,13 @@ class IngestService:
         if batch.dead_letters:
             metrics.invalid.inc(len(batch.dead_letters))
         for hostname, count in batch.future.items():
-            metrics.future.labels(hostname[:253]).inc(count)
+            # hostnames come from the events (attacker-controlled): bound the label set
+            label = hostname[:64]
+            if label not in self._future_hosts and len(self._future_hosts) >= _MAX_HOST_LABELS:
+                label = "<other>"
+            else:
+                self._future_hosts.add(label)
+            metrics.future.labels(label).inc(count)
         metrics.batch_size.labels("ingest").observe(sum(batch.consumed.values()))
         metrics.stage_seconds.labels("ingest").observe(seconds)
 
