@@ -58,7 +58,7 @@ class BatchOutcome:
 class _Partition:
     engine: Engine
     progress: MergedProgress
-    meta_written: tuple[int, int, int] = (NEG_INF, NEG_INF, -1)  # (max, watermark, reports)
+    meta_written: tuple[int, int] = (NEG_INF, NEG_INF)  # (max, watermark) last written
     reports: int = 0  # progress merges that changed something, for the meta entry
     # per entry key: the held events written as their own store entries (seq -> store key),
     # and a hash of the entry's last written value (an unchanged entry is not written again)
@@ -343,7 +343,10 @@ class PartitionCorrelator:
                     self._delete(written.pop(seq))
             if not written:
                 part.held_written.pop(name, None)
-        clock = (engine.max_time_ns, engine.watermark_ns, part.reports)
+        # Written when the partition's clock moved (the merged progress goes with it): not for
+        # every progress report, which would write the changelog once a second per partition
+        # on a silent stream. A restart may then restore older progress: conservative only.
+        clock = (engine.max_time_ns, engine.watermark_ns)
         if clock != part.meta_written:  # once per batch at most: persist() follows a batch
             part.meta_written = clock
             self.store[meta_key(partition)] = orjson.dumps(
