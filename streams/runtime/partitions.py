@@ -64,9 +64,27 @@ class _Partition:
     # and a hash of the entry's last written value (an unchanged entry is not written again)
     held_written: dict[bytes, dict[int, bytes]] = field(default_factory=dict)
     entry_hash: dict[bytes, int] = field(default_factory=dict)
+    # per source partition, the highest source offset this partition has received: a late
+    # event at or below it is a redelivered copy (an ingest rebalance or a crash re-reads from
+    # the last committed offset), counted as a duplicate rather than as late. Used only to
+    # classify events that are dropped anyway, so a recreated events topic (offsets from 0)
+    # can never make a new event be dropped.
+    applied: dict[int, int] = field(default_factory=dict)
+    applied_written: dict[int, int] = field(default_factory=dict)
 
 
 _HELD = b"\x1e"  # entry key + _HELD + seq: one event held in the reorder buffer for that entry
+
+
+def _applied_from_data(data: Any) -> dict[int, int]:
+    """The meta entry's `applied` map ({source partition: offset}); older metas have none."""
+    if not isinstance(data, dict):
+        return {}
+    out: dict[int, int] = {}
+    for key, value in data.items():
+        if isinstance(key, str) and key.isdigit() and isinstance(value, int):
+            out[int(key)] = value
+    return out
 
 
 def held_key(name: bytes, seq: int) -> bytes:
@@ -145,11 +163,13 @@ class PartitionCorrelator:
         restored = unreadable = 0
         entries: dict[bytes, dict[str, Any]] = {}
         held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
+        applied: dict[int, int] = {}
         for key, value in list(self._iter_store()):
             if key == meta_key(partition):
                 meta = orjson.loads(value)
                 engine.restore_clock(meta["max"], meta["wm"])
                 progress = MergedProgress.from_data(meta.get("progress"))
+                applied = _applied_from_data(meta.get("applied"))
                 continue
             if key.startswith(b"\x00"):
                 continue
@@ -165,7 +185,7 @@ class PartitionCorrelator:
                 held.setdefault(name, {})[int(seq)] = (key, data["h"])
             else:
                 entries[key] = data
-        part = _Partition(engine, progress)
+        part = _Partition(engine, progress, applied=applied, applied_written=dict(applied))
         for name, data in entries.items():
             items = held.pop(name, {})
             data["held"] = [item for _, (_, item) in sorted(items.items())]
@@ -183,7 +203,8 @@ class PartitionCorrelator:
             log.warning(
                 "partition %d: %d state entries could not be read for the current rules "
                 "(corrupt, or their correlation was removed or changed type); skipped",
-                partition, unreadable,
+                partition,
+                unreadable,
             )
         if restored:
             log.info("partition %d: restored %d state entries", partition, restored)
@@ -229,6 +250,8 @@ class PartitionCorrelator:
                 part.progress,
                 reports=part.reports,
                 held_written=part.held_written,
+                applied=part.applied,
+                applied_written=part.applied_written,
             )
 
     # -- records --------------------------------------------------------------------------------
@@ -245,37 +268,7 @@ class PartitionCorrelator:
         stats = engine.stats
         late, dups = stats.late, stats.duplicates
         if batch.events:
-            by_name = self._by_name()
-            same_rules = batch.digest == self.ruleset.digest
-            base = offset << _SEQ_SHIFT
-            for index, record in enumerate(batch.events):
-                event = Event(record.payload, record.time_ns, base + index)
-                matches: list[StepMatch] = []
-                rematched: list[StepMatch] | None = None
-                for ref in record.matches:
-                    found = by_name.get(ref.correlation)
-                    if found is None:
-                        continue  # its correlation was removed by a reload since ingest
-                    ci = found[0]
-                    key: KeyTuple = ref.key
-                    if same_rules:
-                        matches.extend((ci, si, key) for si in ref.steps)
-                    else:  # matched under other rules: match again, for this (ci, key) only
-                        if rematched is None:
-                            rematched = engine.match(event)
-                        matches.extend(m for m in rematched if m[0] == ci and m[2] == key)
-                if record.produced_ms is not None:
-                    outcome.produced_ms.append(record.produced_ms)
-                if not matches:
-                    continue
-                outcome.events += 1
-                source = (record.source_partition, record.source_offset)
-                late_before = stats.late
-                outcome.incidents.extend(
-                    engine.submit(event, matches, source=source, observe=False)
-                )
-                if outcome.first_late is None and stats.late != late_before:
-                    outcome.first_late = (*source, record.time_ns, engine.watermark_ns)
+            self._apply_events(part, offset, batch, outcome)
         if batch.legacy_high_water is not None:
             outcome.incidents.extend(engine.observe(batch.legacy_high_water))
         elif part.progress.update(batch.source_partitions, batch.progress):
@@ -290,6 +283,49 @@ class PartitionCorrelator:
         if persist:
             self._persist(partition, part)
         return outcome
+
+    def _apply_events(
+        self, part: _Partition, offset: int, batch: CorrelateBatch, outcome: BatchOutcome
+    ) -> None:
+        engine = part.engine
+        stats = engine.stats
+        by_name = self._by_name()
+        same_rules = batch.digest == self.ruleset.digest
+        applied = part.applied
+        base = offset << _SEQ_SHIFT
+        for index, record in enumerate(batch.events):
+            event = Event(record.payload, record.time_ns, base + index)
+            matches: list[StepMatch] = []
+            rematched: list[StepMatch] | None = None
+            for ref in record.matches:
+                found = by_name.get(ref.correlation)
+                if found is None:
+                    continue  # its correlation was removed by a reload since ingest
+                ci = found[0]
+                key: KeyTuple = ref.key
+                if same_rules:
+                    matches.extend((ci, si, key) for si in ref.steps)
+                else:  # matched under other rules: match again, for this (ci, key) only
+                    if rematched is None:
+                        rematched = engine.match(event)
+                    matches.extend(m for m in rematched if m[0] == ci and m[2] == key)
+            if record.produced_ms is not None:
+                outcome.produced_ms.append(record.produced_ms)
+            if not matches:
+                continue
+            outcome.events += 1
+            source = (record.source_partition, record.source_offset)
+            if record.time_ns < engine.watermark_ns and record.source_offset <= applied.get(
+                record.source_partition, -1
+            ):
+                stats.duplicates += 1  # a redelivered copy behind the watermark
+                continue
+            if record.source_offset > applied.get(record.source_partition, -1):
+                applied[record.source_partition] = record.source_offset
+            late_before = stats.late
+            outcome.incidents.extend(engine.submit(event, matches, source=source, observe=False))
+            if outcome.first_late is None and stats.late != late_before:
+                outcome.first_late = (*source, record.time_ns, engine.watermark_ns)
 
     def persist(self, partition: int) -> None:
         """Write the entries changed since the last write of this partition to the store."""
@@ -347,14 +383,17 @@ class PartitionCorrelator:
         # every progress report, which would write the changelog once a second per partition
         # on a silent stream. A restart may then restore older progress: conservative only.
         clock = (engine.max_time_ns, engine.watermark_ns)
-        if clock != part.meta_written:  # once per batch at most: persist() follows a batch
+        if clock != part.meta_written or part.applied != part.applied_written:
+            # once per batch at most: persist() follows a batch
             part.meta_written = clock
+            part.applied_written = dict(part.applied)
             self.store[meta_key(partition)] = orjson.dumps(
                 {
                     "max": engine.max_time_ns,
                     "wm": engine.watermark_ns,
                     "p": partition,
                     "progress": part.progress.to_data(),
+                    "applied": {str(k): v for k, v in part.applied.items()},
                 }
             )
 

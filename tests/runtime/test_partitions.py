@@ -65,7 +65,9 @@ def ruleset(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return load_rules([path])
 
 
-def _stream(seed: int, n: int = 300) -> list[bytes]:
+def _stream(seed: int, n: int = 300, *, churn: bool = False) -> list[bytes]:
+    """A random stream; with `churn`, containers come and go (a new one every 25 events), so
+    the state of early keys ends while the stream goes on."""
     rng = random.Random(seed)
     t = BASE
     lines = []
@@ -81,7 +83,9 @@ def _stream(seed: int, n: int = 300) -> list[bytes]:
             # (by arrival, which differs between replay's lines and the worker's partitions)
             "time": format_time(t - disorder + i),
             "output_fields": {
-                "container.id": rng.choice(["c1", "c2", "c3", None]),
+                "container.id": f"c{i // 25}"
+                if churn
+                else rng.choice(["c1", "c2", "c3", None]),
                 "fd.sip": f"10.0.0.{rng.randint(1, 5)}",
             },
         }
@@ -109,6 +113,7 @@ class Pipeline:
         self.offsets = [0] * PARTITIONS
         self.correlator = self._correlator(ruleset)
         self.wall = 0
+        self.late = self.duplicates = 0
 
     def _correlator(self, ruleset: Any) -> PartitionCorrelator:
         return PartitionCorrelator(
@@ -136,7 +141,10 @@ class Pipeline:
             offset = self.offsets[destination]
             self.offsets[destination] += 1
             record = decode_batch(b"\x00batch", value)
-            out.extend(self.correlator.on_batch(destination, offset, record).incidents)
+            outcome = self.correlator.on_batch(destination, offset, record)
+            out.extend(outcome.incidents)
+            self.late += outcome.late
+            self.duplicates += outcome.duplicates
         return out
 
     def flush(self) -> list[dict[str, Any]]:
@@ -239,6 +247,48 @@ def test_redelivered_records_after_a_crash_are_not_applied_twice(ruleset: Any) -
         got.extend(pipeline.batch(messages[at : at + 30]))
     got.extend(pipeline.flush())
     assert _ids(got) == _ids(expected)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_redelivery_from_far_behind_counts_duplicates_not_late_events(
+    ruleset: Any, restart: bool
+) -> None:
+    """An ingest rebalance or crash re-reads from the last committed source offset, which can be
+    well behind: copies behind the watermark, of keys whose state has ended since, are
+    duplicates (the partition remembers the highest source offset it received, in its meta
+    entry across a restart), not late events, and change no incident."""
+    lines = _stream(5, churn=True)
+    expected = _replay(ruleset, lines)
+    pipeline = Pipeline(ruleset, {})
+    messages = _messages(lines)
+    got: list[dict[str, Any]] = []
+    for at in range(0, 240, 30):
+        got.extend(pipeline.batch(messages[at : at + 30]))
+    assert pipeline.late == 0
+    dups_before = pipeline.duplicates
+    if restart:
+        pipeline.restart(pipeline.correlator.ruleset)
+    for at in range(0, len(messages), 30):  # from the very start again
+        got.extend(pipeline.batch(messages[at : at + 30]))
+    got.extend(pipeline.flush())
+    assert _ids(got) == _ids(expected)
+    assert pipeline.late == 0
+    assert pipeline.duplicates > dups_before
+
+
+def test_a_late_first_delivery_is_still_counted_late(ruleset: Any) -> None:
+    """The partition's offset memory only reclassifies copies it has seen: a message with a
+    new offset behind the watermark is late (and a recreated events topic, whose offsets start
+    again at 0, at worst counts late events as duplicates: both are dropped)."""
+    lines = _stream(5)
+    pipeline = Pipeline(ruleset, {})
+    messages = _messages(lines)
+    for at in range(0, 240, 30):
+        pipeline.batch(messages[at : at + 30])
+    old = next(e for e in map(orjson.loads, lines) if e["rule"] == "Shell")
+    late_line = orjson.dumps({**old, "uuid": "late-1"})
+    pipeline.batch([SourceMessage(0, 10_000, late_line, None, 0.0)])
+    assert pipeline.late == 1
 
 
 def test_invalid_messages_are_dead_lettered_with_their_reason(ruleset: Any) -> None:
