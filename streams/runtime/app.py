@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from streams.enrich import EnrichmentPipeline
 from streams.runtime.config import StoreKind, WorkerConfig
 from streams.runtime.health import (
     Ownership,
+    RecoveryWatchdog,
     StallWatchdog,
     describe_group_assignments,
     describe_tasks,
@@ -114,6 +115,9 @@ class WorkerApp:
     enrichment: EnrichmentPipeline = field(default_factory=EnrichmentPipeline)
     processed: dict[int, int] = field(default_factory=dict)  # correlate partition -> next offset
     watchdog: StallWatchdog | None = None
+    recovery_watchdog: RecoveryWatchdog = field(
+        default_factory=lambda: RecoveryWatchdog(stall_timeout_ns=60 * 10**9)
+    )
     ownership: Ownership = field(default_factory=Ownership)
     correlate_waiting_on: str = "starting"
 
@@ -229,6 +233,7 @@ def build_app(
     worker.watchdog = StallWatchdog(
         cfg_app.stall_timeout_ns, fresh_within_ns=3 * cfg_app.tick_interval_ns + 10 * 10**9
     )
+    worker.recovery_watchdog = RecoveryWatchdog(cfg_app.stall_timeout_ns)
     if enrichment is not None:
         worker.enrichment = enrichment
     set_ruleset_metric(metrics, ruleset)
@@ -341,6 +346,17 @@ def build_app(
         assert worker.watchdog is not None
         worker.watchdog.check(checked, now, lambda: describe_tasks(_waiting_on(worker)))
         metrics.stalled.set(len(worker.watchdog.stalled))
+        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+        restart = worker.recovery_watchdog.check(
+            _recovering(app),
+            (app.consumer_generation_id, tuple(sorted(recovery.active_offsets.items()))),
+            now,
+            lambda: _recovery_context(app) + "\n" + describe_tasks(_waiting_on(worker)),
+        )
+        if restart and recovery.in_recovery:
+            # Faust's own path for "another rebalance started": the recovery loop starts over
+            # (flush, high-water marks, seek, resume fetching) for the same assignment.
+            recovery.signal_recovery_start.set()
 
     @app.timer(interval=5.0, name="ownership")
     async def ownership() -> None:
@@ -361,6 +377,7 @@ def build_app(
         assigned = args[0] if args else kwargs.get("assigned", set())
         mine = sorted(tp.partition for tp in assigned if tp.topic == correlate_name)
         log.info("correlate partitions assigned: %s", mine)
+        _forget_read_offsets(app)
         app.loop.create_task(_check_ownership(worker, correlate_name, delay=2.0))
 
     @app.page("/healthz")
@@ -372,8 +389,7 @@ def build_app(
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-        if app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
+        if _recovering(app):
             return web.json({"status": "recovering or rebalancing"}, status=503)
         if not service.joined.is_set():
             return web.json({"status": "ingest consumer not in its group yet"}, status=503)
@@ -410,8 +426,45 @@ def _waiting_on(worker: WorkerApp) -> dict[str, str]:
     }
 
 
+def _recovering(app: faust.App) -> bool:
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    return bool(app.rebalancing or recovery.in_recovery or not recovery.completed.is_set())
+
+
+def _recovery_context(app: faust.App) -> str:
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    return (
+        f"recovery: in_recovery={recovery.in_recovery} "
+        f"completed={recovery.completed.is_set()} rebalancing={app.rebalancing} "
+        f"offsets={dict(recovery.active_offsets)} highwaters={dict(recovery.active_highwaters)}"
+    )
+
+
+def _forget_read_offsets(app: faust.App) -> None:
+    """Drop the Faust consumer's remembered read offsets of changelog partitions.
+
+    Faust's fetcher drops every message below a partition's remembered read offset. A revocation
+    forgets them, but a message being delivered while the revocation runs writes its offset
+    back right after (faust/transport/consumer.py `_drain_messages`), and recovery seeks with
+    `seek_wait`, which does not reset it: a changelog partition assigned again later would then
+    have the messages recovery needs dropped, and recovery waits for them forever. Recovery
+    always seeks changelog partitions itself, so forgetting their read offsets is safe.
+    """
+    read_offsets: Any = getattr(app.consumer, "_read_offset", None)
+    if not isinstance(read_offsets, MutableMapping):
+        return
+    changelogs = app.tables.changelog_topics
+    for tp in [tp for tp in read_offsets if tp.topic in changelogs]:
+        read_offsets.pop(tp, None)
+
+
 def _health_problems(worker: WorkerApp, now_ns: int) -> list[str]:
     problems = []
+    if worker.recovery_watchdog.stuck:
+        problems.append(
+            "table recovery or rebalance made no progress for "
+            f"{worker.recovery_watchdog.stuck_for_ns / 1e9:.0f} s"
+        )
     if worker.ingest.failed is not None:
         problems.append(f"ingest stopped: {worker.ingest.failed!r:.200}")
     if worker.watchdog is not None and worker.watchdog.stalled:

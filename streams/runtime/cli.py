@@ -48,6 +48,9 @@ def setup_logging(config: WorkerConfig) -> None:
     # aiokafka and faust are chatty at INFO about every rebalance step
     for noisy in ("aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
+    # except table recovery: what it reads from where, at each rebalance (a stuck recovery is
+    # diagnosed from these lines)
+    logging.getLogger("faust.tables.recovery").setLevel(root.level)
 
 
 class RulesWatcher:

@@ -120,6 +120,81 @@ class StallWatchdog:
         self._reported = current
 
 
+@dataclass
+class RecoveryWatchdog:
+    """A table recovery (or a rebalance) that reads nothing for `stall_timeout` fails /healthz.
+
+    /readyz already answers 503 while the worker recovers; that alone never gets a stuck worker
+    restarted. `progress` is anything that changes while recovery reads (the changelog offsets
+    it has applied, the group generation), so a long recovery that moves is never mistaken for
+    a stuck one. Halfway there, `check` answers True once per episode: the caller restarts the
+    recovery (it seeks again and resumes fetching), which costs a re-read at worst.
+    """
+
+    stall_timeout_ns: int
+    stuck_for_ns: int = 0
+    _since_ns: int | None = None
+    _progress: Any = None
+    _reported: bool = False
+    _restarted: bool = False
+
+    @property
+    def stuck(self) -> bool:
+        return self.stuck_for_ns >= self.stall_timeout_ns
+
+    def check(
+        self, recovering: bool, progress: Any, now_ns: int, context: Callable[[], str]
+    ) -> bool:
+        """True when the caller should restart the recovery (once per stuck episode)."""
+        if not recovering:
+            if self._reported or self._restarted:
+                log.warning("table recovery finished")
+            self._since_ns, self._progress = None, None
+            self._reported = self._restarted = False
+            self.stuck_for_ns = 0
+            return False
+        if self._since_ns is None or progress != self._progress:
+            self._since_ns, self._progress = now_ns, progress
+        self.stuck_for_ns = now_ns - self._since_ns
+        if self.stuck:
+            if not self._reported:
+                self._reported = True
+                log.error(
+                    "table recovery or rebalance has made no progress for %.0f s; /healthz "
+                    "fails (a restart recovers from the changelog). %s",
+                    self.stuck_for_ns / 1e9,
+                    context(),
+                )
+            return False
+        if self.stuck_for_ns * 2 >= self.stall_timeout_ns and not self._restarted:
+            self._restarted = True
+            log.warning(
+                "table recovery has read nothing for %.0f s: restarting it. %s",
+                self.stuck_for_ns / 1e9,
+                context(),
+            )
+            return True
+        return False
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """The innermost frames of a task's chain of awaits (where it really waits), not its outer
+    wrapper's."""
+    chain: list[str] = []
+    coro: Any = task.get_coro()
+    for _ in range(64):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        inner = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if inner is None:
+            break
+        coro = inner
+    if not chain:
+        return "?"
+    return " <- ".join(reversed(chain[-3:]))
+
+
 def describe_tasks(extra: Mapping[str, str] | None = None) -> str:
     """What every asyncio task and thread of the process is waiting on, for a stall report."""
     lines = [f"{name}: {what}" for name, what in (extra or {}).items()]
@@ -128,12 +203,7 @@ def describe_tasks(extra: Mapping[str, str] | None = None) -> str:
     except RuntimeError:
         tasks = set()
     for task in sorted(tasks, key=lambda t: t.get_name()):
-        frames = task.get_stack(limit=1)
-        where = "?"
-        if frames:
-            frame = frames[-1]
-            where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-        lines.append(f"task {task.get_name()} ({task.get_coro()!r:.80}): {where}")
+        lines.append(f"task {task.get_name()} ({task.get_coro()!r:.80}): {_awaiting(task)}")
     for thread_id, frame in sys._current_frames().items():  # diagnostics only
         summary = traceback.extract_stack(frame, limit=1)
         if summary:

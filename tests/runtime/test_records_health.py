@@ -7,7 +7,12 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
-from streams.runtime.health import StallWatchdog, describe_tasks, unowned_partitions
+from streams.runtime.health import (
+    RecoveryWatchdog,
+    StallWatchdog,
+    describe_tasks,
+    unowned_partitions,
+)
 from streams.runtime.records import (
     RECORD_VERSION,
     TICK_KEY,
@@ -59,9 +64,18 @@ def test_a_tick_is_a_batch_without_events() -> None:
 def test_records_of_the_previous_version_are_read() -> None:
     """0.1 wrote one record per (correlation, key) and ticks keyed \\x00tick: a rolling
     upgrade reads what it left in the topic."""
-    old = {"e": {"rule": "Shell"}, "t": 5, "c": "chain", "k": ["c1"], "s": [0], "d": "abc",
-           "hw": 3, "src": [1, 9], "ts": 12.0}
-    batch = decode_batch(b"chain\x1f[\"c1\"]", orjson.dumps(old))
+    old = {
+        "e": {"rule": "Shell"},
+        "t": 5,
+        "c": "chain",
+        "k": ["c1"],
+        "s": [0],
+        "d": "abc",
+        "hw": 3,
+        "src": [1, 9],
+        "ts": 12.0,
+    }
+    batch = decode_batch(b'chain\x1f["c1"]', orjson.dumps(old))
     assert batch.version == 0
     assert batch.legacy_high_water == 3
     [event] = batch.events
@@ -134,3 +148,37 @@ def test_the_stall_report_names_what_each_stage_waits_on() -> None:
     text = describe_tasks({"ingest": "flush (broker acknowledgement of the batch)"})
     assert "ingest: flush" in text
     assert "thread" in text
+
+
+def test_a_recovery_that_reads_nothing_for_the_stall_timeout_fails_health(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = 10**9
+    dog = RecoveryWatchdog(stall_timeout_ns=60 * s)
+    assert not dog.check(True, (1, ()), 0, lambda: "ctx")
+    assert not dog.check(True, (1, ()), 29 * s, lambda: "ctx")
+    # halfway: restart the recovery, once
+    assert dog.check(True, (1, ()), 30 * s, lambda: "ctx")
+    assert not dog.check(True, (1, ()), 59 * s, lambda: "ctx")
+    assert not dog.stuck
+    with caplog.at_level("ERROR"):
+        dog.check(True, (1, ()), 60 * s, lambda: "ctx")
+        dog.check(True, (1, ()), 70 * s, lambda: "ctx")
+    assert dog.stuck
+    assert (
+        sum("no progress for 60 s" in r.message and "ctx" in r.message for r in caplog.records) == 1
+    )
+    dog.check(False, None, 71 * s, lambda: "ctx")
+    assert not dog.stuck
+
+
+def test_a_long_recovery_that_keeps_reading_is_not_stuck() -> None:
+    s = 10**9
+    dog = RecoveryWatchdog(stall_timeout_ns=60 * s)
+    for minute in range(10):
+        dog.check(True, (1, (("changelog", minute * 1000),)), minute * 50 * s, lambda: "")
+        assert not dog.stuck
+    # a new generation (another rebalance) is progress too
+    dog.check(True, (2, (("changelog", 9000),)), 500 * s, lambda: "")
+    dog.check(True, (2, (("changelog", 9000),)), 559 * s, lambda: "")
+    assert not dog.stuck
