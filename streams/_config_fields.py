@@ -4,8 +4,8 @@
 surprises such as `1:30` or `yes`, size, depth and node limits) and returns plain data plus the
 `file:line:col` of every value, by key path (`notifiers[0].slack.token`). `Fields` reads one
 mapping of it: every error names the full key path, which `locate` turns into a location.
-Shared by the worker's sections, the notifiers (`Fields`) and the enrichers (`Options`, whose
-numbers may be 0). Values in messages are cut to a short prefix; secrets are never quoted.
+Shared by the worker's sections, the notifiers and the enrichers. Values in messages are cut to
+a short prefix; secrets are never quoted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from streams.core.durations import NS_PER_UNIT, parse_duration
 from streams.errors import ConfigError
 from streams.secrets import Secret, resolve_secret
 
-__all__ = ["ConfigFile", "Fields", "Options", "locate", "read_config_file"]
+__all__ = ["ConfigFile", "Fields", "locate", "read_config_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +134,6 @@ class Fields:
     """A config mapping at `path` (`notifiers[1].webhook`). Every read marks its key as known;
     `finish()` rejects the keys nobody read, so typos fail loudly instead of being ignored."""
 
-    #: `number()` accepts values >= this; None means strictly positive.
-    number_minimum: float | None = None
-
     def __init__(self, data: object, path: str, env: Mapping[str, str] | None = None) -> None:
         if data is None:
             data = {}
@@ -205,7 +202,7 @@ class Fields:
         value = self.raw(name, default)
         if value is default:
             return value
-        least = self.number_minimum if minimum is None else minimum
+        least = minimum  # None: strictly positive; weights and scores pass 0.0
         if isinstance(value, bool) or not isinstance(value, int | float):
             ok = False
         else:
@@ -275,9 +272,3 @@ class Fields:
             raise ConfigError(
                 f"{self.key(unknown[0])}: unknown key ({hint}known: {', '.join(known)})"
             )
-
-
-class Options(Fields):
-    """The enrichers' reads: the same, but numbers may be 0 (weights, scores)."""
-
-    number_minimum = 0.0

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams._config_fields import Fields
 from streams._text import short
-from streams.enrich._options import Options
 from streams.enrich.harbor import HarborEnricher
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.enrich.ownership import OwnershipEnricher
@@ -87,7 +87,7 @@ def parse_enrichment(
     items: object = section
     list_path = path
     if isinstance(section, Mapping):
-        top = Options(section, path, env)
+        top = Fields(section, path, env)
         deadline = top.seconds("deadline", DEFAULT_DEADLINE)
         items = top.raw("enrichers", [])
         list_path = top.key("enrichers")
@@ -99,7 +99,7 @@ def parse_enrichment(
     specs: list[EnricherSpec] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
-        options = Options(item, f"{list_path}[{index}]", env)
+        options = Fields(item, f"{list_path}[{index}]", env)
         type_name = str(options.string("type"))
         enricher_type = known.get(type_name)
         if enricher_type is None:
@@ -153,7 +153,7 @@ def load_enrichment(
 class _Unparsed:
     """The section of a type without `parse_options`: read by its `from_options` at start."""
 
-    options: Options = field(repr=False)
+    options: Fields = field(repr=False)
 
 
 def _create(kind: type[EnricherType], spec: EnricherSpec, context: EnricherContext) -> Enricher:

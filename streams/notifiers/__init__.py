@@ -16,7 +16,6 @@ from streams.notifiers._delivery import (
     Skipped,
     idempotency_key,
 )
-from streams.notifiers._secret import Secret
 from streams.notifiers.base import (
     InMemoryThreadStore,
     Notifier,
@@ -32,6 +31,7 @@ from streams.notifiers.opensearch import SearchConfig, SearchIndexNotifier
 from streams.notifiers.routing import Route
 from streams.notifiers.slack import SlackConfig, SlackNotifier, build_slack_payload
 from streams.notifiers.webhook import WebhookConfig, WebhookNotifier, build_webhook_request
+from streams.secrets import Secret
 
 __all__ = [
     "NOTIFIER_TYPES",

@@ -9,11 +9,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from streams._config_fields import Fields
 from streams.notifiers._delivery import Clock, Deliverer, DeliveryPolicy, DeliveryResult, Sleep
-from streams.notifiers._fields import Fields
-from streams.notifiers._secret import Secret
 from streams.notifiers.metrics import NotifierMetrics
 from streams.notifiers.routing import Route
+from streams.secrets import Secret
 
 __all__ = [
     "InMemoryThreadStore",

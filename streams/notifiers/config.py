@@ -18,10 +18,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 
+from streams._config_fields import Fields
 from streams._text import short
 from streams.errors import ConfigError
 from streams.notifiers._delivery import DeliveryPolicy
-from streams.notifiers._fields import Fields
 from streams.notifiers.base import NotifierSpec, NotifierType
 from streams.notifiers.routing import parse_route
 

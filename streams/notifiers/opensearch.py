@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from streams._config_fields import Fields
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import DeliveryPolicy, DeliveryResult, error_for_status
-from streams.notifiers._fields import Fields
 from streams.notifiers._search_documents import (
     BulkAction,
     IndexSuffix,
@@ -36,12 +36,12 @@ from streams.notifiers._search_documents import (
     build_index_template,
     build_search_action,
 )
-from streams.notifiers._secret import Secret
 from streams.notifiers.base import NotifierContext, NotifierSpec
 from streams.notifiers.routing import Route
 
 # The webhook's TLS section (verify, ca_file, client_cert, client_key) is reused as is.
 from streams.notifiers.webhook import TLSOptions, _ssl_context
+from streams.secrets import Secret
 
 __all__ = ["SearchConfig", "SearchIndexNotifier"]
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from streams._config_fields import Fields
 from streams._text import short
 from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError
-from streams.notifiers._fields import Fields
 
 __all__ = ["STATUSES", "Route", "incident_value", "parse_route"]
 

@@ -17,6 +17,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from streams._config_fields import Fields
 from streams._text import short
 from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError, NotifyError
@@ -27,8 +28,6 @@ from streams.notifiers._delivery import (
     idempotency_key,
 )
 from streams.notifiers._enrichment_text import enrichment_lines
-from streams.notifiers._fields import Fields
-from streams.notifiers._secret import Secret
 from streams.notifiers._slack_text import (
     as_text,
     chunk_lines,
@@ -41,6 +40,7 @@ from streams.notifiers._slack_text import (
 )
 from streams.notifiers.base import NotifierContext, NotifierSpec, ThreadStore
 from streams.notifiers.routing import Route, incident_value
+from streams.secrets import Secret
 
 __all__ = ["SlackConfig", "SlackNotifier", "build_slack_payload"]
 

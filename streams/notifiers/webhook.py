@@ -15,6 +15,7 @@ import aiohttp
 import jinja2
 import orjson
 
+from streams._config_fields import Fields
 from streams._text import short
 from streams.core.templates import (
     BudgetedSandbox,
@@ -30,10 +31,9 @@ from streams.notifiers._delivery import (
     error_for_status,
     idempotency_key,
 )
-from streams.notifiers._fields import Fields
-from streams.notifiers._secret import Secret
 from streams.notifiers.base import NotifierContext, NotifierSpec
 from streams.notifiers.routing import Route
+from streams.secrets import Secret
 
 __all__ = [
     "SIGNATURE_HEADER",

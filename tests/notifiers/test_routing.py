@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streams._config_fields import Fields
 from streams.errors import ConfigError
 from streams.notifiers import (
     Delivered,
@@ -17,7 +18,6 @@ from streams.notifiers import (
     Route,
     load_notifiers,
 )
-from streams.notifiers._fields import Fields
 from streams.notifiers.routing import parse_route
 
 from .servers import LocalServer, WebhookReceiver, make_incident

@@ -76,7 +76,7 @@ def test_channel_from_sends_to_the_owners_channel_and_falls_back_to_the_configur
 
 
 def test_a_route_on_an_enrichment_field_selects_the_owning_team() -> None:
-    from streams.notifiers._fields import Fields
+    from streams._config_fields import Fields
     from streams.notifiers.routing import incident_value, parse_route
 
     route = parse_route(Fields({"fields": {"enrichment.ownership.team": ["Pay*"]}}, "route"))
