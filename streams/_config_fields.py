@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import yaml
 
@@ -25,7 +25,7 @@ from streams.core.durations import NS_PER_UNIT, parse_duration
 from streams.errors import ConfigError
 from streams.secrets import Secret, resolve_secret
 
-__all__ = ["ConfigFile", "Fields", "locate", "read_config_file"]
+__all__ = ["ConfigFile", "Fields", "NamedItem", "locate", "named_items", "read_config_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,3 +272,58 @@ class Fields:
             raise ConfigError(
                 f"{self.key(unknown[0])}: unknown key ({hint}known: {', '.join(known)})"
             )
+
+
+# --- lists of named, typed items (`notifiers:`, `enrichment:`) ---------------------------------
+
+_T = TypeVar("_T")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True, slots=True)
+class NamedItem(Generic[_T]):
+    """One item of a named list: its mapping (the caller reads the rest and calls `finish()`),
+    its checked name and type, and what the registry holds for that type."""
+
+    fields: Fields
+    name: str
+    type: str
+    kind: _T
+
+
+def named_items(
+    section: object,
+    path: str,
+    types: Mapping[str, _T],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    name_defaults_to_type: bool = False,
+) -> Iterator[NamedItem[_T]]:
+    """The items of a list such as `notifiers:`: each a mapping with a `type` known to `types`
+    and a unique `name` (letters, digits, `_.-`). Items are checked as they are taken, so the
+    first problem raised (ConfigError naming its key) is the first in the file."""
+    if section is None:
+        return
+    if not isinstance(section, list):
+        raise ConfigError(f"{path}: expected a list of {what}s, got {type(section).__name__}")
+    seen: set[str] = set()
+    for index, item in enumerate(section):
+        fields = Fields(item, f"{path}[{index}]", env)
+        type_name = str(fields.string("type"))
+        kind = types.get(type_name)
+        if kind is None:
+            raise ConfigError(
+                f"{fields.key('type')}: unknown type {short(type_name)} (known: {', '.join(types)})"
+            )
+        default_name = type_name if name_defaults_to_type else _MISSING
+        name = str(fields.string("name", default_name))
+        if not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"{fields.key('name')}: {short(name)} is not a valid name "
+                "(letters, digits, '_', '.', '-'; at most 63 characters)"
+            )
+        if name in seen:
+            raise ConfigError(f"{fields.key('name')}: duplicate {what} name {short(name)}")
+        seen.add(name)
+        yield NamedItem(fields, name, type_name, kind)

@@ -59,11 +59,11 @@ __all__ = [
     "load_notifiers",
 ]
 
-NOTIFIER_TYPES: dict[str, NotifierType] = {
+NOTIFIER_TYPES: dict[str, NotifierType] = {  # alphabetical: errors list them in this order
+    "elasticsearch": SearchIndexNotifier,
+    "opensearch": SearchIndexNotifier,
     "slack": SlackNotifier,
     "webhook": WebhookNotifier,
-    "opensearch": SearchIndexNotifier,
-    "elasticsearch": SearchIndexNotifier,
 }
 
 
