@@ -19,7 +19,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from streams._config_fields import Fields
 from streams._text import short
-from streams.core.priority import canonical_priority, priority_rank
+from streams.core.priority import canonical_priority
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import (
     DeliveryPolicy,
@@ -39,7 +39,7 @@ from streams.notifiers._slack_text import (
     timestamp,
 )
 from streams.notifiers.base import NotifierContext, NotifierSpec, ThreadStore
-from streams.notifiers.routing import Route, incident_value
+from streams.notifiers.routing import STATUSES, Route, incident_value
 from streams.secrets import Secret
 
 __all__ = ["SlackConfig", "SlackNotifier", "build_slack_payload"]
@@ -59,6 +59,8 @@ _SEVERITY_STYLE: dict[str, tuple[str, str]] = {
     "Debug": (":white_circle:", "#9E9E9E"),
 }
 _UNKNOWN_STYLE = (":grey_question:", "#9E9E9E")
+# What the Slack section's own filters (a Route) say when they hold an incident back.
+_SKIP_REASONS = {"min_severity": "below min_severity", "statuses": "send_updates is off"}
 _CONTEXT_FIELDS = (
     ("Namespace", "k8s.ns.name"),
     ("Pod", "k8s.pod.name"),
@@ -155,7 +157,9 @@ def _style(severity: str | None) -> tuple[str, str]:
     return _SEVERITY_STYLE.get(severity or "", _UNKNOWN_STYLE)
 
 
-def _new_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, Any]:
+def _new_payload(
+    incident: Mapping[str, Any], config: SlackConfig, enricher_kinds: Mapping[str, str]
+) -> dict[str, Any]:
     severity = canonical_priority(incident.get("severity"))
     emoji, colour = _style(severity)
     sev_text = severity or fit(as_text(incident.get("severity")) or "Unknown", 20)
@@ -171,7 +175,7 @@ def _new_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, 
         },
         {"type": "section", "fields": _fields(incident)},
     ]
-    enrichment = enrichment_lines(incident)
+    enrichment = enrichment_lines(incident, enricher_kinds)
     if enrichment:
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": fit_line("\n".join(enrichment))}}
@@ -227,12 +231,17 @@ def _update_payload(incident: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_slack_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, Any]:
-    """The chat.postMessage / incoming-webhook body for one incident record (pure)."""
+def build_slack_payload(
+    incident: Mapping[str, Any],
+    config: SlackConfig,
+    enricher_kinds: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The chat.postMessage / incoming-webhook body for one incident record (pure).
+    `enricher_kinds` maps enricher names to their types (a name not in it is its own type)."""
     if incident.get("status") == "update":
         payload = _update_payload(incident)
     else:
-        payload = _new_payload(incident, config)
+        payload = _new_payload(incident, config, enricher_kinds or {})
     for option in ("channel", "username", "icon_emoji", "icon_url"):
         value = getattr(config, option)
         if value:
@@ -293,7 +302,14 @@ class SlackNotifier:
         self.name = spec.name
         self.route: Route = spec.route
         self.config: SlackConfig = spec.options
+        # `slack.min_severity` and `slack.send_updates` are a second route, checked at send so
+        # that what they hold back is counted as skipped
+        self.filter = Route(
+            min_severity=self.config.min_severity,
+            statuses=STATUSES if self.config.send_updates else frozenset({"new"}),
+        )
         self.threads: ThreadStore = context.thread_store
+        self.enricher_kinds = context.enricher_kinds
         secrets = [s for s in (self.config.webhook_url, self.config.token) if s is not None]
         self.deliverer = context.deliverer(spec, secrets)
         self._session: aiohttp.ClientSession | None = None
@@ -319,16 +335,12 @@ class SlackNotifier:
     async def send(self, incident: Mapping[str, Any]) -> DeliveryResult:
         incident_id = as_text(incident.get("id"))
         status = incident.get("status", "new")
-        if self.config.min_severity is not None:
-            rank = priority_rank(incident.get("severity"))
-            wanted = priority_rank(self.config.min_severity)
-            if rank is not None and wanted is not None and rank < wanted:
-                return self.deliverer.skip(incident_id, "below min_severity")
-        if status == "update" and not self.config.send_updates:
-            return self.deliverer.skip(incident_id, "send_updates is off")
+        refused = self.filter.refusal(incident)
+        if refused is not None:
+            return self.deliverer.skip(incident_id, _SKIP_REASONS[refused])
         if self.config.mode == "bot" and status != "update" and self.threads.get(incident_id):
             return self.deliverer.skip(incident_id, "already posted (thread exists)")
-        payload = build_slack_payload(incident, self.config)
+        payload = build_slack_payload(incident, self.config, self.enricher_kinds)
         headers = {"Idempotency-Key": idempotency_key(incident)}
 
         async def attempt(_number: int) -> str:
