@@ -67,6 +67,9 @@ class NotifierContext:
     wall_clock: Clock = time.time
     sleep: Sleep = asyncio.sleep
     rng: random.Random | None = None
+    #: The configured enrichers' names -> their types (`enrichment:`), so that a notifier
+    #: renders `incident.enrichment[name]` by what made it; a name not listed is its own type.
+    enricher_kinds: Mapping[str, str] = field(default_factory=dict)
 
     def deliverer(self, spec: NotifierSpec, secrets: Iterable[Secret]) -> Deliverer:
         """The delivery loop of one notifier, with this context's clocks and metrics."""

@@ -420,7 +420,8 @@ def load_notify_parts(
     settings = parse_notify_settings(config.delivery)
     threads = KafkaThreadStore(config, thread_topic_name(config.app.id), settings.thread_retention)
     metrics = NotifierMetrics.shared(REGISTRY if registry is None else registry)
-    context = NotifierContext(metrics=metrics, thread_store=threads)
+    kinds = config.enrichment.kinds if config.enrichment is not None else {}
+    context = NotifierContext(metrics=metrics, thread_store=threads, enricher_kinds=kinds)
     notifiers = load_notifiers(config.notifiers, context, env=env)
     bot = any(isinstance(n, SlackNotifier) and n.config.mode == "bot" for n in notifiers)
     return settings, notifiers, threads if bot else None

@@ -84,3 +84,22 @@ def test_a_route_on_an_enrichment_field_selects_the_owning_team() -> None:
     assert not route.matches(_incident({"ownership": {"team": "Checkout"}}))
     assert not route.matches(_incident({}))
     assert incident_value(_incident(ENRICHED), "key.container.id") == "c1"
+
+
+def test_a_renamed_enricher_keeps_its_line_because_lines_are_chosen_by_type() -> None:
+    """`name: score` of a `type: risk` enricher writes `enrichment.score`: the line is chosen by
+    the enricher's type (the worker passes name -> type), not by the name it was given."""
+    renamed = {"score": ENRICHED["risk"], "owners": ENRICHED["ownership"]}
+    kinds = {"score": "risk", "owners": "ownership"}
+    lines = enrichment_lines(_incident(renamed), kinds)
+    assert lines == enrichment_lines(_incident(ENRICHED_RISK_AND_OWNER))
+    payload = build_slack_payload(_incident(renamed), SlackConfig(), kinds)
+    assert "Risk 92/100" in payload["blocks"][2]["text"]["text"]
+    assert "Payments" in payload["blocks"][2]["text"]["text"]
+    # a name that is not listed is its own type, so the default names need no map
+    assert enrichment_lines(_incident(ENRICHED)) == enrichment_lines(
+        _incident(ENRICHED), {"risk": "risk"}
+    )
+
+
+ENRICHED_RISK_AND_OWNER = {"risk": ENRICHED["risk"], "ownership": ENRICHED["ownership"]}
