@@ -19,8 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
+from streams._config_fields import read_config_file
 from streams.core.loader import load_rules
 from streams.errors import ConfigError, RuleLoadError
 from streams.runtime.config import StoreKind, WorkerConfig, load_config
@@ -251,8 +250,9 @@ def run_doctor(
     raw: Any = None
     if config_path is not None:
         try:
-            raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            # the worker's reader: located YAML problems, duplicate keys rejected
+            raw = read_config_file(config_path).data
+        except ConfigError as exc:
             doctor.fail("config", f"cannot read {config_path}: {exc}")
             return 1
     placeholders = check_secrets(doctor, raw, environ)
