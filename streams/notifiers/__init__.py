@@ -7,6 +7,7 @@ Adding a notifier type: its module (a pure payload builder, a config parser and 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from streams.notifiers._delivery import (
     Delivered,
@@ -59,7 +60,7 @@ __all__ = [
     "load_notifiers",
 ]
 
-NOTIFIER_TYPES: dict[str, NotifierType] = {  # alphabetical: errors list them in this order
+NOTIFIER_TYPES: dict[str, NotifierType[Any]] = {  # alphabetical: errors list them in this order
     "elasticsearch": SearchIndexNotifier,
     "opensearch": SearchIndexNotifier,
     "slack": SlackNotifier,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from streams._config_fields import Fields, named_items
 from streams.notifiers._delivery import DeliveryPolicy
@@ -44,13 +45,13 @@ def parse_delivery_policy(fields: Fields, default: DeliveryPolicy) -> DeliveryPo
 
 def parse_notifier_specs(
     section: object,
-    types: Mapping[str, NotifierType],
+    types: Mapping[str, NotifierType[Any]],
     *,
     env: Mapping[str, str] | None = None,
     path: str = "notifiers",
-) -> list[NotifierSpec]:
+) -> list[NotifierSpec[Any]]:
     """Parse the list under `notifiers:`; the first problem raises ConfigError naming its key."""
-    specs: list[NotifierSpec] = []
+    specs: list[NotifierSpec[Any]] = []
     for item in named_items(section, path, types, what="notifier", env=env):
         fields = item.fields
         route = parse_route(fields.section("route"))

@@ -162,10 +162,10 @@ class SearchIndexNotifier:
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy(concurrency=256)
 
-    def __init__(self, spec: NotifierSpec, context: NotifierContext) -> None:
+    def __init__(self, spec: NotifierSpec[SearchConfig], context: NotifierContext) -> None:
         self.name = spec.name
         self.route: Route = spec.route
-        self.config: SearchConfig = spec.options
+        self.config = spec.options
         secrets = [s for s in (self.config.password, self.config.api_key) if s is not None]
         self.deliverer = context.deliverer(spec, secrets)
         self._session: aiohttp.ClientSession | None = None
@@ -182,7 +182,9 @@ class SearchIndexNotifier:
         return _parse_config(fields)
 
     @classmethod
-    def create(cls, spec: NotifierSpec, context: NotifierContext) -> SearchIndexNotifier:
+    def create(
+        cls, spec: NotifierSpec[SearchConfig], context: NotifierContext
+    ) -> SearchIndexNotifier:
         return cls(spec, context)
 
     # -- HTTP -------------------------------------------------------------------------------

@@ -298,10 +298,10 @@ class SlackNotifier:
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy(rate=1.0, burst=1, concurrency=1)
 
-    def __init__(self, spec: NotifierSpec, context: NotifierContext) -> None:
+    def __init__(self, spec: NotifierSpec[SlackConfig], context: NotifierContext) -> None:
         self.name = spec.name
         self.route: Route = spec.route
-        self.config: SlackConfig = spec.options
+        self.config = spec.options
         # `slack.min_severity` and `slack.send_updates` are a second route, checked at send so
         # that what they hold back is counted as skipped
         self.filter = Route(
@@ -319,7 +319,7 @@ class SlackNotifier:
         return _parse_config(fields)
 
     @classmethod
-    def create(cls, spec: NotifierSpec, context: NotifierContext) -> SlackNotifier:
+    def create(cls, spec: NotifierSpec[SlackConfig], context: NotifierContext) -> SlackNotifier:
         return cls(spec, context)
 
     def _get_session(self) -> aiohttp.ClientSession:

@@ -188,10 +188,10 @@ class WebhookNotifier:
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy()
 
-    def __init__(self, spec: NotifierSpec, context: NotifierContext) -> None:
+    def __init__(self, spec: NotifierSpec[WebhookConfig], context: NotifierContext) -> None:
         self.name = spec.name
         self.route: Route = spec.route
-        self.config: WebhookConfig = spec.options
+        self.config = spec.options
         secrets = [self.config.url, *(v for _, v in self.config.headers)]
         if self.config.hmac_secret is not None:
             secrets.append(self.config.hmac_secret)
@@ -203,7 +203,7 @@ class WebhookNotifier:
         return _parse_config(fields)
 
     @classmethod
-    def create(cls, spec: NotifierSpec, context: NotifierContext) -> WebhookNotifier:
+    def create(cls, spec: NotifierSpec[WebhookConfig], context: NotifierContext) -> WebhookNotifier:
         return cls(spec, context)
 
     async def close(self) -> None:

@@ -144,7 +144,7 @@ class WorkerConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     app: AppConfig = field(default_factory=AppConfig)
     # --- notify stage (streams/runtime/notify.py): typed, secrets resolved, when the file is read
-    notifiers: tuple[NotifierSpec, ...] = ()  # give them to streams.notifiers.load_notifiers
+    notifiers: tuple[NotifierSpec[Any], ...] = ()  # give them to streams.notifiers.load_notifiers
     delivery: NotifySettings = field(default_factory=NotifySettings)
     # --- correlate stage: the `enrichment:` section, for streams.enrich.load_enrichment
     enrichment: EnrichmentConfig | None = None
