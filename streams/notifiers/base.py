@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from streams._config_fields import Fields
+from streams.core.incident_record import Incident
 from streams.notifiers._delivery import Clock, Deliverer, DeliveryPolicy, DeliveryResult, Sleep
 from streams.notifiers.metrics import NotifierMetrics
 from streams.notifiers.routing import Route
@@ -95,7 +96,7 @@ class Notifier(Protocol):
     name: str
     route: Route
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult: ...
+    async def send(self, incident: Incident) -> DeliveryResult: ...
 
     async def close(self) -> None: ...
 

@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 
 from streams._config_fields import Fields
+from streams.core.incident_record import Incident
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import DeliveryPolicy, DeliveryResult, error_for_status
 from streams.notifiers._search_documents import (
@@ -297,7 +298,7 @@ class SearchIndexNotifier:
 
     # -- the Notifier protocol --------------------------------------------------------------
 
-    def action(self, incident: Mapping[str, Any]) -> BulkAction:
+    def action(self, incident: Incident) -> BulkAction:
         config = self.config
         return build_search_action(
             incident,
@@ -307,7 +308,7 @@ class SearchIndexNotifier:
             now=dt.datetime.fromtimestamp(self.deliverer.wall_clock(), dt.UTC),
         )
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult:
+    async def send(self, incident: Incident) -> DeliveryResult:
         async def attempt(_number: int) -> str:
             future = self._enqueue(self.action(incident))
             try:
@@ -316,7 +317,7 @@ class SearchIndexNotifier:
                 if not future.done():  # cancelled by the attempt timeout
                     future.cancel()
 
-        return await self.deliverer.run(str(incident.get("id", "")), attempt)
+        return await self.deliverer.run(incident["id"], attempt)
 
     async def close(self) -> None:
         self._flush()

@@ -9,6 +9,7 @@ from typing import Any
 
 from streams._config_fields import Fields
 from streams._text import short
+from streams.core.incident_record import Incident
 from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError
 
@@ -41,10 +42,10 @@ class Route:
     statuses: frozenset[str] = STATUSES
     fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
-    def matches(self, incident: Mapping[str, Any]) -> bool:
+    def matches(self, incident: Incident) -> bool:
         return self.refusal(incident) is None
 
-    def refusal(self, incident: Mapping[str, Any]) -> str | None:
+    def refusal(self, incident: Incident) -> str | None:
         """The first condition the incident fails (`min_severity`, `statuses`, `correlations`,
         `tags`, `namespaces`, `fields`), or None when the route selects it."""
         if self.min_severity is not None:
@@ -56,19 +57,12 @@ class Route:
             return "statuses"
         if self.correlations:
             name = incident.get("correlation")
-            if not isinstance(name, str) or not any(
-                fnmatchcase(name, pattern) for pattern in self.correlations
-            ):
+            if name is None or not any(fnmatchcase(name, p) for p in self.correlations):
                 return "correlations"
-        if self.tags:
-            tags = incident.get("tags")
-            if not isinstance(tags, list) or not set(self.tags).intersection(
-                t for t in tags if isinstance(t, str)
-            ):
-                return "tags"
+        if self.tags and not set(self.tags).intersection(incident.get("tags") or []):
+            return "tags"
         if self.namespaces:
-            context = incident.get("context")
-            namespace = context.get("k8s.ns.name") if isinstance(context, Mapping) else None
+            namespace = (incident.get("context") or {}).get("k8s.ns.name")
             if not isinstance(namespace, str) or not any(
                 fnmatchcase(namespace, pattern) for pattern in self.namespaces
             ):

@@ -19,6 +19,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from streams._config_fields import Fields
 from streams._text import short
+from streams.core.incident_record import Incident, IncidentEvent
 from streams.core.priority import canonical_priority
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import (
@@ -99,9 +100,8 @@ class SlackConfig:
         return "bot" if self.token is not None else "webhook"
 
 
-def _fields(incident: Mapping[str, Any]) -> list[dict[str, str]]:
-    context = incident.get("context")
-    ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
+def _fields(incident: Incident) -> list[dict[str, str]]:
+    ctx = incident.get("context") or {}
     fields = [{"type": "mrkdwn", "text": f"*Key*\n{code(key_text(incident.get('key')), 200)}"}]
     for label, name in _CONTEXT_FIELDS:
         value = as_text(ctx.get(name))
@@ -122,9 +122,8 @@ def _fields(incident: Mapping[str, Any]) -> list[dict[str, str]]:
     return fields
 
 
-def _event_line(event: Mapping[str, Any]) -> str:
-    fields = event.get("output_fields")
-    cmdline = as_text(fields.get("proc.cmdline")) if isinstance(fields, Mapping) else ""
+def _event_line(event: IncidentEvent) -> str:
+    cmdline = as_text((event.get("output_fields") or {}).get("proc.cmdline"))
     step = as_text(event.get("step"))
     head = f"• `{short_time(event.get('time'))}`"
     if step:
@@ -133,11 +132,9 @@ def _event_line(event: Mapping[str, Any]) -> str:
     return f"{head}\n      {code(cmdline, 150)}" if cmdline else head
 
 
-def _timeline(incident: Mapping[str, Any], limit: int) -> list[str]:
-    raw = incident.get("events")
-    events = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
-    truncated = incident.get("events_truncated")
-    hidden = truncated if isinstance(truncated, int) and truncated > 0 else 0
+def _timeline(incident: Incident, limit: int) -> list[str]:
+    events = incident.get("events") or []
+    hidden = truncated = max(0, incident.get("events_truncated", 0))
     if len(events) > limit:
         # Keep the first steps and the last one: the sequence's end is usually the point.
         hidden += len(events) - limit
@@ -148,7 +145,7 @@ def _timeline(incident: Mapping[str, Any], limit: int) -> list[str]:
         lines = [_event_line(e) for e in events]
         if hidden:
             lines.append(f"_… {hidden} more events …_")
-    total = len(events) + (truncated if isinstance(truncated, int) and truncated > 0 else 0)
+    total = len(events) + truncated
     header = f"*Timeline* ({total} event{'s' if total != 1 else ''})"
     return [header, *lines]
 
@@ -158,7 +155,7 @@ def _style(severity: str | None) -> tuple[str, str]:
 
 
 def _new_payload(
-    incident: Mapping[str, Any], config: SlackConfig, enricher_kinds: Mapping[str, str]
+    incident: Incident, config: SlackConfig, enricher_kinds: Mapping[str, str]
 ) -> dict[str, Any]:
     severity = canonical_priority(incident.get("severity"))
     emoji, colour = _style(severity)
@@ -182,7 +179,7 @@ def _new_payload(
         )
     for chunk in chunk_lines(_timeline(incident, max(2, config.max_timeline_events))):
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
-    tags = [t for t in incident.get("tags") or [] if isinstance(t, str)]
+    tags = incident.get("tags") or []
     if tags:
         tag_text = " ".join(code(t, 40) for t in tags[:15]) + (" …" if len(tags) > 15 else "")
         blocks.append(
@@ -207,16 +204,15 @@ def _new_payload(
     }
 
 
-def _update_payload(incident: Mapping[str, Any]) -> dict[str, Any]:
-    count = incident.get("count")
-    total = count if isinstance(count, int) and count > 1 else 2
+def _update_payload(incident: Incident) -> dict[str, Any]:
+    count = incident.get("count", 0)
+    total = count if count > 1 else 2
     more = total - 1
     name = fit(as_text(incident.get("correlation")) or "incident", 150)
     emoji, _ = _style(canonical_priority(incident.get("severity")))
     matches = f"{more} more match{'es' if more != 1 else ''}"
     head = f":repeat: *{matches}* · {emoji} *{name}* ({total} in total)"
-    raw = incident.get("events")
-    events = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
+    events = incident.get("events") or []
     key = code(key_text(incident.get("key")), 200)
     lines = [head, f"Key {key} · last {timestamp(incident.get('last_seen'))}"]
     if events:
@@ -232,7 +228,7 @@ def _update_payload(incident: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_slack_payload(
-    incident: Mapping[str, Any],
+    incident: Incident,
     config: SlackConfig,
     enricher_kinds: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -332,7 +328,7 @@ class SlackNotifier:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult:
+    async def send(self, incident: Incident) -> DeliveryResult:
         incident_id = as_text(incident.get("id"))
         status = incident.get("status", "new")
         refused = self.filter.refusal(incident)

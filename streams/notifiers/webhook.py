@@ -7,9 +7,8 @@ import hashlib
 import hmac
 import re
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import aiohttp
 import jinja2
@@ -17,6 +16,7 @@ import orjson
 
 from streams._config_fields import Fields
 from streams._text import short
+from streams.core.incident_record import Incident
 from streams.core.templates import (
     BudgetedSandbox,
     RenderLimits,
@@ -83,7 +83,7 @@ def signature(secret: Secret, timestamp: int, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
-def _render_body(incident: Mapping[str, Any], config: WebhookConfig) -> bytes:
+def _render_body(incident: Incident, config: WebhookConfig) -> bytes:
     if config.template is None:
         return orjson.dumps(incident, option=orjson.OPT_NON_STR_KEYS)
     variables = {str(k): v for k, v in incident.items()}
@@ -92,7 +92,7 @@ def _render_body(incident: Mapping[str, Any], config: WebhookConfig) -> bytes:
 
 
 def build_webhook_request(
-    incident: Mapping[str, Any], config: WebhookConfig, *, timestamp: int | None = None
+    incident: Incident, config: WebhookConfig, *, timestamp: int | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers for one incident (pure). With `hmac_secret` set, `timestamp` (Unix
     seconds) is required: the signature covers `"<timestamp>." + body`."""
@@ -210,7 +210,7 @@ class WebhookNotifier:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult:
+    async def send(self, incident: Incident) -> DeliveryResult:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=self.deliverer.policy.timeout)
             self._session = aiohttp.ClientSession(timeout=timeout)
@@ -247,4 +247,4 @@ class WebhookNotifier:
                     response.status, response.headers, self.deliverer.wall_clock(), text
                 )
 
-        return await self.deliverer.run(str(incident.get("id", "")), attempt)
+        return await self.deliverer.run(incident["id"], attempt)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from streams.core.incident_record import Incident
 from streams.enrich import EnrichmentMetrics, load_enrichment
 from streams.enrich._images import ImageRef, parse_image, present
 from streams.enrich.harbor import HarborConfig, HarborEnricher
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["check_enrichers", "check_notifiers", "test_incident"]
 
 
-def test_incident(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def test_incident(events: Sequence[Mapping[str, Any]]) -> Incident:
     """An incident record shaped like the worker's, from the most recent event if any."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
     last = dict(events[-1]) if events else {}
@@ -199,7 +200,7 @@ async def check_enrichers(
                     doctor, slot.enricher.name, slot.enricher.config, events, timeout
                 )
                 _harbor_registries(doctor, slot.enricher.name, slot.enricher.config, events)
-        incident = await pipeline.enrich(test_incident(events))
+        incident = await pipeline.enrich(dict(test_incident(events)))
         for name in pipeline.names:
             section = incident["enrichment"].get(name, {})
             area = f"enricher {name}"
