@@ -3,16 +3,19 @@
 `read_config_file` composes the YAML with the rule loader's checks (duplicate keys, YAML 1.1
 surprises such as `1:30` or `yes`, size, depth and node limits) and returns plain data plus the
 `file:line:col` of every value, by key path (`notifiers[0].slack.token`). `Fields` reads one
-mapping of it: every error names the full key path, which `locate` turns into a location.
-Shared by the worker's sections, the notifiers and the enrichers. Values in messages are cut to
-a short prefix; secrets are never quoted.
+mapping of it: every error names the full key path, which `locate` (or `ConfigFile.read_section`)
+turns into a location; `ConfigFile.known_keys` checks a section's keys against a fixed list;
+`named_items` reads a list of named, typed items. The one configuration reader: the worker's
+sections (streams/runtime/config.py), the notifiers, the enrichers, `doctor` and `replay
+--enrich` all read through it. Values in messages are cut to a short prefix; secrets are never
+quoted.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
@@ -24,6 +27,8 @@ from streams.core._yaml_tree import MAX_YAML_BYTES, compose_checked, location, t
 from streams.core.durations import NS_PER_UNIT, parse_duration
 from streams.errors import ConfigError
 from streams.secrets import Secret, resolve_secret
+
+_R = TypeVar("_R")
 
 __all__ = ["ConfigFile", "Fields", "NamedItem", "locate", "named_items", "read_config_file"]
 
@@ -37,6 +42,46 @@ class ConfigFile:
     values: dict[str, str]
     keys: dict[str, str]
     path: str = ""
+
+    def at(self, name: str) -> str:
+        """`file:line:col` of the value at key path `name` (the file's path when unknown)."""
+        return self.values.get(name, self.path)
+
+    def read_section(self, name: str, read: Callable[[object], _R]) -> _R | None:
+        """Top-level section `name` through its typed reader, None when absent or empty. The
+        reader's ConfigError names a key path; it is raised again located
+        (`worker.yaml:12:9: enrichment[0].harbor.url: required`)."""
+        value = self.data.get(name)
+        if value is None:
+            return None
+        try:
+            return read(value)
+        except ConfigError as exc:
+            raise ConfigError(locate(str(exc), self.values)) from None
+
+    def known_keys(
+        self, data: Mapping[Any, Any], prefix: str, known: tuple[str, ...], errors: list[str]
+    ) -> list[str]:
+        """The keys of `data` (the mapping at key path `prefix`, "" for the top level) that are
+        in `known`; each other key is an error at its place, with a did-you-mean."""
+        keys = []
+        for key in data:
+            name = f"{prefix}{key}"
+            where = self.keys.get(name, self.path)
+            if not isinstance(key, str):
+                errors.append(f"{where}: {prefix.rstrip('.') or 'top level'}: keys must be strings")
+            elif key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                kind = "key" if prefix else "section"
+                errors.append(f"{where}: unknown {kind} {_cut_name(name)}{hint}")
+            else:
+                keys.append(key)
+        return keys
+
+
+def _cut_name(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_config_file(path: str) -> ConfigFile:

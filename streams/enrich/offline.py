@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from streams._config_fields import locate, read_config_file
+from streams._config_fields import read_config_file
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.enrich.pipeline import EnrichmentPipeline
 from streams.enrich.registry import load_enrichment, parse_enrichment
@@ -23,14 +23,9 @@ def read_enrichment_section(path: str, env: Mapping[str, str] | None = None) -> 
     """The `enrichment:` section of a worker config file, typed (an EnrichmentConfig), or None
     when absent. Read like the worker reads it: YAML problems and section errors are located
     ConfigErrors (`worker.yaml:12:9: enrichment[0].harbor.url: required`)."""
-    file = read_config_file(path)
-    section = file.data.get("enrichment")
-    if section is None:
-        return None
-    try:
-        return parse_enrichment(section, env=env)
-    except ConfigError as exc:
-        raise ConfigError(locate(str(exc), file.values)) from None
+    return read_config_file(path).read_section(
+        "enrichment", lambda section: parse_enrichment(section, env=env)
+    )
 
 
 class BlockingEnrichment:
