@@ -13,26 +13,44 @@ ENRICHED: dict[str, Any] = {
         "counts": {"Critical": 3, "High": 1, "Medium": 0, "Low": 2},
         "fixable": 2,
         "top": [
-            {"id": "CVE-2023-38545", "package": "curl", "installed_version": "8.2.1-r0",
-             "fixed_version": "8.4.0-r0", "severity": "Critical"}
+            {
+                "id": "CVE-2023-38545",
+                "package": "curl",
+                "installed_version": "8.2.1-r0",
+                "fixed_version": "8.4.0-r0",
+                "severity": "Critical",
+            }
         ],
         "link": "https://harbor.example.com/harbor/projects/3/repositories/shop%2Fcheckout",
     },
     "posture": {"node": "worker-1", "cis": {"failed": 12}, "exposure": {"count": 1}},
     "ownership": {"team": "Payments", "criticality": "critical", "slack_channel": "#pay-sec"},
-    "risk": {"score": 92, "factors": [{"factor": "severity", "points": 40},
-                                      {"factor": "critical_fixable", "points": 20}]},
+    "risk": {
+        "score": 92,
+        "factors": [
+            {"factor": "severity", "points": 40},
+            {"factor": "critical_fixable", "points": 20},
+        ],
+    },
     "trivy": {"error": "timed out after 2s <!channel>"},
 }
 
 
 def _incident(enrichment: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": "a" * 32, "status": "new", "correlation": "Shell then outbound connection",
-        "severity": "Critical", "output": "shell then egress", "key": {"container.id": "c1"},
-        "count": 1, "first_seen": "2024-05-01T12:00:00.000000000Z",
-        "last_seen": "2024-05-01T12:00:45.000000000Z", "events": [], "tags": [],
-        "context": {}, "enrichment": enrichment,
+        "id": "a" * 32,
+        "status": "new",
+        "correlation": "Shell then outbound connection",
+        "severity": "Critical",
+        "output": "shell then egress",
+        "key": {"container.id": "c1"},
+        "count": 1,
+        "first_seen": "2024-05-01T12:00:00.000000000Z",
+        "last_seen": "2024-05-01T12:00:45.000000000Z",
+        "events": [],
+        "tags": [],
+        "context": {},
+        "enrichment": enrichment,
     }
 
 

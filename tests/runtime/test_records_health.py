@@ -59,9 +59,18 @@ def test_a_tick_is_a_batch_without_events() -> None:
 def test_records_of_the_previous_version_are_read() -> None:
     """0.1 wrote one record per (correlation, key) and ticks keyed \\x00tick: a rolling
     upgrade reads what it left in the topic."""
-    old = {"e": {"rule": "Shell"}, "t": 5, "c": "chain", "k": ["c1"], "s": [0], "d": "abc",
-           "hw": 3, "src": [1, 9], "ts": 12.0}
-    batch = decode_batch(b"chain\x1f[\"c1\"]", orjson.dumps(old))
+    old = {
+        "e": {"rule": "Shell"},
+        "t": 5,
+        "c": "chain",
+        "k": ["c1"],
+        "s": [0],
+        "d": "abc",
+        "hw": 3,
+        "src": [1, 9],
+        "ts": 12.0,
+    }
+    batch = decode_batch(b'chain\x1f["c1"]', orjson.dumps(old))
     assert batch.version == 0
     assert batch.legacy_high_water == 3
     [event] = batch.events
