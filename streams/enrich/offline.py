@@ -13,13 +13,15 @@ from typing import Any
 from streams._config_fields import read_config_file
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.enrich.pipeline import EnrichmentPipeline
-from streams.enrich.registry import load_enrichment, parse_enrichment
+from streams.enrich.registry import EnrichmentConfig, load_enrichment, parse_enrichment
 from streams.errors import ConfigError
 
 __all__ = ["BlockingEnrichment", "read_enrichment_section"]
 
 
-def read_enrichment_section(path: str, env: Mapping[str, str] | None = None) -> object:
+def read_enrichment_section(
+    path: str, env: Mapping[str, str] | None = None
+) -> EnrichmentConfig | None:
     """The `enrichment:` section of a worker config file, typed (an EnrichmentConfig), or None
     when absent. Read like the worker reads it: YAML problems and section errors are located
     ConfigErrors (`worker.yaml:12:9: enrichment[0].harbor.url: required`)."""
