@@ -64,6 +64,27 @@ def test_route_matches(options: dict[str, Any], changes: dict[str, Any], expecte
 
 
 @pytest.mark.parametrize(
+    ("options", "changes", "refusal"),
+    [
+        ({}, {}, None),
+        ({"min_severity": "emergency", "statuses": ["new"]}, {"status": "update"}, "min_severity"),
+        ({"statuses": ["new"]}, {"status": "update"}, "statuses"),
+        ({"correlations": ["nope*"]}, {}, "correlations"),
+        ({"tags": ["x"]}, {}, "tags"),
+        ({"namespaces": ["prod-*"]}, {"namespace": "default"}, "namespaces"),
+        ({"fields": {"enrichment.ownership.team": ["Pay*"]}}, {}, "fields"),
+    ],
+)
+def test_a_refusal_names_the_first_condition_that_fails(
+    options: dict[str, Any], changes: dict[str, Any], refusal: str | None
+) -> None:
+    """Slack's own min_severity/send_updates are a Route too: its skip reason comes from here."""
+    incident = make_incident(1, **changes)
+    assert route(**options).refusal(incident) == refusal
+    assert route(**options).matches(incident) is (refusal is None)
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"min_severity": "urgent"}, "route.min_severity: unknown priority 'urgent'"),
