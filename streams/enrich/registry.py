@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from streams._config_fields import Fields, named_items
 from streams.enrich.harbor import HarborEnricher
@@ -49,14 +49,18 @@ ENRICHER_TYPES: dict[str, type[EnricherType]] = {
 }
 
 
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass(frozen=True, slots=True)
-class EnricherSpec:
-    """One parsed entry of the `enrichment:` list; `options` is the type's own typed config."""
+class EnricherSpec(Generic[OptionsT]):
+    """One parsed entry of the `enrichment:` list; `options` is the type's own typed config
+    (`EnricherSpec[RiskModel]`), or the unread section of a type without `parse_options`."""
 
     type: str
     name: str
     timeout: float
-    options: Any
+    options: OptionsT
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,7 @@ class EnrichmentConfig:
     """The `enrichment:` section, typed: what `load_enrichment` builds a pipeline from."""
 
     deadline: float = DEFAULT_DEADLINE
-    enrichers: tuple[EnricherSpec, ...] = ()
+    enrichers: tuple[EnricherSpec[Any], ...] = ()
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -92,7 +96,7 @@ def parse_enrichment(
         items = top.raw("enrichers", [])
         list_path = top.key("enrichers")
         top.finish()
-    specs: list[EnricherSpec] = []
+    specs: list[EnricherSpec[Any]] = []
     for item in named_items(
         items, list_path, known, what="enricher", env=env, name_defaults_to_type=True
     ):
@@ -140,7 +144,9 @@ class _Unparsed:
     options: Fields = field(repr=False)
 
 
-def _create(kind: type[EnricherType], spec: EnricherSpec, context: EnricherContext) -> Enricher:
+def _create(
+    kind: type[EnricherType], spec: EnricherSpec[Any], context: EnricherContext
+) -> Enricher:
     if isinstance(spec.options, _Unparsed):
         return kind.from_options(spec.name, spec.options.options, context)
     create = kind.create  # type: ignore[attr-defined]  # the built-in types have it
