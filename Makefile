@@ -25,6 +25,7 @@ venv: $(BIN)/falco-correlator
 ## Kafka broker and OpenSearch node.
 test: venv tools image-check
 	$(BIN)/ruff check streams tests bench
+	$(BIN)/ruff format --check streams tests bench
 	$(BIN)/mypy
 	$(BIN)/falco-correlator validate rules/
 	$(BIN)/falco-correlator test rules/
@@ -55,6 +56,7 @@ unit: venv
 
 lint: venv
 	$(BIN)/ruff check streams tests bench
+	$(BIN)/ruff format --check streams tests bench
 	$(BIN)/mypy
 
 ## The demo: local broker + worker + a scripted multi-stage attack sent as falcosidekick would.

@@ -3,19 +3,22 @@
 `read_config_file` composes the YAML with the rule loader's checks (duplicate keys, YAML 1.1
 surprises such as `1:30` or `yes`, size, depth and node limits) and returns plain data plus the
 `file:line:col` of every value, by key path (`notifiers[0].slack.token`). `Fields` reads one
-mapping of it: every error names the full key path, which `locate` turns into a location.
-Shared by the worker's sections, the notifiers (`Fields`) and the enrichers (`Options`, whose
-numbers may be 0). Values in messages are cut to a short prefix; secrets are never quoted.
+mapping of it: every error names the full key path, which `locate` (or `ConfigFile.read_section`)
+turns into a location; `ConfigFile.known_keys` checks a section's keys against a fixed list;
+`named_items` reads a list of named, typed items. The one configuration reader: the worker's
+sections (streams/runtime/config.py), the notifiers, the enrichers, `doctor` and `replay
+--enrich` all read through it. Values in messages are cut to a short prefix; secrets are never
+quoted.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import yaml
 
@@ -25,7 +28,9 @@ from streams.core.durations import NS_PER_UNIT, parse_duration
 from streams.errors import ConfigError
 from streams.secrets import Secret, resolve_secret
 
-__all__ = ["ConfigFile", "Fields", "Options", "locate", "read_config_file"]
+_R = TypeVar("_R")
+
+__all__ = ["ConfigFile", "Fields", "NamedItem", "locate", "named_items", "read_config_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,46 @@ class ConfigFile:
     values: dict[str, str]
     keys: dict[str, str]
     path: str = ""
+
+    def at(self, name: str) -> str:
+        """`file:line:col` of the value at key path `name` (the file's path when unknown)."""
+        return self.values.get(name, self.path)
+
+    def read_section(self, name: str, read: Callable[[object], _R]) -> _R | None:
+        """Top-level section `name` through its typed reader, None when absent or empty. The
+        reader's ConfigError names a key path; it is raised again located
+        (`worker.yaml:12:9: enrichment[0].harbor.url: required`)."""
+        value = self.data.get(name)
+        if value is None:
+            return None
+        try:
+            return read(value)
+        except ConfigError as exc:
+            raise ConfigError(locate(str(exc), self.values)) from None
+
+    def known_keys(
+        self, data: Mapping[Any, Any], prefix: str, known: tuple[str, ...], errors: list[str]
+    ) -> list[str]:
+        """The keys of `data` (the mapping at key path `prefix`, "" for the top level) that are
+        in `known`; each other key is an error at its place, with a did-you-mean."""
+        keys = []
+        for key in data:
+            name = f"{prefix}{key}"
+            where = self.keys.get(name, self.path)
+            if not isinstance(key, str):
+                errors.append(f"{where}: {prefix.rstrip('.') or 'top level'}: keys must be strings")
+            elif key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                kind = "key" if prefix else "section"
+                errors.append(f"{where}: unknown {kind} {_cut_name(name)}{hint}")
+            else:
+                keys.append(key)
+        return keys
+
+
+def _cut_name(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_config_file(path: str) -> ConfigFile:
@@ -134,9 +179,6 @@ class Fields:
     """A config mapping at `path` (`notifiers[1].webhook`). Every read marks its key as known;
     `finish()` rejects the keys nobody read, so typos fail loudly instead of being ignored."""
 
-    #: `number()` accepts values >= this; None means strictly positive.
-    number_minimum: float | None = None
-
     def __init__(self, data: object, path: str, env: Mapping[str, str] | None = None) -> None:
         if data is None:
             data = {}
@@ -205,7 +247,7 @@ class Fields:
         value = self.raw(name, default)
         if value is default:
             return value
-        least = self.number_minimum if minimum is None else minimum
+        least = minimum  # None: strictly positive; weights and scores pass 0.0
         if isinstance(value, bool) or not isinstance(value, int | float):
             ok = False
         else:
@@ -277,7 +319,56 @@ class Fields:
             )
 
 
-class Options(Fields):
-    """The enrichers' reads: the same, but numbers may be 0 (weights, scores)."""
+# --- lists of named, typed items (`notifiers:`, `enrichment:`) ---------------------------------
 
-    number_minimum = 0.0
+_T = TypeVar("_T")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True, slots=True)
+class NamedItem(Generic[_T]):
+    """One item of a named list: its mapping (the caller reads the rest and calls `finish()`),
+    its checked name and type, and what the registry holds for that type."""
+
+    fields: Fields
+    name: str
+    type: str
+    kind: _T
+
+
+def named_items(
+    section: object,
+    path: str,
+    types: Mapping[str, _T],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    name_defaults_to_type: bool = False,
+) -> Iterator[NamedItem[_T]]:
+    """The items of a list such as `notifiers:`: each a mapping with a `type` known to `types`
+    and a unique `name` (letters, digits, `_.-`). Items are checked as they are taken, so the
+    first problem raised (ConfigError naming its key) is the first in the file."""
+    if section is None:
+        return
+    if not isinstance(section, list):
+        raise ConfigError(f"{path}: expected a list of {what}s, got {type(section).__name__}")
+    seen: set[str] = set()
+    for index, item in enumerate(section):
+        fields = Fields(item, f"{path}[{index}]", env)
+        type_name = str(fields.string("type"))
+        kind = types.get(type_name)
+        if kind is None:
+            raise ConfigError(
+                f"{fields.key('type')}: unknown type {short(type_name)} (known: {', '.join(types)})"
+            )
+        default_name = type_name if name_defaults_to_type else _MISSING
+        name = str(fields.string("name", default_name))
+        if not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"{fields.key('name')}: {short(name)} is not a valid name "
+                "(letters, digits, '_', '.', '-'; at most 63 characters)"
+            )
+        if name in seen:
+            raise ConfigError(f"{fields.key('name')}: duplicate {what} name {short(name)}")
+        seen.add(name)
+        yield NamedItem(fields, name, type_name, kind)

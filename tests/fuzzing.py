@@ -57,9 +57,7 @@ _SCALARS = st.one_of(
 )
 JSON_VALUES = st.recursive(
     _SCALARS,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=5), st.dictionaries(_TEXT, inner, max_size=5)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(_TEXT, inner, max_size=5)),
     max_leaves=40,
 )
 _TIMES = st.one_of(
@@ -271,9 +269,7 @@ _SNIPPETS = st.sampled_from(
 #: Rules files: YAML sequences of rule-shaped mappings, dumped and then mutated.
 rules_texts = st.builds(
     _mutate,
-    st.lists(st.dictionaries(_RULE_KEYS, _trees(_RULE_KEYS), max_size=8), max_size=5).map(
-        _as_yaml
-    ),
+    st.lists(st.dictionaries(_RULE_KEYS, _trees(_RULE_KEYS), max_size=8), max_size=5).map(_as_yaml),
     st.integers(0, 10_000),
     _SNIPPETS,
 )

@@ -28,6 +28,7 @@ from streams.core.conditions import (
 )
 from streams.core.correlation_schema import build_correlation
 from streams.core.rule_spec import ITEM_KINDS, LIST_KEYS, MACRO_KEYS, OVERRIDE_APPEND_KEYS
+from streams.core.rules import Ruleset
 from streams.errors import ConditionSyntaxError, Location, RuleError, RuleLoadError
 
 __all__ = ["RULE_FILE_SUFFIXES", "TEST_FILE_SUFFIXES", "load_rules", "rule_files"]
@@ -86,10 +87,8 @@ def rule_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_rules(paths: Iterable[str | Path]) -> Any:
+def load_rules(paths: Iterable[str | Path]) -> Ruleset:
     """Load every file; returns a Ruleset or raises RuleLoadError with all errors."""
-    from streams.core.rules import Ruleset
-
     errors: list[RuleError] = []
     items: list[RawItem] = []
     files = rule_files(paths)

@@ -24,9 +24,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from streams._config_fields import Fields
 from streams._text import short
 from streams.enrich._images import ImageRef, image_from_incident, parse_image
-from streams.enrich._options import Options
 from streams.enrich._resilience import CircuitBreaker, TTLCache
 from streams.enrich.pipeline import EnricherContext, EnrichmentError
 from streams.enrich.vulns import (
@@ -93,13 +93,11 @@ class HarborConfig:
     verify_tls: bool = True
 
     @classmethod
-    def from_options(cls, options: Options) -> HarborConfig:
+    def from_options(cls, options: Fields) -> HarborConfig:
         url = str(options.string("url")).rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"{options.key('url')}: expected an http(s) URL, got {short(url)}"
-            )
+            raise ConfigError(f"{options.key('url')}: expected an http(s) URL, got {short(url)}")
         username = options.secret("username", required=False)
         password = options.secret("password", required=False)
         rules = [_parse_rule(item) for item in options.items("projects")]
@@ -136,7 +134,7 @@ class HarborConfig:
         return None
 
 
-def _parse_rule(item: Options) -> ProjectRule:
+def _parse_rule(item: Fields) -> ProjectRule:
     registry = str(item.string("registry")).lower()
     prefix = str(item.raw("prefix", "")).strip("/")
     project = item.string("project", None)
@@ -188,7 +186,7 @@ class HarborEnricher:
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def parse_options(cls, options: Options) -> HarborConfig:
+    def parse_options(cls, options: Fields) -> HarborConfig:
         return HarborConfig.from_options(options)
 
     @classmethod
@@ -196,7 +194,7 @@ class HarborEnricher:
         return cls(name, config, context)
 
     @classmethod
-    def from_options(cls, name: str, options: Options, context: EnricherContext) -> HarborEnricher:
+    def from_options(cls, name: str, options: Fields, context: EnricherContext) -> HarborEnricher:
         return cls.create(name, cls.parse_options(options), context)
 
     @property

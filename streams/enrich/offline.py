@@ -10,27 +10,24 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from streams._config_fields import locate, read_config_file
+from streams._config_fields import read_config_file
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.enrich.pipeline import EnrichmentPipeline
-from streams.enrich.registry import load_enrichment, parse_enrichment
+from streams.enrich.registry import EnrichmentConfig, load_enrichment, parse_enrichment
 from streams.errors import ConfigError
 
 __all__ = ["BlockingEnrichment", "read_enrichment_section"]
 
 
-def read_enrichment_section(path: str, env: Mapping[str, str] | None = None) -> object:
+def read_enrichment_section(
+    path: str, env: Mapping[str, str] | None = None
+) -> EnrichmentConfig | None:
     """The `enrichment:` section of a worker config file, typed (an EnrichmentConfig), or None
     when absent. Read like the worker reads it: YAML problems and section errors are located
     ConfigErrors (`worker.yaml:12:9: enrichment[0].harbor.url: required`)."""
-    file = read_config_file(path)
-    section = file.data.get("enrichment")
-    if section is None:
-        return None
-    try:
-        return parse_enrichment(section, env=env)
-    except ConfigError as exc:
-        raise ConfigError(locate(str(exc), file.values)) from None
+    return read_config_file(path).read_section(
+        "enrichment", lambda section: parse_enrichment(section, env=env)
+    )
 
 
 class BlockingEnrichment:

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 
 import yaml
 
+from streams._config_fields import Fields
 from streams._text import short
 from streams.enrich._images import image_from_incident, parse_image, present
-from streams.enrich._options import Options
 from streams.enrich._sources import Refreshing
 from streams.enrich.pipeline import EnricherContext
 from streams.errors import ConfigError
@@ -192,7 +192,7 @@ class OwnershipEnricher:
             self._data.prime(initial)
 
     @classmethod
-    def parse_options(cls, options: Options) -> OwnershipOptions:
+    def parse_options(cls, options: Fields) -> OwnershipOptions:
         tables = options.strings("tables")
         precedence = options.strings("precedence") or KINDS
         reload_interval = options.seconds("reload_interval", 30.0)
@@ -226,7 +226,7 @@ class OwnershipEnricher:
 
     @classmethod
     def from_options(
-        cls, name: str, options: Options, context: EnricherContext
+        cls, name: str, options: Fields, context: EnricherContext
     ) -> OwnershipEnricher:
         return cls.create(name, cls.parse_options(options), context)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from streams.enrich._options import Options
+from streams._config_fields import Fields
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.errors import CorrelatorError
 
@@ -73,7 +73,7 @@ class EnricherType(Protocol):
     late: ClassVar[bool]
 
     @classmethod
-    def from_options(cls, name: str, options: Options, context: EnricherContext) -> Enricher: ...
+    def from_options(cls, name: str, options: Fields, context: EnricherContext) -> Enricher: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import orjson
 
+from streams._config_fields import Fields
 from streams.enrich._images import present
-from streams.enrich._options import Options
 from streams.enrich._sources import Refreshing, SourceReader
 from streams.enrich.pipeline import EnricherContext
 from streams.errors import ConfigError
@@ -209,7 +209,7 @@ class PostureEnricher:
         )
 
     @classmethod
-    def parse_options(cls, options: Options) -> PostureOptions:
+    def parse_options(cls, options: Fields) -> PostureOptions:
         bench = []
         for item in options.items("kube_bench"):
             bench.append((str(item.string("node")), str(item.string("source"))))
@@ -236,9 +236,7 @@ class PostureEnricher:
         return parsed
 
     @classmethod
-    def create(
-        cls, name: str, config: PostureOptions, context: EnricherContext
-    ) -> PostureEnricher:
+    def create(cls, name: str, config: PostureOptions, context: EnricherContext) -> PostureEnricher:
         token = config.token
         headers = {"Authorization": f"Bearer {token.reveal()}"} if token is not None else None
         return cls(
@@ -255,7 +253,7 @@ class PostureEnricher:
         )
 
     @classmethod
-    def from_options(cls, name: str, options: Options, context: EnricherContext) -> PostureEnricher:
+    def from_options(cls, name: str, options: Fields, context: EnricherContext) -> PostureEnricher:
         return cls.create(name, cls.parse_options(options), context)
 
     async def enrich(self, incident: Mapping[str, Any]) -> dict[str, Any]:

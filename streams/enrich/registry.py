@@ -12,13 +12,11 @@ enrichment:                       # a list of enrichers, or {deadline: 3s, enric
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from streams._text import short
-from streams.enrich._options import Options
+from streams._config_fields import Fields, named_items
 from streams.enrich.harbor import HarborEnricher
 from streams.enrich.metrics import EnrichmentMetrics
 from streams.enrich.ownership import OwnershipEnricher
@@ -33,7 +31,6 @@ from streams.enrich.pipeline import (
 from streams.enrich.posture import PostureEnricher
 from streams.enrich.risk import RiskEnricher
 from streams.enrich.trivy import TrivyReportsEnricher
-from streams.errors import ConfigError
 
 __all__ = [
     "ENRICHER_TYPES",
@@ -51,17 +48,19 @@ ENRICHER_TYPES: dict[str, type[EnricherType]] = {
     "risk": RiskEnricher,
 }
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+OptionsT = TypeVar("OptionsT")
 
 
 @dataclass(frozen=True, slots=True)
-class EnricherSpec:
-    """One parsed entry of the `enrichment:` list; `options` is the type's own typed config."""
+class EnricherSpec(Generic[OptionsT]):
+    """One parsed entry of the `enrichment:` list; `options` is the type's own typed config
+    (`EnricherSpec[RiskModel]`), or the unread section of a type without `parse_options`."""
 
     type: str
     name: str
     timeout: float
-    options: Any
+    options: OptionsT
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +68,12 @@ class EnrichmentConfig:
     """The `enrichment:` section, typed: what `load_enrichment` builds a pipeline from."""
 
     deadline: float = DEFAULT_DEADLINE
-    enrichers: tuple[EnricherSpec, ...] = ()
+    enrichers: tuple[EnricherSpec[Any], ...] = ()
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Enricher name -> type: what `incident.enrichment[name]` was made by."""
+        return {spec.name: spec.type for spec in self.enrichers}
 
 
 def parse_enrichment(
@@ -87,38 +91,22 @@ def parse_enrichment(
     items: object = section
     list_path = path
     if isinstance(section, Mapping):
-        top = Options(section, path, env)
+        top = Fields(section, path, env)
         deadline = top.seconds("deadline", DEFAULT_DEADLINE)
         items = top.raw("enrichers", [])
         list_path = top.key("enrichers")
         top.finish()
-    if items is None:
-        items = []
-    if not isinstance(items, list):
-        raise ConfigError(f"{list_path}: expected a list of enrichers")
-    specs: list[EnricherSpec] = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        options = Options(item, f"{list_path}[{index}]", env)
-        type_name = str(options.string("type"))
-        enricher_type = known.get(type_name)
-        if enricher_type is None:
-            raise ConfigError(
-                f"{options.key('type')}: unknown type {short(type_name)} "
-                f"(known: {', '.join(known)})"
-            )
-        name = str(options.string("name", type_name))
-        if not _NAME.fullmatch(name):
-            raise ConfigError(f"{options.key('name')}: {short(name)} is not a valid name")
-        if name in seen:
-            raise ConfigError(f"{options.key('name')}: duplicate enricher name {short(name)}")
-        seen.add(name)
-        timeout = options.seconds("timeout", min(enricher_type.default_timeout, deadline))
-        parse = getattr(enricher_type, "parse_options", None)
-        section_options = options.section(type_name)
+    specs: list[EnricherSpec[Any]] = []
+    for item in named_items(
+        items, list_path, known, what="enricher", env=env, name_defaults_to_type=True
+    ):
+        options = item.fields
+        timeout = options.seconds("timeout", min(item.kind.default_timeout, deadline))
+        parse = getattr(item.kind, "parse_options", None)
+        section_options = options.section(item.type)
         parsed = _Unparsed(section_options) if parse is None else parse(section_options)
         options.finish()
-        specs.append(EnricherSpec(type_name, name, timeout, parsed))
+        specs.append(EnricherSpec(item.type, item.name, timeout, parsed))
     return EnrichmentConfig(deadline, tuple(specs))
 
 
@@ -153,10 +141,12 @@ def load_enrichment(
 class _Unparsed:
     """The section of a type without `parse_options`: read by its `from_options` at start."""
 
-    options: Options = field(repr=False)
+    options: Fields = field(repr=False)
 
 
-def _create(kind: type[EnricherType], spec: EnricherSpec, context: EnricherContext) -> Enricher:
+def _create(
+    kind: type[EnricherType], spec: EnricherSpec[Any], context: EnricherContext
+) -> Enricher:
     if isinstance(spec.options, _Unparsed):
         return kind.from_options(spec.name, spec.options.options, context)
     create = kind.create  # type: ignore[attr-defined]  # the built-in types have it

@@ -22,8 +22,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from streams._config_fields import Fields
 from streams.core.priority import PRIORITY_NAMES, canonical_priority, priority_rank
-from streams.enrich._options import Options
 from streams.enrich.pipeline import EnricherContext
 from streams.errors import ConfigError
 
@@ -185,7 +185,7 @@ class RiskEnricher:
         self.model = model or RiskModel()
 
     @classmethod
-    def parse_options(cls, options: Options) -> RiskModel:
+    def parse_options(cls, options: Fields) -> RiskModel:
         return parse_risk_model(options)
 
     @classmethod
@@ -193,7 +193,7 @@ class RiskEnricher:
         return cls(name, config)
 
     @classmethod
-    def from_options(cls, name: str, options: Options, context: EnricherContext) -> RiskEnricher:
+    def from_options(cls, name: str, options: Fields, context: EnricherContext) -> RiskEnricher:
         return cls.create(name, cls.parse_options(options), context)
 
     async def enrich(self, incident: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,23 +223,26 @@ class RiskEnricher:
         return result
 
 
-def _points_table(options: Options, name: str, default: Mapping[str, float]) -> dict[str, float]:
+def _points_table(options: Fields, name: str, default: Mapping[str, float]) -> dict[str, float]:
     section = options.section(name)
     table = dict(default)
     for key in section.data:
-        table[key] = section.number(key, 0.0)
+        table[key] = section.number(key, 0.0, minimum=0.0)
     section.finish()
     return table
 
 
-def _capped(options: Options, name: str, default: Capped) -> Capped:
+def _capped(options: Fields, name: str, default: Capped) -> Capped:
     section = options.section(name)
-    capped = Capped(section.number("per", default.per), section.number("max", default.max))
+    capped = Capped(
+        section.number("per", default.per, minimum=0.0),
+        section.number("max", default.max, minimum=0.0),
+    )
     section.finish()
     return capped
 
 
-def parse_risk_model(options: Options) -> RiskModel:
+def parse_risk_model(options: Fields) -> RiskModel:
     default = RiskModel()
     severity = _points_table(options, "severity", default.severity)
     for key in severity:
@@ -255,7 +258,7 @@ def parse_risk_model(options: Options) -> RiskModel:
             raise ConfigError(f"{item.key('severity')}: not a Falco priority")
         rules.append(
             EscalationRule(
-                item.number("min_score", 0.0),
+                item.number("min_score", 0.0, minimum=0.0),
                 target,
                 item.strings("environments"),
                 tuple(c.lower() for c in item.strings("criticalities")),
@@ -270,7 +273,7 @@ def parse_risk_model(options: Options) -> RiskModel:
         high_fixable=_capped(options, "high_fixable", default.high_fixable),
         cis_failed=_capped(options, "cis_failed", default.cis_failed),
         exposure=_points_table(options, "exposure", default.exposure),
-        exposure_max=options.number("exposure_max", default.exposure_max),
+        exposure_max=options.number("exposure_max", default.exposure_max, minimum=0.0),
         criticality=_points_table(options, "criticality", default.criticality),
         vulnerabilities_from=sources.strings("vulnerabilities") or default.vulnerabilities_from,
         posture_from=sources.string("posture", default.posture_from),

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import orjson
 
+from streams._config_fields import Fields
 from streams.enrich._images import ImageRef, image_from_incident, parse_image, present
-from streams.enrich._options import Options
 from streams.enrich._sources import Refreshing
 from streams.enrich.pipeline import EnricherContext
 from streams.enrich.vulns import (
@@ -202,7 +202,7 @@ class TrivyReportsEnricher:
         )
 
     @classmethod
-    def parse_options(cls, options: Options) -> TrivyOptions:
+    def parse_options(cls, options: Fields) -> TrivyOptions:
         parsed = TrivyOptions(
             directory=str(options.string("directory")),
             top=options.integer("top", 5),
@@ -227,7 +227,7 @@ class TrivyReportsEnricher:
 
     @classmethod
     def from_options(
-        cls, name: str, options: Options, context: EnricherContext
+        cls, name: str, options: Fields, context: EnricherContext
     ) -> TrivyReportsEnricher:
         return cls.create(name, cls.parse_options(options), context)
 

@@ -7,6 +7,7 @@ Adding a notifier type: its module (a pure payload builder, a config parser and 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from streams.notifiers._delivery import (
     Delivered,
@@ -16,7 +17,6 @@ from streams.notifiers._delivery import (
     Skipped,
     idempotency_key,
 )
-from streams.notifiers._secret import Secret
 from streams.notifiers.base import (
     InMemoryThreadStore,
     Notifier,
@@ -32,6 +32,7 @@ from streams.notifiers.opensearch import SearchConfig, SearchIndexNotifier
 from streams.notifiers.routing import Route
 from streams.notifiers.slack import SlackConfig, SlackNotifier, build_slack_payload
 from streams.notifiers.webhook import WebhookConfig, WebhookNotifier, build_webhook_request
+from streams.secrets import Secret
 
 __all__ = [
     "NOTIFIER_TYPES",
@@ -59,11 +60,11 @@ __all__ = [
     "load_notifiers",
 ]
 
-NOTIFIER_TYPES: dict[str, NotifierType] = {
+NOTIFIER_TYPES: dict[str, NotifierType[Any]] = {  # alphabetical: errors list them in this order
+    "elasticsearch": SearchIndexNotifier,
+    "opensearch": SearchIndexNotifier,
     "slack": SlackNotifier,
     "webhook": WebhookNotifier,
-    "opensearch": SearchIndexNotifier,
-    "elasticsearch": SearchIndexNotifier,
 }
 
 

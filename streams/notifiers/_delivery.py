@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 
 from streams.errors import NotifyError
-from streams.notifiers._secret import Secret, redact
 from streams.notifiers.metrics import NotifierMetrics
+from streams.secrets import Secret, redact
 
 __all__ = [
     "Clock",

@@ -94,8 +94,13 @@ def _owner_line(owner: Mapping[str, Any]) -> str | None:
     return f":busts_in_silhouette: *Owner* {' · '.join(fields)}" if fields else None
 
 
-def enrichment_lines(incident: Mapping[str, Any]) -> list[str]:
-    """Escaped mrkdwn lines, empty when the incident carries no enrichment."""
+def enrichment_lines(
+    incident: Mapping[str, Any], kinds: Mapping[str, str] | None = None
+) -> list[str]:
+    """Escaped mrkdwn lines, empty when the incident carries no enrichment. Each section is
+    rendered by its enricher's type: `kinds` maps configured names to types (`name: score` of
+    `type: risk`); a name not in it is taken as its type (the default name is the type)."""
+    by_name = kinds or {}
     enrichment = _mapping(incident.get("enrichment"))
     lines: list[str] = []
     for name, section in enrichment.items():
@@ -104,11 +109,11 @@ def enrichment_lines(incident: Mapping[str, Any]) -> list[str]:
         if error:
             lines.append(f":warning: {escape(str(name))}: {fit(str(error), 120)}")
             continue
-        kind = str(name)
+        kind = by_name.get(str(name), str(name))
         if kind == "risk":
             line = _risk_line(section_map)
         elif kind in ("harbor", "trivy") or "counts" in section_map:
-            line = _vulnerability_line(escape(kind), section_map)
+            line = _vulnerability_line(escape(str(name)), section_map)
         elif kind == "posture":
             line = _posture_line(section_map)
         elif kind == "ownership":

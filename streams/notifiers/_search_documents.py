@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from streams.core.incident_record import Incident
+
 __all__ = [
     "FLATTENED_SECTIONS",
     "BulkAction",
@@ -115,7 +117,7 @@ def _nanos_to_millis(value: Any) -> Any:
 
 
 def build_search_action(
-    incident: Mapping[str, Any],
+    incident: Incident,
     *,
     index_prefix: str,
     suffix: IndexSuffix,
@@ -129,25 +131,23 @@ def build_search_action(
     the dead-letter topic after its update was stored) is refused by the engine (409) instead of
     overwriting the newer one; the same record again is accepted (at-least-once delivery).
     """
-    document = dict(incident)
+    document: dict[str, Any] = dict(incident)
     if flatten:
         for section in ("key", "context"):
             if section in document:
                 document[section] = flatten_keys(document[section])
-        events = document.get("events")
-        if isinstance(events, list):
+        if "events" in incident:
             document["events"] = [
-                {**event, "output_fields": flatten_keys(event.get("output_fields"))}
-                if isinstance(event, Mapping) and "output_fields" in event
+                {**event, "output_fields": flatten_keys(event["output_fields"])}
+                if "output_fields" in event
                 else event
-                for event in events
+                for event in incident["events"]
             ]
     document["@timestamp"] = _nanos_to_millis(incident.get("first_seen"))
-    count = incident.get("count", 1)
-    version = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
+    version = max(1, incident.get("count", 1))
     return BulkAction(
         index=index_name(incident, index_prefix, suffix, now),
-        id=str(incident.get("id", "")),
+        id=incident["id"],
         version=version,
         document=document,
     )

@@ -7,13 +7,14 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
+from streams._config_fields import Fields
+from streams.core.incident_record import Incident
 from streams.notifiers._delivery import Clock, Deliverer, DeliveryPolicy, DeliveryResult, Sleep
-from streams.notifiers._fields import Fields
-from streams.notifiers._secret import Secret
 from streams.notifiers.metrics import NotifierMetrics
 from streams.notifiers.routing import Route
+from streams.secrets import Secret
 
 __all__ = [
     "InMemoryThreadStore",
@@ -46,15 +47,19 @@ class InMemoryThreadStore:
         self._data[key] = value
 
 
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass(frozen=True, slots=True)
-class NotifierSpec:
-    """One parsed entry of the `notifiers:` list; `options` is the type's own config object."""
+class NotifierSpec(Generic[OptionsT]):
+    """One parsed entry of the `notifiers:` list; `options` is the type's own config object
+    (`NotifierSpec[SlackConfig]`), made by its `parse_options`."""
 
     name: str
     type: str
     route: Route
     policy: DeliveryPolicy
-    options: Any
+    options: OptionsT
 
 
 @dataclass(slots=True)
@@ -67,8 +72,11 @@ class NotifierContext:
     wall_clock: Clock = time.time
     sleep: Sleep = asyncio.sleep
     rng: random.Random | None = None
+    #: The configured enrichers' names -> their types (`enrichment:`), so that a notifier
+    #: renders `incident.enrichment[name]` by what made it; a name not listed is its own type.
+    enricher_kinds: Mapping[str, str] = field(default_factory=dict)
 
-    def deliverer(self, spec: NotifierSpec, secrets: Iterable[Secret]) -> Deliverer:
+    def deliverer(self, spec: NotifierSpec[Any], secrets: Iterable[Secret]) -> Deliverer:
         """The delivery loop of one notifier, with this context's clocks and metrics."""
         return Deliverer(
             spec.name,
@@ -88,17 +96,18 @@ class Notifier(Protocol):
     name: str
     route: Route
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult: ...
+    async def send(self, incident: Incident) -> DeliveryResult: ...
 
     async def close(self) -> None: ...
 
 
-class NotifierType(Protocol):
-    """A notifier class as the registry sees it (the class object itself conforms)."""
+class NotifierType(Protocol[OptionsT]):
+    """A notifier class as the registry sees it (the class object itself conforms): it parses
+    its own section into its options and is created from a spec holding them."""
 
     @property
     def default_policy(self) -> DeliveryPolicy: ...
 
-    def parse_options(self, fields: Fields) -> Any: ...
+    def parse_options(self, fields: Fields) -> OptionsT: ...
 
-    def create(self, spec: NotifierSpec, context: NotifierContext) -> Notifier: ...
+    def create(self, spec: NotifierSpec[OptionsT], context: NotifierContext) -> Notifier: ...

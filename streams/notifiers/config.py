@@ -14,20 +14,16 @@ Each type reads only its own section (`slack:`, `webhook:`); secrets are resolve
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
-from streams._text import short
-from streams.errors import ConfigError
+from streams._config_fields import Fields, named_items
 from streams.notifiers._delivery import DeliveryPolicy
-from streams.notifiers._fields import Fields
 from streams.notifiers.base import NotifierSpec, NotifierType
 from streams.notifiers.routing import parse_route
 
 __all__ = ["parse_delivery_policy", "parse_notifier_specs"]
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 def parse_delivery_policy(fields: Fields, default: DeliveryPolicy) -> DeliveryPolicy:
@@ -49,39 +45,18 @@ def parse_delivery_policy(fields: Fields, default: DeliveryPolicy) -> DeliveryPo
 
 def parse_notifier_specs(
     section: object,
-    types: Mapping[str, NotifierType],
+    types: Mapping[str, NotifierType[Any]],
     *,
     env: Mapping[str, str] | None = None,
     path: str = "notifiers",
-) -> list[NotifierSpec]:
+) -> list[NotifierSpec[Any]]:
     """Parse the list under `notifiers:`; the first problem raises ConfigError naming its key."""
-    if section is None:
-        return []
-    if not isinstance(section, list):
-        raise ConfigError(f"{path}: expected a list of notifiers, got {type(section).__name__}")
-    specs: list[NotifierSpec] = []
-    seen: set[str] = set()
-    for index, item in enumerate(section):
-        fields = Fields(item, f"{path}[{index}]", env)
-        name = fields.string("name")
-        if not _NAME.fullmatch(name):
-            raise ConfigError(
-                f"{fields.key('name')}: {short(name)} is not a valid name "
-                "(letters, digits, '_', '.', '-'; at most 63 characters)"
-            )
-        if name in seen:
-            raise ConfigError(f"{fields.key('name')}: duplicate notifier name {short(name)}")
-        seen.add(name)
-        type_name = fields.string("type")
-        notifier_type = types.get(type_name)
-        if notifier_type is None:
-            known = ", ".join(sorted(types))
-            raise ConfigError(
-                f"{fields.key('type')}: unknown type {short(type_name)} (known: {known})"
-            )
+    specs: list[NotifierSpec[Any]] = []
+    for item in named_items(section, path, types, what="notifier", env=env):
+        fields = item.fields
         route = parse_route(fields.section("route"))
-        policy = parse_delivery_policy(fields.section("delivery"), notifier_type.default_policy)
-        options = notifier_type.parse_options(fields.section(type_name))
+        policy = parse_delivery_policy(fields.section("delivery"), item.kind.default_policy)
+        options = item.kind.parse_options(fields.section(item.type))
         fields.finish()
-        specs.append(NotifierSpec(name, type_name, route, policy, options))
+        specs.append(NotifierSpec(item.name, item.type, route, policy, options))
     return specs

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from streams.core.incident_record import Incident
 from streams.notifiers._delivery import DeliveryResult
 from streams.notifiers.base import Notifier
 
@@ -18,10 +18,10 @@ class Dispatcher:
     def __init__(self, notifiers: Sequence[Notifier]) -> None:
         self.notifiers = tuple(notifiers)
 
-    def select(self, incident: Mapping[str, Any]) -> list[Notifier]:
+    def select(self, incident: Incident) -> list[Notifier]:
         return [n for n in self.notifiers if n.route.matches(incident)]
 
-    async def dispatch(self, incident: Mapping[str, Any]) -> list[DeliveryResult]:
+    async def dispatch(self, incident: Incident) -> list[DeliveryResult]:
         """One result per selected notifier, in configuration order; sent concurrently."""
         selected = self.select(incident)
         return list(await asyncio.gather(*(n.send(incident) for n in selected)))

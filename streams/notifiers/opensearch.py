@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from streams._config_fields import Fields
+from streams.core.incident_record import Incident
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import DeliveryPolicy, DeliveryResult, error_for_status
-from streams.notifiers._fields import Fields
 from streams.notifiers._search_documents import (
     BulkAction,
     IndexSuffix,
@@ -36,12 +37,12 @@ from streams.notifiers._search_documents import (
     build_index_template,
     build_search_action,
 )
-from streams.notifiers._secret import Secret
 from streams.notifiers.base import NotifierContext, NotifierSpec
 from streams.notifiers.routing import Route
 
 # The webhook's TLS section (verify, ca_file, client_cert, client_key) is reused as is.
 from streams.notifiers.webhook import TLSOptions, _ssl_context
+from streams.secrets import Secret
 
 __all__ = ["SearchConfig", "SearchIndexNotifier"]
 
@@ -162,10 +163,10 @@ class SearchIndexNotifier:
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy(concurrency=256)
 
-    def __init__(self, spec: NotifierSpec, context: NotifierContext) -> None:
+    def __init__(self, spec: NotifierSpec[SearchConfig], context: NotifierContext) -> None:
         self.name = spec.name
         self.route: Route = spec.route
-        self.config: SearchConfig = spec.options
+        self.config = spec.options
         secrets = [s for s in (self.config.password, self.config.api_key) if s is not None]
         self.deliverer = context.deliverer(spec, secrets)
         self._session: aiohttp.ClientSession | None = None
@@ -182,7 +183,9 @@ class SearchIndexNotifier:
         return _parse_config(fields)
 
     @classmethod
-    def create(cls, spec: NotifierSpec, context: NotifierContext) -> SearchIndexNotifier:
+    def create(
+        cls, spec: NotifierSpec[SearchConfig], context: NotifierContext
+    ) -> SearchIndexNotifier:
         return cls(spec, context)
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ class SearchIndexNotifier:
 
     # -- the Notifier protocol --------------------------------------------------------------
 
-    def action(self, incident: Mapping[str, Any]) -> BulkAction:
+    def action(self, incident: Incident) -> BulkAction:
         config = self.config
         return build_search_action(
             incident,
@@ -305,7 +308,7 @@ class SearchIndexNotifier:
             now=dt.datetime.fromtimestamp(self.deliverer.wall_clock(), dt.UTC),
         )
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult:
+    async def send(self, incident: Incident) -> DeliveryResult:
         async def attempt(_number: int) -> str:
             future = self._enqueue(self.action(incident))
             try:
@@ -314,7 +317,7 @@ class SearchIndexNotifier:
                 if not future.done():  # cancelled by the attempt timeout
                     future.cancel()
 
-        return await self.deliverer.run(str(incident.get("id", "")), attempt)
+        return await self.deliverer.run(incident["id"], attempt)
 
     async def close(self) -> None:
         self._flush()

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from streams._config_fields import Fields
 from streams._text import short
+from streams.core.incident_record import Incident
 from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import ConfigError
-from streams.notifiers._fields import Fields
 
 __all__ = ["STATUSES", "Route", "incident_value", "parse_route"]
 
@@ -41,40 +42,38 @@ class Route:
     statuses: frozenset[str] = STATUSES
     fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
-    def matches(self, incident: Mapping[str, Any]) -> bool:
-        if incident.get("status", "new") not in self.statuses:
-            return False
+    def matches(self, incident: Incident) -> bool:
+        return self.refusal(incident) is None
+
+    def refusal(self, incident: Incident) -> str | None:
+        """The first condition the incident fails (`min_severity`, `statuses`, `correlations`,
+        `tags`, `namespaces`, `fields`), or None when the route selects it."""
         if self.min_severity is not None:
             rank = priority_rank(incident.get("severity"))
             wanted = priority_rank(self.min_severity)
             if rank is not None and wanted is not None and rank < wanted:
-                return False
+                return "min_severity"
+        if incident.get("status", "new") not in self.statuses:
+            return "statuses"
         if self.correlations:
             name = incident.get("correlation")
-            if not isinstance(name, str) or not any(
-                fnmatchcase(name, pattern) for pattern in self.correlations
-            ):
-                return False
-        if self.tags:
-            tags = incident.get("tags")
-            if not isinstance(tags, list) or not set(self.tags).intersection(
-                t for t in tags if isinstance(t, str)
-            ):
-                return False
+            if name is None or not any(fnmatchcase(name, p) for p in self.correlations):
+                return "correlations"
+        if self.tags and not set(self.tags).intersection(incident.get("tags") or []):
+            return "tags"
         if self.namespaces:
-            context = incident.get("context")
-            namespace = context.get("k8s.ns.name") if isinstance(context, Mapping) else None
+            namespace = (incident.get("context") or {}).get("k8s.ns.name")
             if not isinstance(namespace, str) or not any(
                 fnmatchcase(namespace, pattern) for pattern in self.namespaces
             ):
-                return False
+                return "namespaces"
         for path, patterns in self.fields:
             value = incident_value(incident, path)
             if not isinstance(value, str | int) or isinstance(value, bool):
-                return False
+                return "fields"
             if not any(fnmatchcase(str(value), pattern) for pattern in patterns):
-                return False
-        return True
+                return "fields"
+        return None
 
 
 def incident_value(incident: Mapping[str, Any], path: str) -> Any:

@@ -17,8 +17,10 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from streams._config_fields import Fields
 from streams._text import short
-from streams.core.priority import canonical_priority, priority_rank
+from streams.core.incident_record import Incident, IncidentEvent
+from streams.core.priority import canonical_priority
 from streams.errors import ConfigError, NotifyError
 from streams.notifiers._delivery import (
     DeliveryPolicy,
@@ -27,8 +29,6 @@ from streams.notifiers._delivery import (
     idempotency_key,
 )
 from streams.notifiers._enrichment_text import enrichment_lines
-from streams.notifiers._fields import Fields
-from streams.notifiers._secret import Secret
 from streams.notifiers._slack_text import (
     as_text,
     chunk_lines,
@@ -40,7 +40,8 @@ from streams.notifiers._slack_text import (
     timestamp,
 )
 from streams.notifiers.base import NotifierContext, NotifierSpec, ThreadStore
-from streams.notifiers.routing import Route, incident_value
+from streams.notifiers.routing import STATUSES, Route, incident_value
+from streams.secrets import Secret
 
 __all__ = ["SlackConfig", "SlackNotifier", "build_slack_payload"]
 
@@ -59,6 +60,8 @@ _SEVERITY_STYLE: dict[str, tuple[str, str]] = {
     "Debug": (":white_circle:", "#9E9E9E"),
 }
 _UNKNOWN_STYLE = (":grey_question:", "#9E9E9E")
+# What the Slack section's own filters (a Route) say when they hold an incident back.
+_SKIP_REASONS = {"min_severity": "below min_severity", "statuses": "send_updates is off"}
 _CONTEXT_FIELDS = (
     ("Namespace", "k8s.ns.name"),
     ("Pod", "k8s.pod.name"),
@@ -97,9 +100,8 @@ class SlackConfig:
         return "bot" if self.token is not None else "webhook"
 
 
-def _fields(incident: Mapping[str, Any]) -> list[dict[str, str]]:
-    context = incident.get("context")
-    ctx: Mapping[str, Any] = context if isinstance(context, Mapping) else {}
+def _fields(incident: Incident) -> list[dict[str, str]]:
+    ctx = incident.get("context") or {}
     fields = [{"type": "mrkdwn", "text": f"*Key*\n{code(key_text(incident.get('key')), 200)}"}]
     for label, name in _CONTEXT_FIELDS:
         value = as_text(ctx.get(name))
@@ -120,9 +122,8 @@ def _fields(incident: Mapping[str, Any]) -> list[dict[str, str]]:
     return fields
 
 
-def _event_line(event: Mapping[str, Any]) -> str:
-    fields = event.get("output_fields")
-    cmdline = as_text(fields.get("proc.cmdline")) if isinstance(fields, Mapping) else ""
+def _event_line(event: IncidentEvent) -> str:
+    cmdline = as_text((event.get("output_fields") or {}).get("proc.cmdline"))
     step = as_text(event.get("step"))
     head = f"• `{short_time(event.get('time'))}`"
     if step:
@@ -131,11 +132,9 @@ def _event_line(event: Mapping[str, Any]) -> str:
     return f"{head}\n      {code(cmdline, 150)}" if cmdline else head
 
 
-def _timeline(incident: Mapping[str, Any], limit: int) -> list[str]:
-    raw = incident.get("events")
-    events = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
-    truncated = incident.get("events_truncated")
-    hidden = truncated if isinstance(truncated, int) and truncated > 0 else 0
+def _timeline(incident: Incident, limit: int) -> list[str]:
+    events = incident.get("events") or []
+    hidden = truncated = max(0, incident.get("events_truncated", 0))
     if len(events) > limit:
         # Keep the first steps and the last one: the sequence's end is usually the point.
         hidden += len(events) - limit
@@ -146,7 +145,7 @@ def _timeline(incident: Mapping[str, Any], limit: int) -> list[str]:
         lines = [_event_line(e) for e in events]
         if hidden:
             lines.append(f"_… {hidden} more events …_")
-    total = len(events) + (truncated if isinstance(truncated, int) and truncated > 0 else 0)
+    total = len(events) + truncated
     header = f"*Timeline* ({total} event{'s' if total != 1 else ''})"
     return [header, *lines]
 
@@ -155,7 +154,9 @@ def _style(severity: str | None) -> tuple[str, str]:
     return _SEVERITY_STYLE.get(severity or "", _UNKNOWN_STYLE)
 
 
-def _new_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, Any]:
+def _new_payload(
+    incident: Incident, config: SlackConfig, enricher_kinds: Mapping[str, str]
+) -> dict[str, Any]:
     severity = canonical_priority(incident.get("severity"))
     emoji, colour = _style(severity)
     sev_text = severity or fit(as_text(incident.get("severity")) or "Unknown", 20)
@@ -171,14 +172,14 @@ def _new_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, 
         },
         {"type": "section", "fields": _fields(incident)},
     ]
-    enrichment = enrichment_lines(incident)
+    enrichment = enrichment_lines(incident, enricher_kinds)
     if enrichment:
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": fit_line("\n".join(enrichment))}}
         )
     for chunk in chunk_lines(_timeline(incident, max(2, config.max_timeline_events))):
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
-    tags = [t for t in incident.get("tags") or [] if isinstance(t, str)]
+    tags = incident.get("tags") or []
     if tags:
         tag_text = " ".join(code(t, 40) for t in tags[:15]) + (" …" if len(tags) > 15 else "")
         blocks.append(
@@ -203,16 +204,15 @@ def _new_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, 
     }
 
 
-def _update_payload(incident: Mapping[str, Any]) -> dict[str, Any]:
-    count = incident.get("count")
-    total = count if isinstance(count, int) and count > 1 else 2
+def _update_payload(incident: Incident) -> dict[str, Any]:
+    count = incident.get("count", 0)
+    total = count if count > 1 else 2
     more = total - 1
     name = fit(as_text(incident.get("correlation")) or "incident", 150)
     emoji, _ = _style(canonical_priority(incident.get("severity")))
     matches = f"{more} more match{'es' if more != 1 else ''}"
     head = f":repeat: *{matches}* · {emoji} *{name}* ({total} in total)"
-    raw = incident.get("events")
-    events = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
+    events = incident.get("events") or []
     key = code(key_text(incident.get("key")), 200)
     lines = [head, f"Key {key} · last {timestamp(incident.get('last_seen'))}"]
     if events:
@@ -227,12 +227,17 @@ def _update_payload(incident: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_slack_payload(incident: Mapping[str, Any], config: SlackConfig) -> dict[str, Any]:
-    """The chat.postMessage / incoming-webhook body for one incident record (pure)."""
+def build_slack_payload(
+    incident: Incident,
+    config: SlackConfig,
+    enricher_kinds: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The chat.postMessage / incoming-webhook body for one incident record (pure).
+    `enricher_kinds` maps enricher names to their types (a name not in it is its own type)."""
     if incident.get("status") == "update":
         payload = _update_payload(incident)
     else:
-        payload = _new_payload(incident, config)
+        payload = _new_payload(incident, config, enricher_kinds or {})
     for option in ("channel", "username", "icon_emoji", "icon_url"):
         value = getattr(config, option)
         if value:
@@ -289,11 +294,18 @@ class SlackNotifier:
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy(rate=1.0, burst=1, concurrency=1)
 
-    def __init__(self, spec: NotifierSpec, context: NotifierContext) -> None:
+    def __init__(self, spec: NotifierSpec[SlackConfig], context: NotifierContext) -> None:
         self.name = spec.name
         self.route: Route = spec.route
-        self.config: SlackConfig = spec.options
+        self.config = spec.options
+        # `slack.min_severity` and `slack.send_updates` are a second route, checked at send so
+        # that what they hold back is counted as skipped
+        self.filter = Route(
+            min_severity=self.config.min_severity,
+            statuses=STATUSES if self.config.send_updates else frozenset({"new"}),
+        )
         self.threads: ThreadStore = context.thread_store
+        self.enricher_kinds = context.enricher_kinds
         secrets = [s for s in (self.config.webhook_url, self.config.token) if s is not None]
         self.deliverer = context.deliverer(spec, secrets)
         self._session: aiohttp.ClientSession | None = None
@@ -303,7 +315,7 @@ class SlackNotifier:
         return _parse_config(fields)
 
     @classmethod
-    def create(cls, spec: NotifierSpec, context: NotifierContext) -> SlackNotifier:
+    def create(cls, spec: NotifierSpec[SlackConfig], context: NotifierContext) -> SlackNotifier:
         return cls(spec, context)
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -316,19 +328,15 @@ class SlackNotifier:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult:
+    async def send(self, incident: Incident) -> DeliveryResult:
         incident_id = as_text(incident.get("id"))
         status = incident.get("status", "new")
-        if self.config.min_severity is not None:
-            rank = priority_rank(incident.get("severity"))
-            wanted = priority_rank(self.config.min_severity)
-            if rank is not None and wanted is not None and rank < wanted:
-                return self.deliverer.skip(incident_id, "below min_severity")
-        if status == "update" and not self.config.send_updates:
-            return self.deliverer.skip(incident_id, "send_updates is off")
+        refused = self.filter.refusal(incident)
+        if refused is not None:
+            return self.deliverer.skip(incident_id, _SKIP_REASONS[refused])
         if self.config.mode == "bot" and status != "update" and self.threads.get(incident_id):
             return self.deliverer.skip(incident_id, "already posted (thread exists)")
-        payload = build_slack_payload(incident, self.config)
+        payload = build_slack_payload(incident, self.config, self.enricher_kinds)
         headers = {"Idempotency-Key": idempotency_key(incident)}
 
         async def attempt(_number: int) -> str:

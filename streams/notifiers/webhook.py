@@ -7,15 +7,16 @@ import hashlib
 import hmac
 import re
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import aiohttp
 import jinja2
 import orjson
 
+from streams._config_fields import Fields
 from streams._text import short
+from streams.core.incident_record import Incident
 from streams.core.templates import (
     BudgetedSandbox,
     RenderLimits,
@@ -30,10 +31,9 @@ from streams.notifiers._delivery import (
     error_for_status,
     idempotency_key,
 )
-from streams.notifiers._fields import Fields
-from streams.notifiers._secret import Secret
 from streams.notifiers.base import NotifierContext, NotifierSpec
 from streams.notifiers.routing import Route
+from streams.secrets import Secret
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -83,7 +83,7 @@ def signature(secret: Secret, timestamp: int, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
-def _render_body(incident: Mapping[str, Any], config: WebhookConfig) -> bytes:
+def _render_body(incident: Incident, config: WebhookConfig) -> bytes:
     if config.template is None:
         return orjson.dumps(incident, option=orjson.OPT_NON_STR_KEYS)
     variables = {str(k): v for k, v in incident.items()}
@@ -92,7 +92,7 @@ def _render_body(incident: Mapping[str, Any], config: WebhookConfig) -> bytes:
 
 
 def build_webhook_request(
-    incident: Mapping[str, Any], config: WebhookConfig, *, timestamp: int | None = None
+    incident: Incident, config: WebhookConfig, *, timestamp: int | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers for one incident (pure). With `hmac_secret` set, `timestamp` (Unix
     seconds) is required: the signature covers `"<timestamp>." + body`."""
@@ -188,10 +188,10 @@ class WebhookNotifier:
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy()
 
-    def __init__(self, spec: NotifierSpec, context: NotifierContext) -> None:
+    def __init__(self, spec: NotifierSpec[WebhookConfig], context: NotifierContext) -> None:
         self.name = spec.name
         self.route: Route = spec.route
-        self.config: WebhookConfig = spec.options
+        self.config = spec.options
         secrets = [self.config.url, *(v for _, v in self.config.headers)]
         if self.config.hmac_secret is not None:
             secrets.append(self.config.hmac_secret)
@@ -203,14 +203,14 @@ class WebhookNotifier:
         return _parse_config(fields)
 
     @classmethod
-    def create(cls, spec: NotifierSpec, context: NotifierContext) -> WebhookNotifier:
+    def create(cls, spec: NotifierSpec[WebhookConfig], context: NotifierContext) -> WebhookNotifier:
         return cls(spec, context)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, incident: Mapping[str, Any]) -> DeliveryResult:
+    async def send(self, incident: Incident) -> DeliveryResult:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=self.deliverer.policy.timeout)
             self._session = aiohttp.ClientSession(timeout=timeout)
@@ -247,4 +247,4 @@ class WebhookNotifier:
                     response.status, response.headers, self.deliverer.wall_clock(), text
                 )
 
-        return await self.deliverer.run(str(incident.get("id", "")), attempt)
+        return await self.deliverer.run(incident["id"], attempt)

@@ -10,7 +10,6 @@ value came from, e.g. `worker.yaml:4:14: app.lateness: invalid duration '10x': .
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streams._config_fields import ConfigFile, locate, read_config_file
+from streams._config_fields import ConfigFile, read_config_file
 from streams._text import printable, short
 from streams.core.durations import NS_PER_UNIT, format_duration, parse_duration
 from streams.core.engine import DEFAULT_MAX_STATE_ENTRIES
@@ -144,7 +143,7 @@ class WorkerConfig:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     app: AppConfig = field(default_factory=AppConfig)
     # --- notify stage (streams/runtime/notify.py): typed, secrets resolved, when the file is read
-    notifiers: tuple[NotifierSpec, ...] = ()  # give them to streams.notifiers.load_notifiers
+    notifiers: tuple[NotifierSpec[Any], ...] = ()  # give them to streams.notifiers.load_notifiers
     delivery: NotifySettings = field(default_factory=NotifySettings)
     # --- correlate stage: the `enrichment:` section, for streams.enrich.load_enrichment
     enrichment: EnrichmentConfig | None = None
@@ -408,12 +407,13 @@ def _typed_sections(
     }
     typed: dict[str, Any] = {}
     for name, read in readers.items():
-        if file.data.get(name) is None:
-            continue
         try:
-            typed[name] = read(file.data[name])
+            value = file.read_section(name, read)
         except ConfigError as exc:
-            errors.append(locate(str(exc), file.values))
+            errors.append(str(exc))
+            continue
+        if value is not None:
+            typed[name] = value
     return typed
 
 
@@ -448,50 +448,17 @@ def _settings_from_file(file: ConfigFile, errors: list[str]) -> dict[str, tuple[
     sections and keys (with a suggestion) and wrong shapes go to `errors`."""
     found: dict[str, tuple[object, str]] = {}
     known = _SECTIONS + _TYPED_SECTIONS
-    for section in _known_keys(file.data, "", known, file, errors):
+    for section in file.known_keys(file.data, "", known, errors):
         if section in _TYPED_SECTIONS:
             continue
         value = file.data[section]
         if value is None:
             continue
         if not isinstance(value, dict):
-            where = _at(file.values, section, file.path)
-            errors.append(f"{where}: {section}: must be a mapping of keys")
+            errors.append(f"{file.at(section)}: {section}: must be a mapping of keys")
             continue
         keys = tuple(s.key for s in SETTINGS if s.section == section)
-        for key in _known_keys(value, f"{section}.", keys, file, errors):
+        for key in file.known_keys(value, f"{section}.", keys, errors):
             name = f"{section}.{key}"
-            found[name] = (value[key], _at(file.values, name, file.path))
+            found[name] = (value[key], file.at(name))
     return found
-
-
-def _known_keys(
-    data: dict[Any, Any],
-    prefix: str,
-    known: tuple[str, ...],
-    file: ConfigFile,
-    errors: list[str],
-) -> list[str]:
-    """The keys of `data` that are in `known`; the others are errors at their place."""
-    keys = []
-    for key in data:
-        name = f"{prefix}{key}"
-        where = _at(file.keys, name, file.path)
-        if not isinstance(key, str):
-            errors.append(f"{where}: {prefix.rstrip('.') or 'top level'}: keys must be strings")
-        elif key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            kind = "key" if prefix else "section"
-            errors.append(f"{where}: unknown {kind} {_cut(name)}{hint}")
-        else:
-            keys.append(key)
-    return keys
-
-
-def _cut(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _at(locations: Mapping[str, str], name: str, path: str) -> str:
-    return locations.get(name, path)

@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from streams._metrics import PerRegistry
+from streams.core.incident_record import Incident, incident_problem, read_incident
 from streams.notifiers import (
     DeliveryFailure,
     Dispatcher,
@@ -318,16 +319,18 @@ class NotifyStage:
         if previous is not None:
             await asyncio.wait([previous])  # same incident: in order, whatever became of it
         try:
-            incident = orjson.loads(record.value or b"")
+            value = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError:
-            incident = None
-        if not isinstance(incident, dict) or not isinstance(incident.get("id"), str):
+            value = None
+        incident = read_incident(value)  # the one check of the record's shape
+        if incident is None:
             self.stage_metrics.invalid.inc()
             log.warning(
-                "notify: skipped %s/%d/%d: not an incident record",
+                "notify: skipped %s/%d/%d: not an incident record (%s)",
                 record.topic,
                 record.partition,
                 record.offset,
+                incident_problem(value),
             )
             return
         results = await self.dispatcher.dispatch(incident)
@@ -337,9 +340,7 @@ class NotifyStage:
         if self.threads is not None:
             await self.threads.flush()
 
-    async def _dead_letter(
-        self, incident: dict[str, Any], failure: DeliveryFailure, record: Any
-    ) -> None:
+    async def _dead_letter(self, incident: Incident, failure: DeliveryFailure, record: Any) -> None:
         value = dead_letter_record(
             incident,
             failure,
@@ -420,7 +421,8 @@ def load_notify_parts(
     settings = parse_notify_settings(config.delivery)
     threads = KafkaThreadStore(config, thread_topic_name(config.app.id), settings.thread_retention)
     metrics = NotifierMetrics.shared(REGISTRY if registry is None else registry)
-    context = NotifierContext(metrics=metrics, thread_store=threads)
+    kinds = config.enrichment.kinds if config.enrichment is not None else {}
+    context = NotifierContext(metrics=metrics, thread_store=threads, enricher_kinds=kinds)
     notifiers = load_notifiers(config.notifiers, context, env=env)
     bot = any(isinstance(n, SlackNotifier) and n.config.mode == "bot" for n in notifiers)
     return settings, notifiers, threads if bot else None

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from streams.core.incident_record import read_incident
 from streams.errors import ConfigError
 from streams.notifiers import DeliveryFailure, Notifier, NotifierMetrics
 from streams.runtime.config import WorkerConfig, load_config
@@ -87,8 +88,8 @@ class _Redeliverer:
         except orjson.JSONDecodeError:
             data = None
         headers = dict(record.headers or ())
-        incident = data.get("incident") if isinstance(data, dict) else None
-        if not isinstance(data, dict) or not isinstance(incident, dict):
+        incident = read_incident(data.get("incident")) if isinstance(data, dict) else None
+        if not isinstance(data, dict) or incident is None:
             self.summary.unreadable += 1
             log.error(
                 "skipped %s/%d/%d: not a notify dead-letter record",

@@ -28,14 +28,25 @@ SHIPPED = [
 # Loader errors that need more than the shape of one file (parsing conditions, resolving
 # names, comparing items) or that YAML loading itself reports: the schema accepts these files.
 LOADER_ONLY = {
-    "yaml-indentation", "yaml-unclosed-flow", "yaml-tab", "yaml-unclosed-quote",
-    "duplicate-yaml-key", "duplicate-yaml-key-nested",
-    "unknown-macro", "unknown-macro-in-macro", "unknown-macro-in-step",
+    "yaml-indentation",
+    "yaml-unclosed-flow",
+    "yaml-tab",
+    "yaml-unclosed-quote",
+    "duplicate-yaml-key",
+    "duplicate-yaml-key-nested",
+    "unknown-macro",
+    "unknown-macro-in-macro",
+    "unknown-macro-in-step",
     "unknown-macro-block-scalar",
-    "bad-operator", "bad-operator-in-step", "bad-operator-in-macro", "upper-case-keyword",
+    "bad-operator",
+    "bad-operator-in-step",
+    "bad-operator-in-macro",
+    "upper-case-keyword",
     "invalid-regex",
-    "within-over-7d", "within-just-over-7d",
-    "duplicate-correlation", "duplicate-macro",
+    "within-over-7d",
+    "within-just-over-7d",
+    "duplicate-correlation",
+    "duplicate-macro",
 }
 
 
@@ -97,13 +108,25 @@ def test_schema_rejects_the_loaders_invalid_examples(
     [
         ({"list": "l", "macro": "m", "items": []}, "Additional properties"),
         ({"desc": "no kind"}, "is not valid under any of the given schemas"),
-        ({"correlation": "c", "type": "count", "condition": "a = b", "within": "1m"},
-         "'threshold' is a required property"),
-        ({"correlation": "c", "enabled": False, "override": {"enabled": "append"}},
-         "is not one of ['replace']"),
+        (
+            {"correlation": "c", "type": "count", "condition": "a = b", "within": "1m"},
+            "'threshold' is a required property",
+        ),
+        (
+            {"correlation": "c", "enabled": False, "override": {"enabled": "append"}},
+            "is not one of ['replace']",
+        ),
         ({"list": "l", "items": [True]}, "is not of type"),
-        ({"correlation": "c", "type": "absence", "within": "1m", "trigger": {"condition": "a"},
-          "expect": {"condition": "b", "when": "x"}}, "Additional properties"),
+        (
+            {
+                "correlation": "c",
+                "type": "absence",
+                "within": "1m",
+                "trigger": {"condition": "a"},
+                "expect": {"condition": "b", "when": "x"},
+            },
+            "Additional properties",
+        ),
     ],
 )
 def test_schema_errors_an_editor_shows(
@@ -118,8 +141,11 @@ def test_override_items_need_only_their_name_and_what_they_change(
     validator: jsonschema.Draft7Validator,
 ) -> None:
     items = [
-        {"correlation": "Shell then outbound connection", "within": "30m",
-         "override": {"within": "replace"}},
+        {
+            "correlation": "Shell then outbound connection",
+            "within": "30m",
+            "override": {"within": "replace"},
+        },
         {"list": "shell_binaries", "items": ["fish"], "override": {"items": "append"}},
         {"macro": "in_container", "condition": "and x = y", "override": {"condition": "append"}},
     ]

@@ -29,8 +29,23 @@ DASHBOARD = REPO / "deploy" / "grafana" / "falco-correlator.json"
 EXTERNAL_METRICS = frozenset({"up", "kube_pod_status_ready"})
 
 _KEYWORDS = frozenset(
-    {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-     "group_left", "group_right", "inf", "nan", "Inf", "NaN"}
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "inf",
+        "nan",
+        "Inf",
+        "NaN",
+    }
 )
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENTIFIER = re.compile(r"(?<![0-9.a-zA-Z_:$])[a-zA-Z_:][a-zA-Z0-9_:]*")

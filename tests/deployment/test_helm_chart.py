@@ -32,7 +32,11 @@ VALUES = {"default": [], "full": [FULL], "readme": [README_VALUES]}
 
 def helm(*args: str) -> str:
     result = subprocess.run(
-        [require_tool("helm"), *args], cwd=CHART, capture_output=True, text=True, check=False,
+        [require_tool("helm"), *args],
+        cwd=CHART,
+        capture_output=True,
+        text=True,
+        check=False,
         timeout=120,
     )
     assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
@@ -62,8 +66,13 @@ def kubeconform(text: str, version: str, tmp_path: Path) -> dict[str, Any]:
     schemas, crds = require_path("k8s-schemas"), require_path("crd-schemas")
     result = subprocess.run(
         [
-            require_tool("kubeconform"), "-strict", "-summary", "-output", "json",
-            "-kubernetes-version", version,
+            require_tool("kubeconform"),
+            "-strict",
+            "-summary",
+            "-output",
+            "json",
+            "-kubernetes-version",
+            version,
             "-schema-location",
             f"{schemas}/{{{{ .NormalizedKubernetesVersion }}}}-local-strict/"
             "{{ .ResourceKind }}{{ .KindSuffix }}.json",
@@ -71,7 +80,10 @@ def kubeconform(text: str, version: str, tmp_path: Path) -> dict[str, Any]:
             f"{crds}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
             str(manifests),
         ],
-        capture_output=True, text=True, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     report: dict[str, Any] = json.loads(result.stdout)
     report["returncode"] = result.returncode
@@ -243,9 +255,13 @@ def test_prometheus_rule_is_the_alerts_file_and_its_thresholds_are_values() -> N
     assert rule["spec"] == {"groups": alerts["groups"]}
 
     tuned = render(
-        [], "prometheusRule.enabled=true", "prometheusRule.thresholds.consumerLag=50000",
-        "prometheusRule.thresholds.lateRatio=0.2", "prometheusRule.thresholds.invalidRatio=0.5",
-        "prometheusRule.thresholds.enrichmentErrorRatio=0.9", release="sec",
+        [],
+        "prometheusRule.enabled=true",
+        "prometheusRule.thresholds.consumerLag=50000",
+        "prometheusRule.thresholds.lateRatio=0.2",
+        "prometheusRule.thresholds.invalidRatio=0.5",
+        "prometheusRule.thresholds.enrichmentErrorRatio=0.9",
+        release="sec",
     )
     [rule] = kind(documents(tuned), "PrometheusRule")
     exprs = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
@@ -256,8 +272,10 @@ def test_prometheus_rule_is_the_alerts_file_and_its_thresholds_are_values() -> N
     assert 'pod=~"sec-falco-correlator-[0-9]+"' in exprs["FalcoCorrelatorNotReady"]
     changed = {a for a, e in exprs.items() if e != _alert_exprs(alerts)[a]}
     assert changed == {
-        "FalcoCorrelatorConsumerLagGrowing", "FalcoCorrelatorLateEvents",
-        "FalcoCorrelatorInvalidEvents", "FalcoCorrelatorEnrichmentErrors",
+        "FalcoCorrelatorConsumerLagGrowing",
+        "FalcoCorrelatorLateEvents",
+        "FalcoCorrelatorInvalidEvents",
+        "FalcoCorrelatorEnrichmentErrors",
         "FalcoCorrelatorNotReady",
     }
 

@@ -16,8 +16,7 @@ DOCKERIGNORE = (REPO / ".dockerignore").read_text(encoding="utf-8")
 def instructions(name: str) -> list[str]:
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
     return [
-        line.split(None, 1)[1] for line in text.splitlines()
-        if line.split(None, 1)[:1] == [name]
+        line.split(None, 1)[1] for line in text.splitlines() if line.split(None, 1)[:1] == [name]
     ]
 
 
@@ -74,7 +73,14 @@ def test_the_build_context_has_what_the_copies_need_and_no_secrets_or_caches() -
             assert in_context(source), source
     for path in ("streams/cli/main.py", "rules/shell-egress.yaml", "pyproject.toml"):
         assert in_context(path), path
-    for path in (".venv/bin/python", ".git/config", "tests/conftest.py", "docs/rules.md",
-                 "rules/tests/shell-egress.test.yaml", "streams/__pycache__/x.pyc",
-                 "deploy/worker.example.yaml", "worker.yaml"):
+    for path in (
+        ".venv/bin/python",
+        ".git/config",
+        "tests/conftest.py",
+        "docs/rules.md",
+        "rules/tests/shell-egress.test.yaml",
+        "streams/__pycache__/x.pyc",
+        "deploy/worker.example.yaml",
+        "worker.yaml",
+    ):
         assert not in_context(path), path

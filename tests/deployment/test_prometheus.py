@@ -26,8 +26,12 @@ RULE_TESTS = REPO / "deploy" / "prometheus" / "tests" / "alerts.test.yaml"
 
 def promtool(*args: str, cwd: Path = REPO) -> str:
     result = subprocess.run(
-        [require_tool("promtool"), *args], cwd=cwd, capture_output=True, text=True,
-        check=False, timeout=120,
+        [require_tool("promtool"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"promtool {' '.join(args)}:\n{output}"
@@ -79,7 +83,10 @@ def test_a_broken_expression_is_caught(tmp_path: Path) -> None:
     )
     result = subprocess.run(
         [require_tool("promtool"), "check", "rules", str(path)],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert result.returncode != 0
 
@@ -88,18 +95,28 @@ def test_dashboard_covers_the_asked_views_and_uses_its_datasource_variable() -> 
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
     assert rows == [
-        "Health", "Throughput", "Lag and latency", "Incidents", "Input quality", "Notifiers",
-        "Enrichment", "State",
+        "Health",
+        "Throughput",
+        "Lag and latency",
+        "Incidents",
+        "Input quality",
+        "Notifiers",
+        "Enrichment",
+        "State",
     ]
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
     names = set().union(*(metric_names(e) for _t, e in dashboard_expressions()))
     for wanted in (
-        "fc_consumer_lag", "fc_processing_latency_seconds_bucket", "fc_incidents_total",
-        "fc_events_late_total", "fc_events_invalid_total",
+        "fc_consumer_lag",
+        "fc_processing_latency_seconds_bucket",
+        "fc_incidents_total",
+        "fc_events_late_total",
+        "fc_events_invalid_total",
         "falco_correlator_notifications_dead_lettered_total",
-        "falco_correlator_enrichment_errors_total", "fc_state_entries",
+        "falco_correlator_enrichment_errors_total",
+        "fc_state_entries",
     ):
         assert wanted in names
 

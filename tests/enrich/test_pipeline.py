@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streams._config_fields import Fields
 from streams.enrich import (
     ENRICHER_TYPES,
     Enricher,
@@ -20,7 +21,6 @@ from streams.enrich import (
     EnrichmentPipeline,
     load_enrichment,
 )
-from streams.enrich._options import Options
 from streams.errors import ConfigError
 
 from .helpers import make_incident
@@ -43,8 +43,8 @@ class Sleepy:
         self.closed = False
 
     @classmethod
-    def from_options(cls, name: str, options: Options, context: EnricherContext) -> Sleepy:
-        enricher = cls(name, options.number("delay", 0.0))
+    def from_options(cls, name: str, options: Fields, context: EnricherContext) -> Sleepy:
+        enricher = cls(name, options.number("delay", 0.0, minimum=0.0))
         options.finish()
         return enricher
 

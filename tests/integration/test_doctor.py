@@ -66,8 +66,11 @@ class Servers:
         slack = web.Application()
         slack.router.add_post("/api/auth.test", self._auth_test)
         slack.router.add_post("/api/chat.postMessage", self._post_message)
-        for name, app in (("slack", slack), ("webhook", self.webhook.app()),
-                          ("harbor", self.harbor.app())):
+        for name, app in (
+            ("slack", slack),
+            ("webhook", self.webhook.app()),
+            ("harbor", self.harbor.app()),
+        ):
             server = LocalServer(app)
             await server.__aenter__()
             self._servers.append(server)
@@ -140,8 +143,12 @@ def base_config(bootstrap: str, topic: str, tmp_path: Path, **extra: Any) -> dic
     return {
         "kafka": {"bootstrap_servers": bootstrap},
         "topics": {"events": topic, "partitions": 2, "replication_factor": 1},
-        "app": {"id": f"it-doctor-{uuid.uuid4().hex[:8]}", "rules": [str(RULES)],
-                "store": "rocksdb", "data_dir": str(tmp_path / "data")},
+        "app": {
+            "id": f"it-doctor-{uuid.uuid4().hex[:8]}",
+            "rules": [str(RULES)],
+            "store": "rocksdb",
+            "data_dir": str(tmp_path / "data"),
+        },
         **extra,
     }
 
@@ -149,8 +156,9 @@ def base_config(bootstrap: str, topic: str, tmp_path: Path, **extra: Any) -> dic
 def doctor(config: Path, env: dict[str, str], *args: str) -> tuple[int, list[str]]:
     out = io.StringIO()
     # generous: the checks wait on a broker and a search node shared with the rest of the suite
-    code = run_doctor(config_path=str(config), env=env, out=out, timeout=20.0,
-                      send_test="--send-test" in args)
+    code = run_doctor(
+        config_path=str(config), env=env, out=out, timeout=20.0, send_test="--send-test" in args
+    )
     return code, out.getvalue().splitlines()
 
 
@@ -161,30 +169,64 @@ def line(lines: list[str], status: str, fragment: str) -> str:
 
 
 def test_a_healthy_deployment_passes_and_every_service_is_called_once(
-    tmp_path: Path, servers: Servers, events_topic: Callable[..., str], kafka_bootstrap: str,
-    opensearch_url: str, request: pytest.FixtureRequest,
+    tmp_path: Path,
+    servers: Servers,
+    events_topic: Callable[..., str],
+    kafka_bootstrap: str,
+    opensearch_url: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     index = f"it-doctor-{uuid.uuid4().hex[:6]}"
     request.addfinalizer(lambda: http_json("DELETE", f"{opensearch_url}/{index}*"))
     request.addfinalizer(lambda: http_json("DELETE", f"{opensearch_url}/_index_template/{index}"))
     harbor_host = servers.urls["harbor"].removeprefix("http://")
     topic = events_topic([f"{harbor_host}/payments/checkout"] * 6 + ["alpine"] * 2)
-    config = write_config(tmp_path, base_config(kafka_bootstrap, topic, tmp_path, notifiers=[
-        {"name": "slack", "type": "slack",
-         "slack": {"token": "${env:SLACK_BOT_TOKEN}", "channel": "#security",
-                   "base_url": servers.urls["slack"] + "/api/"}},
-        {"name": "soar", "type": "webhook", "webhook": {"url": servers.urls["webhook"] + "/x"}},
-        {"name": "search", "type": "opensearch",
-         "opensearch": {"url": opensearch_url, "index": index, "template_name": index}},
-    ], enrichment=[
-        {"type": "harbor", "harbor": {
-            "url": servers.urls["harbor"],
-            "username": "${env:HARBOR_ROBOT_NAME}", "password": "${env:HARBOR_ROBOT_SECRET}",
-            "projects": [{"registry": "docker.io", "project": "dockerhub-proxy"}]}},
-        {"type": "risk"},
-    ]))
-    env = {"SLACK_BOT_TOKEN": SLACK_TOKEN, "HARBOR_ROBOT_NAME": servers.harbor.username,
-           "HARBOR_ROBOT_SECRET": servers.harbor.password}
+    config = write_config(
+        tmp_path,
+        base_config(
+            kafka_bootstrap,
+            topic,
+            tmp_path,
+            notifiers=[
+                {
+                    "name": "slack",
+                    "type": "slack",
+                    "slack": {
+                        "token": "${env:SLACK_BOT_TOKEN}",
+                        "channel": "#security",
+                        "base_url": servers.urls["slack"] + "/api/",
+                    },
+                },
+                {
+                    "name": "soar",
+                    "type": "webhook",
+                    "webhook": {"url": servers.urls["webhook"] + "/x"},
+                },
+                {
+                    "name": "search",
+                    "type": "opensearch",
+                    "opensearch": {"url": opensearch_url, "index": index, "template_name": index},
+                },
+            ],
+            enrichment=[
+                {
+                    "type": "harbor",
+                    "harbor": {
+                        "url": servers.urls["harbor"],
+                        "username": "${env:HARBOR_ROBOT_NAME}",
+                        "password": "${env:HARBOR_ROBOT_SECRET}",
+                        "projects": [{"registry": "docker.io", "project": "dockerhub-proxy"}],
+                    },
+                },
+                {"type": "risk"},
+            ],
+        ),
+    )
+    env = {
+        "SLACK_BOT_TOKEN": SLACK_TOKEN,
+        "HARBOR_ROBOT_NAME": servers.harbor.username,
+        "HARBOR_ROBOT_SECRET": servers.harbor.password,
+    }
 
     code, lines = doctor(config, env, "--send-test")
 
@@ -213,23 +255,53 @@ def test_a_healthy_deployment_passes_and_every_service_is_called_once(
 
 
 def test_problems_are_failures_with_what_to_fix_and_secrets_stay_hidden(
-    tmp_path: Path, servers: Servers, events_topic: Callable[..., str], kafka_bootstrap: str,
+    tmp_path: Path,
+    servers: Servers,
+    events_topic: Callable[..., str],
+    kafka_bootstrap: str,
 ) -> None:
     topic = events_topic(["registry.corp/team-a/api"] * 5)
-    config = write_config(tmp_path, base_config(kafka_bootstrap, topic, tmp_path, notifiers=[
-        {"name": "slack", "type": "slack",
-         "slack": {"token": "${env:SLACK_BOT_TOKEN}", "channel": "#security",
-                   "base_url": servers.urls["slack"] + "/api/"}},
-        {"name": "pager", "type": "webhook", "webhook": {"url": "${env:PAGER_URL}"}},
-        {"name": "soar", "type": "webhook", "webhook": {"url": servers.urls["webhook"] + "/x"}},
-    ], enrichment=[
-        {"type": "harbor", "harbor": {
-            "url": servers.urls["harbor"],
-            "username": "${env:HARBOR_ROBOT_NAME}", "password": "${env:HARBOR_ROBOT_SECRET}",
-            "projects": [{"registry": "harbor.example.com", "project": "team-x"}]}},
-    ]))
-    env = {"SLACK_BOT_TOKEN": "xoxb-revoked-token", "HARBOR_ROBOT_NAME": "robot$wrong",
-           "HARBOR_ROBOT_SECRET": "wrong-secret-value"}
+    config = write_config(
+        tmp_path,
+        base_config(
+            kafka_bootstrap,
+            topic,
+            tmp_path,
+            notifiers=[
+                {
+                    "name": "slack",
+                    "type": "slack",
+                    "slack": {
+                        "token": "${env:SLACK_BOT_TOKEN}",
+                        "channel": "#security",
+                        "base_url": servers.urls["slack"] + "/api/",
+                    },
+                },
+                {"name": "pager", "type": "webhook", "webhook": {"url": "${env:PAGER_URL}"}},
+                {
+                    "name": "soar",
+                    "type": "webhook",
+                    "webhook": {"url": servers.urls["webhook"] + "/x"},
+                },
+            ],
+            enrichment=[
+                {
+                    "type": "harbor",
+                    "harbor": {
+                        "url": servers.urls["harbor"],
+                        "username": "${env:HARBOR_ROBOT_NAME}",
+                        "password": "${env:HARBOR_ROBOT_SECRET}",
+                        "projects": [{"registry": "harbor.example.com", "project": "team-x"}],
+                    },
+                },
+            ],
+        ),
+    )
+    env = {
+        "SLACK_BOT_TOKEN": "xoxb-revoked-token",
+        "HARBOR_ROBOT_NAME": "robot$wrong",
+        "HARBOR_ROBOT_SECRET": "wrong-secret-value",
+    }
 
     code, lines = doctor(config, env)
 
@@ -245,18 +317,37 @@ def test_problems_are_failures_with_what_to_fix_and_secrets_stay_hidden(
 
 
 def test_harbor_hosts_fix_the_registry_mismatch_and_an_old_state_dir_is_reported(
-    tmp_path: Path, servers: Servers, events_topic: Callable[..., str], kafka_bootstrap: str,
+    tmp_path: Path,
+    servers: Servers,
+    events_topic: Callable[..., str],
+    kafka_bootstrap: str,
 ) -> None:
     topic = events_topic(["registry.corp/payments/api"] * 4)
     (tmp_path / "data" / "old-tables").mkdir(parents=True)
     (tmp_path / "data" / "old-tables" / "000001.sst").write_bytes(b"x")
-    config = write_config(tmp_path, base_config(kafka_bootstrap, topic, tmp_path, enrichment=[
-        {"type": "harbor", "harbor": {
-            "url": servers.urls["harbor"], "hosts": ["registry.corp"],
-            "username": "${env:HARBOR_ROBOT_NAME}", "password": "${env:HARBOR_ROBOT_SECRET}"}},
-    ]))
-    env = {"HARBOR_ROBOT_NAME": servers.harbor.username,
-           "HARBOR_ROBOT_SECRET": servers.harbor.password}
+    config = write_config(
+        tmp_path,
+        base_config(
+            kafka_bootstrap,
+            topic,
+            tmp_path,
+            enrichment=[
+                {
+                    "type": "harbor",
+                    "harbor": {
+                        "url": servers.urls["harbor"],
+                        "hosts": ["registry.corp"],
+                        "username": "${env:HARBOR_ROBOT_NAME}",
+                        "password": "${env:HARBOR_ROBOT_SECRET}",
+                    },
+                },
+            ],
+        ),
+    )
+    env = {
+        "HARBOR_ROBOT_NAME": servers.harbor.username,
+        "HARBOR_ROBOT_SECRET": servers.harbor.password,
+    }
     code, lines = doctor(config, env)
     assert code == 0, "\n".join(lines)
     line(lines, "OK", "the 4 images of the recent events all map to Harbor projects")
@@ -265,18 +356,36 @@ def test_harbor_hosts_fix_the_registry_mismatch_and_an_old_state_dir_is_reported
 
 
 def test_unreachable_kafka_and_the_command_line_exit_code(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {
-        "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-        "app": {"rules": [str(RULES)], "store": "memory"},
-    })
+    config = write_config(
+        tmp_path,
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+            "app": {"rules": [str(RULES)], "store": "memory"},
+        },
+    )
     # the environment wins over the file: this one must not point at the test broker
-    env = {k: v for k, v in os.environ.items()
-           if k != "KAFKA_BOOTSTRAP_SERVERS" and not k.startswith("FC_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "KAFKA_BOOTSTRAP_SERVERS" and not k.startswith("FC_")
+    }
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "streams.cli.main", "doctor", "--config", str(config),
-         "--timeout", "2s"],
-        capture_output=True, text=True, check=False, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "streams.cli.main",
+            "doctor",
+            "--config",
+            str(config),
+            "--timeout",
+            "2s",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  kafka: 127.0.0.1:1 does not answer" in result.stdout

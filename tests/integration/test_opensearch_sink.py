@@ -55,7 +55,11 @@ def sink(url: str, prefix: str, **options: Any) -> SearchIndexNotifier:
         "type": "opensearch",
         "delivery": FAST,
         "opensearch": {
-            "url": url, "index": prefix, "template_name": prefix, "replicas": 0, **options
+            "url": url,
+            "index": prefix,
+            "template_name": prefix,
+            "replicas": 0,
+            **options,
         },
     }
     [built] = load_notifiers([entry], NotifierContext(metrics=NotifierMetrics(CollectorRegistry())))
@@ -134,8 +138,13 @@ def test_an_update_replaces_its_incident_and_an_older_redelivery_does_not(
     opensearch_url: str, index_prefix: str
 ) -> None:
     new = make_incident(3)
-    update = make_incident(3, status="update", count=4, last_seen="2023-05-25T13:59:00Z",
-                           detected_at="2023-05-26T00:01:00.000000000Z")
+    update = make_incident(
+        3,
+        status="update",
+        count=4,
+        last_seen="2023-05-25T13:59:00Z",
+        detected_at="2023-05-26T00:01:00.000000000Z",
+    )
     results = send_all(sink(opensearch_url, index_prefix), [new], [update], [new])
     assert all(isinstance(r, Delivered) for r in results), results
     assert "409" in results[2].detail
@@ -240,7 +249,9 @@ def test_notify_stage_indexes_incidents_and_dead_letters_what_opensearch_refuses
         "type": "opensearch",
         "delivery": FAST,
         "opensearch": {
-            "url": opensearch_url, "index": index_prefix, "template_name": index_prefix,
+            "url": opensearch_url,
+            "index": index_prefix,
+            "template_name": index_prefix,
             "replicas": 0,
         },
     }
@@ -253,7 +264,8 @@ def test_notify_stage_indexes_incidents_and_dead_letters_what_opensearch_refuses
             try:
                 for incident in [*good, refused]:
                     await producer.send_and_wait(
-                        config.topics.incidents, orjson.dumps(incident),
+                        config.topics.incidents,
+                        orjson.dumps(incident),
                         key=incident["id"].encode(),
                     )
             finally:
@@ -276,6 +288,4 @@ def test_notify_stage_indexes_incidents_and_dead_letters_what_opensearch_refuses
     assert parked["incident"]["id"] == refused["id"]
     assert parked["permanent"] is True
     assert "mapper_parsing_exception" in parked["last_error"]
-    assert {hit["_id"] for hit in search(opensearch_url, index_prefix)} == {
-        i["id"] for i in good
-    }
+    assert {hit["_id"] for hit in search(opensearch_url, index_prefix)} == {i["id"] for i in good}

@@ -166,9 +166,7 @@ def test_ten_runs_under_cpu_load_each_give_replays_incidents(worker_env: WorkerE
                     raise failure[0]
                 if run + 2 < runs:
                     workers[run + 2].start(wait_ready=False)
-                expected = replay_incidents(
-                    [rules], sent[run], worker_env.directory, flush=True
-                )
+                expected = replay_incidents([rules], sent[run], worker_env.directory, flush=True)
                 _mixed_expectations(expected)
                 reader = worker_env.reader(settings[run].topics.incidents)
                 reader.wait_count(len(expected), timeout=60)
@@ -270,8 +268,9 @@ def _outage(env: WorkerEnv, broker: LocalBroker, start_s: float) -> None:
     _mixed_expectations(expected)
     reader = env.reader(settings.topics.incidents)
     reader.poll_until(
-        lambda msgs: set(_signatures([message_json(m) for m in msgs]))
-        >= set(_signatures(expected)),
+        lambda msgs: (
+            set(_signatures([message_json(m) for m in msgs])) >= set(_signatures(expected))
+        ),
         timeout=90,
     )
     reader.drain(2.0)

@@ -17,10 +17,10 @@ from streams.notifiers import (
     Secret,
     load_notifiers,
 )
-from streams.notifiers._secret import redact, resolve_secret
 from streams.notifiers.config import parse_notifier_specs
 from streams.notifiers.slack import SlackConfig, SlackNotifier
 from streams.notifiers.webhook import WebhookNotifier
+from streams.secrets import redact, resolve_secret
 
 ENV = {"SLACK_TOKEN": "xoxb-123-secret", "HOOK_URL": "https://hooks.example.test/abc?key=k3y"}
 

@@ -84,8 +84,11 @@ def notifier(options: dict[str, Any], **delivery: Any) -> SearchIndexNotifier:
 
 def test_document_flattens_falco_field_names_and_keeps_everything_else() -> None:
     action = build_search_action(
-        falco_incident(), index_prefix="falco-incidents", suffix=IndexSuffix.DAILY,
-        flatten=True, now=NOW,
+        falco_incident(),
+        index_prefix="falco-incidents",
+        suffix=IndexSuffix.DAILY,
+        flatten=True,
+        now=NOW,
     )
     assert action.index == "falco-incidents-2023.05.25"
     assert action.id == make_incident(7)["id"]
@@ -134,8 +137,11 @@ def test_index_name_falls_back_to_now_without_a_usable_first_seen() -> None:
 def test_bulk_body_versions_each_document_by_its_count() -> None:
     actions = [
         build_search_action(
-            make_incident(i, count=i + 1), index_prefix="p", suffix=IndexSuffix.DAILY,
-            flatten=True, now=NOW,
+            make_incident(i, count=i + 1),
+            index_prefix="p",
+            suffix=IndexSuffix.DAILY,
+            flatten=True,
+            now=NOW,
         )
         for i in range(2)
     ]
@@ -168,8 +174,10 @@ def test_both_type_names_are_registered() -> None:
             {"url": "http://x", "username": "u", "password": "p", "api_key": "k"},
             "either api_key or username/password",
         ),
-        ({"url": "http://x", "password": "${env:FC_TEST_UNSET_SECRET}", "username": "u"},
-         "FC_TEST_UNSET_SECRET is not set"),
+        (
+            {"url": "http://x", "password": "${env:FC_TEST_UNSET_SECRET}", "username": "u"},
+            "FC_TEST_UNSET_SECRET is not set",
+        ),
         ({"url": "http://x", "bulk_size": 5}, "unknown key"),
     ],
 )
@@ -222,19 +230,34 @@ class BulkServer:
             faults = self.item_faults.get(meta["_id"])
             if faults:
                 status = faults.popleft()
-                error = {"type": "mapper_parsing_exception" if status == 400 else "rejected",
-                         "reason": f"scripted {status}"}
+                error = {
+                    "type": "mapper_parsing_exception" if status == 400 else "rejected",
+                    "reason": f"scripted {status}",
+                }
                 items.append({"index": {"_id": meta["_id"], "status": status, "error": error}})
                 continue
             self.documents[meta["_id"]] = doc
-            items.append({"index": {"_id": meta["_id"], "_index": meta["_index"],
-                                    "status": 201, "result": "created"}})
+            items.append(
+                {
+                    "index": {
+                        "_id": meta["_id"],
+                        "_index": meta["_index"],
+                        "status": 201,
+                        "result": "created",
+                    }
+                }
+            )
         self.bulks.append(batch)
         return web.json_response({"errors": False, "items": items})
 
 
-def run_sends(server: BulkServer, options: dict[str, Any], incidents: list[dict[str, Any]],
-              ssl_context: Any = None, **delivery: Any) -> tuple[list[Any], SearchIndexNotifier]:
+def run_sends(
+    server: BulkServer,
+    options: dict[str, Any],
+    incidents: list[dict[str, Any]],
+    ssl_context: Any = None,
+    **delivery: Any,
+) -> tuple[list[Any], SearchIndexNotifier]:
     async def main() -> tuple[list[Any], SearchIndexNotifier]:
         async with LocalServer(server.app(), ssl_context=ssl_context) as local:
             sink = notifier({"url": local.url, **options}, **delivery)
@@ -260,8 +283,9 @@ def test_concurrent_sends_share_one_bulk_request_after_one_template_install() ->
 
 def test_batch_size_splits_bulk_requests() -> None:
     server = BulkServer()
-    results, _ = run_sends(server, {"batch_size": 10, "flush_interval": "1s"},
-                           [make_incident(i) for i in range(25)])
+    results, _ = run_sends(
+        server, {"batch_size": 10, "flush_interval": "1s"}, [make_incident(i) for i in range(25)]
+    )
     assert all(isinstance(r, Delivered) for r in results)
     assert sorted(len(b) for b in server.bulks) == [5, 10, 10]
 
@@ -298,8 +322,9 @@ def test_basic_auth_and_api_key_headers_never_show_the_secret_in_errors(
 ) -> None:
     monkeypatch.setenv("FC_TEST_OS_PASSWORD", "s3cret-pw")
     server = BulkServer()
-    run_sends(server, {"username": "falco", "password": "${env:FC_TEST_OS_PASSWORD}"},
-              [make_incident(1)])
+    run_sends(
+        server, {"username": "falco", "password": "${env:FC_TEST_OS_PASSWORD}"}, [make_incident(1)]
+    )
     expected = "Basic " + base64.b64encode(b"falco:s3cret-pw").decode()
     assert server.auth == [expected, expected]
 
@@ -317,13 +342,17 @@ def test_https_with_a_private_ca(tmp_path: Path) -> None:
     certs: Certs = make_certs(tmp_path)
     server = BulkServer()
     results, _ = run_sends(
-        server, {"tls": {"ca_file": str(certs.ca)}}, [make_incident(1)],
+        server,
+        {"tls": {"ca_file": str(certs.ca)}},
+        [make_incident(1)],
         ssl_context=server_context(certs, require_client_cert=False),
     )
     assert isinstance(results[0], Delivered)
     untrusted = BulkServer()
     results, _ = run_sends(
-        untrusted, {}, [make_incident(1)],
+        untrusted,
+        {},
+        [make_incident(1)],
         ssl_context=server_context(certs, require_client_cert=False),
     )
     assert isinstance(results[0], DeliveryFailure)

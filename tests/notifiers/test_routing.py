@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streams._config_fields import Fields
 from streams.errors import ConfigError
 from streams.notifiers import (
     Delivered,
@@ -17,7 +18,6 @@ from streams.notifiers import (
     Route,
     load_notifiers,
 )
-from streams.notifiers._fields import Fields
 from streams.notifiers.routing import parse_route
 
 from .servers import LocalServer, WebhookReceiver, make_incident
@@ -61,6 +61,27 @@ def route(**options: Any) -> Route:
 )
 def test_route_matches(options: dict[str, Any], changes: dict[str, Any], expected: bool) -> None:
     assert route(**options).matches(make_incident(1, **changes)) is expected
+
+
+@pytest.mark.parametrize(
+    ("options", "changes", "refusal"),
+    [
+        ({}, {}, None),
+        ({"min_severity": "emergency", "statuses": ["new"]}, {"status": "update"}, "min_severity"),
+        ({"statuses": ["new"]}, {"status": "update"}, "statuses"),
+        ({"correlations": ["nope*"]}, {}, "correlations"),
+        ({"tags": ["x"]}, {}, "tags"),
+        ({"namespaces": ["prod-*"]}, {"namespace": "default"}, "namespaces"),
+        ({"fields": {"enrichment.ownership.team": ["Pay*"]}}, {}, "fields"),
+    ],
+)
+def test_a_refusal_names_the_first_condition_that_fails(
+    options: dict[str, Any], changes: dict[str, Any], refusal: str | None
+) -> None:
+    """Slack's own min_severity/send_updates are a Route too: its skip reason comes from here."""
+    incident = make_incident(1, **changes)
+    assert route(**options).refusal(incident) == refusal
+    assert route(**options).matches(incident) is (refusal is None)
 
 
 @pytest.mark.parametrize(

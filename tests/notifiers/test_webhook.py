@@ -15,6 +15,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streams._config_fields import Fields
 from streams.notifiers import (
     Delivered,
     DeliveryFailure,
@@ -25,7 +26,6 @@ from streams.notifiers import (
     build_webhook_request,
     load_notifiers,
 )
-from streams.notifiers._fields import Fields
 from streams.notifiers.webhook import WebhookNotifier
 
 from .servers import LocalServer, WebhookReceiver, make_incident

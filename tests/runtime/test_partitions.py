@@ -83,9 +83,7 @@ def _stream(seed: int, n: int = 300, *, churn: bool = False) -> list[bytes]:
             # (by arrival, which differs between replay's lines and the worker's partitions)
             "time": format_time(t - disorder + i),
             "output_fields": {
-                "container.id": f"c{i // 25}"
-                if churn
-                else rng.choice(["c1", "c2", "c3", None]),
+                "container.id": f"c{i // 25}" if churn else rng.choice(["c1", "c2", "c3", None]),
                 "fd.sip": f"10.0.0.{rng.randint(1, 5)}",
             },
         }
@@ -339,14 +337,23 @@ def test_large_batches_are_split_into_records_under_the_size_limit(ruleset: Any)
     ingestor = Ingestor(ruleset, 1)
     lines = [
         orjson.dumps(
-            {"rule": "Shell", "time": format_time(BASE + i), "uuid": str(i),
-             "output": "x" * 1000, "output_fields": {"container.id": "c1"}}
+            {
+                "rule": "Shell",
+                "time": format_time(BASE + i),
+                "uuid": str(i),
+                "output": "x" * 1000,
+                "output_fields": {"container.id": "c1"},
+            }
         )
         for i in range(50)
     ]
     batch = ingestor.process([SourceMessage(0, i, line) for i, line in enumerate(lines)], BASE)
     records = encode_records(
-        batch, digest="d", source_partitions=1, progress={0: BASE}, wall_ns=0,
+        batch,
+        digest="d",
+        source_partitions=1,
+        progress={0: BASE},
+        wall_ns=0,
         max_record_bytes=10_000,
     )
     assert len(records) > 1
@@ -501,8 +508,14 @@ def test_a_restart_on_an_idle_stream_releases_what_the_state_holds(ruleset: Any)
     table: dict[bytes, bytes] = {}
     first = Pipeline(ruleset, table)
     lines = [
-        orjson.dumps({"rule": rule, "uuid": rule, "time": format_time(BASE + at),
-                      "output_fields": {"container.id": "c1"}})
+        orjson.dumps(
+            {
+                "rule": rule,
+                "uuid": rule,
+                "time": format_time(BASE + at),
+                "output_fields": {"container.id": "c1"},
+            }
+        )
         for rule, at in [("Shell", 0), ("Egress", S)]
     ]
     assert first.batch(_messages(lines)) == []
