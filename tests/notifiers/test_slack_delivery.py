@@ -39,10 +39,12 @@ def test_every_incident_is_delivered_after_429s_500s_and_a_timeout() -> None:
 
     async def main() -> tuple[FakeSlack, list[Any]]:
         async with FakeSlack(
-            faults=["429", "429", "500", "500", "slow"], retry_after=1, slow_seconds=0.8
+            faults=["429", "429", "500", "500", "slow"], retry_after=1, slow_seconds=3.0
         ) as slack:
+            # the client's timeout far from both a normal answer (a few ms; seconds on a loaded
+            # machine would have counted a 6th retry) and the slow one
             [notifier] = load_notifiers(
-                [slack_entry({"webhook_url": "${env:SLACK_URL}"}, max_attempts=10)],
+                [slack_entry({"webhook_url": "${env:SLACK_URL}"}, max_attempts=10, timeout="2s")],
                 ctx,
                 env={"SLACK_URL": slack.webhook_url},
             )
