@@ -7,6 +7,12 @@ partition's merged source progress (streams/runtime/progress.py) moves the water
 batch the entries the engine changed are written back once (`store[key] = bytes`), which is what
 makes a restarted or rebalanced worker continue exactly where the state was: on the first record
 of a partition the engine is rebuilt from the entries of that partition.
+
+The shadow rules (`app.shadow_rules`) get a correlator of their own (`shadow=True`): it reads the
+records' shadow matches and digest instead of the live ones, and its state entries, held events
+and meta entry carry `SHADOW_PREFIX`, so they never meet the live ones in the shared table (the
+same correlation name and key may exist in both sets). It applies the same progress reports, so
+its watermark is the live one's.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from streams.core.events import Event
 from streams.core.rules import Correlation, Ruleset
 from streams.core.snapshot import entry_from_data, entry_to_data, held_to_data
 from streams.runtime.progress import NEG_INF, MergedProgress
-from streams.runtime.records import CorrelateBatch, entry_key, meta_key
+from streams.runtime.records import SHADOW_PREFIX, CorrelateBatch, entry_key, meta_key
 
 __all__ = ["BatchOutcome", "PartitionCorrelator", "StateStore"]
 
@@ -83,8 +89,13 @@ class PartitionCorrelator:
         max_pending: int,
         max_state_entries: int | None = None,
         wall_clock: Callable[[], int] = time.time_ns,
+        shadow: bool = False,
     ) -> None:
         self.ruleset = ruleset
+        self.shadow = shadow
+        # prefix of every store key of this correlator: the live one's keys are as they always
+        # were; the shadow one's never collide with them (and start with NUL: skipped by live)
+        self.namespace = SHADOW_PREFIX if shadow else b""
         self.max_state_entries = max_state_entries
         self.store = store
         self.lateness_ns = lateness_ns
@@ -145,13 +156,17 @@ class PartitionCorrelator:
         restored = unreadable = 0
         entries: dict[bytes, dict[str, Any]] = {}
         held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
+        namespace = self.namespace
+        own_meta = namespace + meta_key(partition)
         for key, value in list(self._iter_store()):
-            if key == meta_key(partition):
+            if namespace and not key.startswith(namespace):
+                continue
+            if key == own_meta:
                 meta = orjson.loads(value)
                 engine.restore_clock(meta["max"], meta["wm"])
                 progress = MergedProgress.from_data(meta.get("progress"))
                 continue
-            if key.startswith(b"\x00"):
+            if key.startswith(b"\x00", len(namespace)):  # another partition's meta entry
                 continue
             try:
                 data = orjson.loads(value)
@@ -215,7 +230,7 @@ class PartitionCorrelator:
                     continue
                 data = entry_to_data(old_rules.correlations[ci], key, entry)
                 moved = entry_from_data(by_name, data)
-                name = entry_key(old_rules.correlations[ci].name, key)
+                name = self.namespace + entry_key(old_rules.correlations[ci].name, key)
                 if moved is not None:
                     engine.restore(*moved)
                     engine.changed.add((moved[0], moved[1]))
@@ -245,37 +260,7 @@ class PartitionCorrelator:
         stats = engine.stats
         late, dups = stats.late, stats.duplicates
         if batch.events:
-            by_name = self._by_name()
-            same_rules = batch.digest == self.ruleset.digest
-            base = offset << _SEQ_SHIFT
-            for index, record in enumerate(batch.events):
-                event = Event(record.payload, record.time_ns, base + index)
-                matches: list[StepMatch] = []
-                rematched: list[StepMatch] | None = None
-                for ref in record.matches:
-                    found = by_name.get(ref.correlation)
-                    if found is None:
-                        continue  # its correlation was removed by a reload since ingest
-                    ci = found[0]
-                    key: KeyTuple = ref.key
-                    if same_rules:
-                        matches.extend((ci, si, key) for si in ref.steps)
-                    else:  # matched under other rules: match again, for this (ci, key) only
-                        if rematched is None:
-                            rematched = engine.match(event)
-                        matches.extend(m for m in rematched if m[0] == ci and m[2] == key)
-                if record.produced_ms is not None:
-                    outcome.produced_ms.append(record.produced_ms)
-                if not matches:
-                    continue
-                outcome.events += 1
-                source = (record.source_partition, record.source_offset)
-                late_before = stats.late
-                outcome.incidents.extend(
-                    engine.submit(event, matches, source=source, observe=False)
-                )
-                if outcome.first_late is None and stats.late != late_before:
-                    outcome.first_late = (*source, record.time_ns, engine.watermark_ns)
+            self._submit(engine, offset, batch, outcome)
         if batch.legacy_high_water is not None:
             outcome.incidents.extend(engine.observe(batch.legacy_high_water))
         elif part.progress.update(batch.source_partitions, batch.progress):
@@ -291,6 +276,46 @@ class PartitionCorrelator:
             self._persist(partition, part)
         return outcome
 
+    def _submit(
+        self, engine: Engine, offset: int, batch: CorrelateBatch, outcome: BatchOutcome
+    ) -> None:
+        """Submit a record's events that match this correlator's rules (live or shadow)."""
+        stats = engine.stats
+        by_name = self._by_name()
+        shadow = self.shadow
+        digest = batch.shadow_digest if shadow else batch.digest
+        same_rules = digest == self.ruleset.digest
+        base = offset << _SEQ_SHIFT
+        for index, record in enumerate(batch.events):
+            refs = record.shadow_matches if shadow else record.matches
+            if not refs:  # matched only the other set (live or shadow)
+                continue
+            event = Event(record.payload, record.time_ns, base + index)
+            matches: list[StepMatch] = []
+            rematched: list[StepMatch] | None = None
+            for ref in refs:
+                found = by_name.get(ref.correlation)
+                if found is None:
+                    continue  # its correlation was removed by a reload since ingest
+                ci = found[0]
+                key: KeyTuple = ref.key
+                if same_rules:
+                    matches.extend((ci, si, key) for si in ref.steps)
+                else:  # matched under other rules: match again, for this (ci, key) only
+                    if rematched is None:
+                        rematched = engine.match(event)
+                    matches.extend(m for m in rematched if m[0] == ci and m[2] == key)
+            if record.produced_ms is not None and not shadow:
+                outcome.produced_ms.append(record.produced_ms)
+            if not matches:
+                continue
+            outcome.events += 1
+            source = (record.source_partition, record.source_offset)
+            late_before = stats.late
+            outcome.incidents.extend(engine.submit(event, matches, source=source, observe=False))
+            if outcome.first_late is None and stats.late != late_before:
+                outcome.first_late = (*source, record.time_ns, engine.watermark_ns)
+
     def persist(self, partition: int) -> None:
         """Write the entries changed since the last write of this partition to the store."""
         part = self._partitions.get(partition)
@@ -305,7 +330,7 @@ class PartitionCorrelator:
         held_changes = engine.take_held_changes()
         for ci, key in engine.take_changes():
             corr = engine.correlations[ci]
-            name = entry_key(corr.name, key)
+            name = self.namespace + entry_key(corr.name, key)
             entry = engine.entry(ci, key, held=False)
             written = part.held_written.get(name, {})
             if entry is None:
@@ -336,7 +361,7 @@ class PartitionCorrelator:
             else:
                 part.held_written.pop(name, None)
         for (ci, key), changes in held_changes.items():  # keys whose entry did not change
-            name = entry_key(engine.correlations[ci].name, key)
+            name = self.namespace + entry_key(engine.correlations[ci].name, key)
             written = part.held_written.get(name, {})
             for seq, item in changes.items():
                 if item is None and seq in written:
@@ -349,7 +374,7 @@ class PartitionCorrelator:
         clock = (engine.max_time_ns, engine.watermark_ns)
         if clock != part.meta_written:  # once per batch at most: persist() follows a batch
             part.meta_written = clock
-            self.store[meta_key(partition)] = orjson.dumps(
+            self.store[self.namespace + meta_key(partition)] = orjson.dumps(
                 {
                     "max": engine.max_time_ns,
                     "wm": engine.watermark_ns,
