@@ -230,6 +230,7 @@ def build_app(
             max_state_entries=max(1, cfg_app.max_state_entries // partitions),
             wall_clock=wall_clock,
             shadow=is_shadow,
+            discard_shadow_state=shadow is None,
         )
 
     correlator = correlator_for(ruleset, is_shadow=False)

@@ -75,6 +75,14 @@ class _Partition:
 _HELD = b"\x1e"  # entry key + _HELD + seq: one event held in the reorder buffer for that entry
 
 
+def _partition_of(value: bytes) -> int | None:
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return data.get("p") if isinstance(data, dict) else None
+
+
 def held_key(name: bytes, seq: int) -> bytes:
     return name + _HELD + str(seq).encode()
 
@@ -90,12 +98,16 @@ class PartitionCorrelator:
         max_state_entries: int | None = None,
         wall_clock: Callable[[], int] = time.time_ns,
         shadow: bool = False,
+        discard_shadow_state: bool = False,
     ) -> None:
         self.ruleset = ruleset
         self.shadow = shadow
         # prefix of every store key of this correlator: the live one's keys are as they always
         # were; the shadow one's never collide with them (and start with NUL: skipped by live)
         self.namespace = SHADOW_PREFIX if shadow else b""
+        # the live correlator of a worker without shadow rules deletes shadow state it finds
+        # (left by a shadow set since promoted or removed): nothing else would ever delete it
+        self.discard_shadow_state = discard_shadow_state and not shadow
         self.max_state_entries = max_state_entries
         self.store = store
         self.lateness_ns = lateness_ns
@@ -158,6 +170,8 @@ class PartitionCorrelator:
         held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
         namespace = self.namespace
         own_meta = namespace + meta_key(partition)
+        if self.discard_shadow_state:
+            self._discard_shadow_state(partition)
         for key, value in list(self._iter_store()):
             if namespace and not key.startswith(namespace):
                 continue
@@ -208,6 +222,23 @@ class PartitionCorrelator:
             if newest > engine.max_time_ns:
                 engine.restore_clock(newest, newest - self.lateness_ns)
         return part
+
+    def _discard_shadow_state(self, partition: int) -> None:
+        """Delete the partition's shadow state (this worker runs no shadow rules)."""
+        shadow_meta = SHADOW_PREFIX + meta_key(partition)
+        stale = [
+            key
+            for key, value in self._iter_store()
+            if key.startswith(SHADOW_PREFIX)
+            and (key == shadow_meta or _partition_of(value) == partition)
+        ]
+        for key in stale:
+            self._delete(key)
+        if stale:
+            log.info(
+                "partition %d: deleted %d state entries of shadow rules (this worker runs none)",
+                partition, len(stale),
+            )
 
     def _iter_store(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.store.items():

@@ -531,3 +531,40 @@ def test_a_shadow_reload_keeps_the_shadow_state_of_correlations_that_stay(
     same = lambda incidents: sorted((i["id"], i["status"], i["count"]) for i in incidents)  # noqa: E731
     assert same(got_shadow) == same(_replay(shadow, lines))
     assert {i["ruleset"] for i in rest[1]} <= {again.digest}
+
+
+def test_a_worker_without_shadow_rules_deletes_the_shadow_state_it_finds(
+    rulesets: tuple[Any, Any],
+) -> None:
+    """After a promotion (or the removal of the shadow rules) nothing would ever delete the
+    shadow set's entries: the live correlator of a worker without shadow rules does, when it
+    restores a partition, and nothing else."""
+    live, shadow = rulesets
+    lines = _stream(9)
+    table: dict[bytes, bytes] = {}
+    pipeline = Pipeline(live, shadow, table)
+    half = 150
+    messages = _messages(lines)
+    got_live: list[dict[str, Any]] = []
+    for at in range(0, half, 15):
+        got_live += pipeline.batch(messages[at : at + 15])[0]
+    for partition in range(PARTITIONS):
+        pipeline.live.persist(partition)
+    assert any(k.startswith(SHADOW_PREFIX) for k in table)
+    live_state = {k: v for k, v in table.items() if not k.startswith(SHADOW_PREFIX)}
+    # restarted without shadow rules
+    pipeline.shadow = None
+    pipeline.ingestor = Ingestor(live, PARTITIONS)
+    pipeline.live = PartitionCorrelator(
+        live, table, lateness_ns=LATENESS, max_pending=1000, wall_clock=lambda: 0,
+        discard_shadow_state=True,
+    )
+    for partition in range(PARTITIONS):
+        pipeline.live.persist(partition)  # nothing restored yet: nothing written
+        pipeline.live._partition(partition)
+    assert not any(k.startswith(SHADOW_PREFIX) for k in table)
+    assert table == live_state
+    pipeline.shadow_rules = None
+    rest = pipeline.run(lines[half:], start=half)
+    assert _ids(got_live + rest[0]) == _ids(_replay(live, lines))
+    assert rest[1] == []
