@@ -568,3 +568,31 @@ def test_a_worker_without_shadow_rules_deletes_the_shadow_state_it_finds(
     rest = pipeline.run(lines[half:], start=half)
     assert _ids(got_live + rest[0]) == _ids(_replay(live, lines))
     assert rest[1] == []
+
+
+def test_shadow_rules_that_do_not_load_stop_the_start_before_kafka_is_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from streams.cli.main import main
+
+    good = tmp_path / "live.yaml"
+    good.write_text(LIVE_RULES)
+    bad = tmp_path / "shadow.yaml"
+    bad.write_text(SHADOW_RULES.replace("type: count", "type: counter"))
+    # a broker address nothing listens on: the start must fail on the rules, before Kafka
+    config = _write(tmp_path, "kafka:\n  bootstrap_servers: 127.0.0.1:1\n")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        code = main(
+            ["worker", "--config", config, "--rules", str(good), "--shadow-rules", str(bad)]
+        )
+    finally:
+        root.handlers[:], root.level = handlers, level
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"shadow rules: {bad}:" in err
+    assert "error(s) in app.shadow_rules; the worker does not start" in err
+    assert "cannot reach Kafka" not in err
