@@ -25,7 +25,6 @@ The only module that builds the Faust app. Design notes (docs/worker.md):
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import weakref
@@ -55,9 +54,8 @@ from streams.runtime.ingest import Ingestor
 from streams.runtime.ingest_service import IngestService, ingest_group
 from streams.runtime.kafka_options import aiokafka_options, faust_broker_credentials
 from streams.runtime.metrics import LIVE, SHADOW, WorkerMetrics
-from streams.runtime.partitions import BatchOutcome, PartitionCorrelator
+from streams.runtime.partitions import BatchOutcome, PartitionCorrelator, ShadowCorrelator
 from streams.runtime.records import (
-    CorrelateBatch,
     RecordError,
     decode_batch,
     shadow_incidents_topic,
@@ -127,8 +125,7 @@ class WorkerApp:
     watchdog: StallWatchdog | None = None
     ownership: Ownership = field(default_factory=Ownership)
     correlate_waiting_on: str = "starting"
-    shadow: PartitionCorrelator | None = None  # the shadow rules' correlate stage, if any
-    shadow_failed: bool = False  # the shadow correlator's first failure was logged
+    shadow: ShadowCorrelator | None = None  # the shadow rules' correlate stage, if any
 
     def reload(self, ruleset: Ruleset) -> None:
         self.ingestor.reload(ruleset)
@@ -141,7 +138,6 @@ class WorkerApp:
             raise RuntimeError("this worker was started without shadow rules")
         self.ingestor.reload_shadow(ruleset)
         self.shadow.reload(ruleset)
-        self.shadow_failed = False
 
     def local_positions(self) -> dict[int, int]:
         return dict(self.processed)
@@ -258,9 +254,12 @@ def build_app(
         app, config, ingestor, correlator, metrics, service, processed=processed
     )
     metrics.register_series(shadow=False)
-    shadow_correlator = None if shadow is None else correlator_for(shadow, is_shadow=True)
+    shadow_correlator = None
     if shadow is not None:
-        worker.shadow = shadow_correlator
+        shadow_correlator = worker.shadow = ShadowCorrelator(
+            correlator_for(shadow, is_shadow=True),
+            on_error=metrics.shadow_errors.labels("correlate").inc,
+        )
         metrics.register_series(shadow=True)
         set_ruleset_metric(metrics, shadow, shadow=True)
     worker.watchdog = StallWatchdog(
@@ -297,7 +296,7 @@ def build_app(
                 with _current(event):
                     worker.correlator.persist(partition)
                     if shadow_correlator is not None:
-                        _shadow_guard(functools.partial(shadow_correlator.persist, partition))
+                        shadow_correlator.persist(partition)
                 processed[partition] = event.message.offset + 1
             if incidents:
                 worker.correlate_waiting_on = "enrichment of incidents"
@@ -314,20 +313,6 @@ def build_app(
         state_store.persist_offsets()
 
     _flush_before_commits(app, flush_outputs)
-
-    def _shadow_guard(step: Callable[[], None]) -> None:
-        """Run a step of the shadow rules: a failure is counted and logged once per shadow
-        ruleset, and never reaches the live rules (their record is already correlated)."""
-        try:
-            step()
-        except Exception as exc:
-            metrics.shadow_errors.labels("correlate").inc()
-            if not worker.shadow_failed:
-                worker.shadow_failed = True
-                log.exception(
-                    "shadow rules failed (%r); counted in fc_shadow_errors_total and logged once "
-                    "per shadow ruleset; the live rules are not affected", exc,
-                )
 
     def _correlate_record(event: Any, shadow_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
         message = event.message
@@ -357,24 +342,12 @@ def build_app(
                 outcome.late, correlate_name, partition, offset, topics.events,
                 source_partition, source_offset, (watermark - time_ns) / 1e9,
             )
-        if shadow_correlator is not None:
-            _shadow_guard(
-                functools.partial(
-                    _correlate_shadow, shadow_correlator, partition, offset, batch, shadow_out
-                )
-            )
+        if shadow_correlator is not None:  # after the live rules, isolated from them
+            shadow_outcome = shadow_correlator.on_batch(partition, offset, batch)
+            if shadow_outcome is not None:
+                _count(partition, shadow_outcome, SHADOW)
+                shadow_out.extend(shadow_outcome.incidents)
         return outcome.incidents
-
-    def _correlate_shadow(
-        correlator: PartitionCorrelator,
-        partition: int,
-        offset: int,
-        batch: CorrelateBatch,
-        out: list[dict[str, Any]],
-    ) -> None:
-        outcome = correlator.on_batch(partition, offset, batch, persist=False)
-        _count(partition, outcome, SHADOW)
-        out.extend(outcome.incidents)
 
     def _count(partition: int, outcome: BatchOutcome, shadow_label: str) -> None:
         if outcome.events:
@@ -611,7 +584,10 @@ def _update_gauges(worker: WorkerApp, now_ns: int) -> None:
 
 
 def _update_correlator_gauges(
-    worker: WorkerApp, correlator: PartitionCorrelator, now_ns: int, shadow_label: str
+    worker: WorkerApp,
+    correlator: PartitionCorrelator | ShadowCorrelator,
+    now_ns: int,
+    shadow_label: str,
 ) -> None:
     metrics = worker.metrics
     template_errors = evicted = keys_evicted = 0

@@ -32,7 +32,7 @@ from streams.core.snapshot import entry_from_data, entry_to_data, held_to_data
 from streams.runtime.progress import NEG_INF, MergedProgress
 from streams.runtime.records import SHADOW_PREFIX, CorrelateBatch, entry_key, meta_key
 
-__all__ = ["BatchOutcome", "PartitionCorrelator", "StateStore"]
+__all__ = ["BatchOutcome", "PartitionCorrelator", "ShadowCorrelator", "StateStore"]
 
 log = logging.getLogger(__name__)
 
@@ -417,3 +417,56 @@ class PartitionCorrelator:
     def _delete(self, name: bytes) -> None:
         if name in self.store:
             del self.store[name]
+
+
+class ShadowCorrelator:
+    """The shadow rules' correlate stage, isolated from the live one.
+
+    Wraps their `PartitionCorrelator` (`shadow=True`): an exception while correlating a record or
+    writing the shadow state loses only that shadow work. It is counted (`errors`, `on_error`),
+    logged once per shadow ruleset (again after a reload), and never reaches the caller, which
+    has already correlated the record with the live rules."""
+
+    def __init__(
+        self, correlator: PartitionCorrelator, on_error: Callable[[], None] = lambda: None
+    ) -> None:
+        assert correlator.shadow
+        self.correlator = correlator
+        self.on_error = on_error
+        self.errors = 0
+        self._logged = False
+
+    def on_batch(self, partition: int, offset: int, batch: CorrelateBatch) -> BatchOutcome | None:
+        """The record's shadow outcome (persisted by `persist`), or None when it failed."""
+        try:
+            return self.correlator.on_batch(partition, offset, batch, persist=False)
+        except Exception as exc:
+            self._failed(exc, f"correlate record {partition}@{offset}")
+            return None
+
+    def persist(self, partition: int) -> None:
+        try:
+            self.correlator.persist(partition)
+        except Exception as exc:
+            self._failed(exc, f"writing the state of partition {partition}")
+
+    def reload(self, ruleset: Ruleset) -> None:
+        self.correlator.reload(ruleset)
+        self._logged = False
+
+    def revoke(self, partitions: set[int]) -> None:
+        self.correlator.revoke(partitions)
+
+    def partitions(self) -> dict[int, Engine]:
+        return self.correlator.partitions()
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        self.errors += 1
+        self.on_error()
+        if not self._logged:
+            self._logged = True
+            log.error(
+                "shadow rules failed (%s): %r; only their work is lost, the live rules are not "
+                "affected; counted in fc_shadow_errors_total, logged once per shadow ruleset",
+                what, exc, exc_info=exc,
+            )

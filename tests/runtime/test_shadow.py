@@ -17,7 +17,7 @@ from streams.core.events import event_from_dict, format_time
 from streams.core.loader import load_rules
 from streams.runtime.config import WorkerConfig, load_config
 from streams.runtime.ingest import Ingestor, SourceMessage, encode_records
-from streams.runtime.partitions import PartitionCorrelator
+from streams.runtime.partitions import PartitionCorrelator, ShadowCorrelator
 from streams.runtime.progress import SourceProgress
 from streams.runtime.records import (
     SHADOW_PREFIX,
@@ -146,6 +146,7 @@ class Pipeline:
         self.restart()
         self.wall = 0
         self.records: list[bytes] = []
+        self.guarded: ShadowCorrelator | None = None  # as the worker wraps the shadow one
 
     def restart(self) -> None:
         def make(rules: Any, shadow: bool) -> PartitionCorrelator:
@@ -182,7 +183,12 @@ class Pipeline:
             self.offsets[destination] += 1
             record = decode_batch(b"\x00batch", value)
             live_out.extend(self.live.on_batch(destination, offset, record).incidents)
-            if self.shadow is not None:
+            if self.guarded is not None:
+                outcome = self.guarded.on_batch(destination, offset, record)
+                self.guarded.persist(destination)
+                if outcome is not None:
+                    shadow_out.extend(outcome.incidents)
+            elif self.shadow is not None:
                 shadow_out.extend(self.shadow.on_batch(destination, offset, record).incidents)
         return live_out, shadow_out
 
@@ -596,3 +602,51 @@ def test_shadow_rules_that_do_not_load_stop_the_start_before_kafka_is_asked(
     assert f"shadow rules: {bad}:" in err
     assert "error(s) in app.shadow_rules; the worker does not start" in err
     assert "cannot reach Kafka" not in err
+
+
+def test_a_failing_shadow_correlator_loses_only_its_own_work(
+    rulesets: tuple[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the worker runs for the shadow rules (ShadowCorrelator): an exception in the shadow
+    correlator is counted, logged once per shadow ruleset, and never raised to the caller; the
+    live correlator on the same records and table gives replay's incidents regardless."""
+    live, shadow = rulesets
+    lines = _stream(4)
+    pipeline = Pipeline(live, shadow, {})
+    assert pipeline.shadow is not None
+    counted: list[int] = []
+    guarded = ShadowCorrelator(pipeline.shadow, on_error=lambda: counted.append(1))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a defect in the shadow correlator")
+
+    pipeline.shadow.on_batch = broken  # type: ignore[method-assign]
+    pipeline.shadow.persist = broken  # type: ignore[method-assign]
+    pipeline.guarded = guarded
+    got_live, got_shadow = pipeline.run(lines)
+    assert got_shadow == []
+    assert _ids(got_live) == _ids(_replay(live, lines))
+    records = sum(pipeline.offsets)
+    assert records > 10
+    assert guarded.errors == len(counted) == 2 * records  # each record: correlate and persist
+    failures = lambda: [r for r in caplog.records if "shadow rules failed" in r.getMessage()]  # noqa: E731
+    assert len(failures()) == 1
+    guarded.reload(shadow)  # a new shadow ruleset is logged again, once
+    guarded.persist(0)
+    guarded.persist(1)
+    assert len(failures()) == 2
+
+
+def test_a_working_shadow_correlator_gives_what_the_bare_one_gives(
+    rulesets: tuple[Any, Any],
+) -> None:
+    live, shadow = rulesets
+    lines = _stream(6)
+    bare = Pipeline(live, shadow, {}).run(lines)
+    pipeline = Pipeline(live, shadow, {})
+    assert pipeline.shadow is not None
+    pipeline.guarded = ShadowCorrelator(pipeline.shadow)
+    guarded = pipeline.run(lines)
+    assert _full(guarded[0]) == _full(bare[0])
+    assert _full(guarded[1]) == _full(bare[1])
+    assert pipeline.guarded.errors == 0
