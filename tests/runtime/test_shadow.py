@@ -650,3 +650,29 @@ def test_a_working_shadow_correlator_gives_what_the_bare_one_gives(
     assert _full(guarded[0]) == _full(bare[0])
     assert _full(guarded[1]) == _full(bare[1])
     assert pipeline.guarded.errors == 0
+
+
+def test_doctor_checks_the_shadow_rules_apart_from_the_live_ones(tmp_path: Path) -> None:
+    import dataclasses
+    import io
+
+    from streams.runtime.doctor import Doctor, check_rules
+
+    good = tmp_path / "live.yaml"
+    good.write_text(LIVE_RULES)
+    bad = tmp_path / "shadow.yaml"
+    bad.write_text(SHADOW_RULES.replace("type: count", "type: counter"))
+    base = WorkerConfig()
+    config = dataclasses.replace(
+        base, app=dataclasses.replace(base.app, rules=(str(good),), shadow_rules=(str(bad),))
+    )
+    doctor = Doctor(out=io.StringIO())
+    check_rules(doctor, config)
+    assert [(c.status.name, c.area) for c in doctor.checks] == [
+        ("OK", "rules"), ("FAIL", "shadow rules"),
+    ]
+    assert str(bad) in doctor.checks[1].message
+    without = dataclasses.replace(config, app=dataclasses.replace(config.app, shadow_rules=None))
+    doctor = Doctor(out=io.StringIO())
+    check_rules(doctor, without)
+    assert [c.area for c in doctor.checks] == ["rules"]
