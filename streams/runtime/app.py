@@ -453,7 +453,11 @@ def build_app(
                  "partitions": worker.ownership.unowned},
                 status=503,
             )
-        return web.json({"status": "ready", "ruleset": worker.ingestor.ruleset.digest})
+        body = {"status": "ready", "ruleset": worker.ingestor.ruleset.digest}
+        shadow_rules = worker.ingestor.shadow_ruleset
+        if shadow_rules is not None:
+            body["shadow_ruleset"] = shadow_rules.digest
+        return web.json(body)
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:

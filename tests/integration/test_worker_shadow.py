@@ -227,4 +227,21 @@ def test_a_broken_shadow_reload_keeps_the_previous_shadow_rules_and_the_live_one
         k: v for k, v in comparable(expected_shadow[0]).items() if k != "ruleset"
     }
     assert worker.running()
+
+    # Fixed: the next reload takes the new shadow rules; the live ones were never touched.
+    shadow_rules.write_text(chain.replace("within: 1m", "within: 20s"))
+    deadline = time.monotonic() + 20
+    while _series(worker, "fc_rules_reload_success", shadow="true") != 1:
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
+    second = worker.wait_log(
+        r"shadow rules reloaded \(file change\): 1 correlations, ruleset (\w+)", 10
+    )
+    assert second.group(1) != first_digest
+    assert _series(worker, "fc_ruleset_info", shadow="true", digest=second.group(1)) == 1
+    assert _series(worker, "fc_ruleset_info", shadow="true", digest=first_digest) == 0
+    assert _series(worker, "fc_rules_reloads_total", shadow="false") == 0
+    status, body = worker.http_get("/readyz")
+    assert status == 200, body
+    assert orjson.loads(body)["shadow_ruleset"] == second.group(1)
     assert worker.terminate() == 0, worker.log_tail()
