@@ -108,6 +108,7 @@ class PartitionCorrelator:
         # the live correlator of a worker without shadow rules deletes shadow state it finds
         # (left by a shadow set since promoted or removed): nothing else would ever delete it
         self.discard_shadow_state = discard_shadow_state and not shadow
+        self._label = "shadow rules, partition" if shadow else "partition"
         self.max_state_entries = max_state_entries
         self.store = store
         self.lateness_ns = lateness_ns
@@ -170,8 +171,7 @@ class PartitionCorrelator:
         held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
         namespace = self.namespace
         own_meta = namespace + meta_key(partition)
-        if self.discard_shadow_state:
-            self._discard_shadow_state(partition)
+        shadow_state: list[tuple[bytes, bytes]] = []
         for key, value in list(self._iter_store()):
             if namespace and not key.startswith(namespace):
                 continue
@@ -180,7 +180,9 @@ class PartitionCorrelator:
                 engine.restore_clock(meta["max"], meta["wm"])
                 progress = MergedProgress.from_data(meta.get("progress"))
                 continue
-            if key.startswith(b"\x00", len(namespace)):  # another partition's meta entry
+            if key.startswith(b"\x00", len(namespace)):  # meta entries (and shadow state)
+                if self.discard_shadow_state and key.startswith(SHADOW_PREFIX):
+                    shadow_state.append((key, value))
                 continue
             try:
                 data = orjson.loads(value)
@@ -194,6 +196,8 @@ class PartitionCorrelator:
                 held.setdefault(name, {})[int(seq)] = (key, data["h"])
             else:
                 entries[key] = data
+        if shadow_state:
+            self._discard_shadow_state(partition, shadow_state)
         part = _Partition(engine, progress)
         for name, data in entries.items():
             items = held.pop(name, {})
@@ -208,29 +212,31 @@ class PartitionCorrelator:
         for orphans in held.values():  # held events whose entry is gone: drop them
             for store_key, _ in orphans.values():
                 self._delete(store_key)
+        self._recovered(partition, engine, restored, unreadable)
+        return part
+
+    def _recovered(self, partition: int, engine: Engine, restored: int, unreadable: int) -> None:
         if unreadable:
             log.warning(
-                "partition %d: %d state entries could not be read for the current rules "
+                "%s %d: %d state entries could not be read for the current rules "
                 "(corrupt, or their correlation was removed or changed type); skipped",
-                partition, unreadable,
+                self._label, partition, unreadable,
             )
         if restored:
-            log.info("partition %d: restored %d state entries", partition, restored)
+            log.info("%s %d: restored %d state entries", self._label, partition, restored)
             # Without a meta entry (or with an older one), the restored events themselves say
             # how far event time got.
             newest = engine.newest_event_ns()
             if newest > engine.max_time_ns:
                 engine.restore_clock(newest, newest - self.lateness_ns)
-        return part
 
-    def _discard_shadow_state(self, partition: int) -> None:
+    def _discard_shadow_state(self, partition: int, found: list[tuple[bytes, bytes]]) -> None:
         """Delete the partition's shadow state (this worker runs no shadow rules)."""
         shadow_meta = SHADOW_PREFIX + meta_key(partition)
         stale = [
             key
-            for key, value in self._iter_store()
-            if key.startswith(SHADOW_PREFIX)
-            and (key == shadow_meta or _partition_of(value) == partition)
+            for key, value in found
+            if key == shadow_meta or _partition_of(value) == partition
         ]
         for key in stale:
             self._delete(key)
