@@ -70,6 +70,9 @@ class _Partition:
     # and a hash of the entry's last written value (an unchanged entry is not written again)
     held_written: dict[bytes, dict[int, bytes]] = field(default_factory=dict)
     entry_hash: dict[bytes, int] = field(default_factory=dict)
+    # store keys to delete at the next write of the partition: found while restoring or
+    # reloading, which may run outside the record whose partition a store write needs
+    deletes: list[bytes] = field(default_factory=list)
 
 
 _HELD = b"\x1e"  # entry key + _HELD + seq: one event held in the reorder buffer for that entry
@@ -196,9 +199,9 @@ class PartitionCorrelator:
                 held.setdefault(name, {})[int(seq)] = (key, data["h"])
             else:
                 entries[key] = data
-        if shadow_state:
-            self._discard_shadow_state(partition, shadow_state)
         part = _Partition(engine, progress)
+        if shadow_state:
+            part.deletes.extend(self._stale_shadow_state(partition, shadow_state))
         for name, data in entries.items():
             items = held.pop(name, {})
             data["held"] = [item for _, (_, item) in sorted(items.items())]
@@ -210,8 +213,7 @@ class PartitionCorrelator:
             part.held_written[name] = {seq: store_key for seq, (store_key, _) in items.items()}
             restored += 1
         for orphans in held.values():  # held events whose entry is gone: drop them
-            for store_key, _ in orphans.values():
-                self._delete(store_key)
+            part.deletes.extend(store_key for store_key, _ in orphans.values())
         self._recovered(partition, engine, restored, unreadable)
         return part
 
@@ -230,21 +232,22 @@ class PartitionCorrelator:
             if newest > engine.max_time_ns:
                 engine.restore_clock(newest, newest - self.lateness_ns)
 
-    def _discard_shadow_state(self, partition: int, found: list[tuple[bytes, bytes]]) -> None:
-        """Delete the partition's shadow state (this worker runs no shadow rules)."""
+    def _stale_shadow_state(
+        self, partition: int, found: list[tuple[bytes, bytes]]
+    ) -> list[bytes]:
+        """The partition's shadow state, to delete (this worker runs no shadow rules)."""
         shadow_meta = SHADOW_PREFIX + meta_key(partition)
         stale = [
             key
             for key, value in found
             if key == shadow_meta or _partition_of(value) == partition
         ]
-        for key in stale:
-            self._delete(key)
         if stale:
             log.info(
-                "partition %d: deleted %d state entries of shadow rules (this worker runs none)",
+                "partition %d: deleting %d state entries of shadow rules (this worker runs none)",
                 partition, len(stale),
             )
+        return stale
 
     def _iter_store(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.store.items():
@@ -261,6 +264,7 @@ class PartitionCorrelator:
         by_name = self._by_name()
         for partition, part in old_parts.items():
             engine = self._new_engine()
+            deletes = part.deletes
             for ci, key in part.engine.entry_keys():
                 entry = part.engine.entry(ci, key)
                 if entry is None:
@@ -272,15 +276,15 @@ class PartitionCorrelator:
                     engine.restore(*moved)
                     engine.changed.add((moved[0], moved[1]))
                 else:
-                    self._delete(name)
-                    for store_key in part.held_written.pop(name, {}).values():
-                        self._delete(store_key)
+                    deletes.append(name)
+                    deletes.extend(part.held_written.pop(name, {}).values())
             engine.restore_clock(part.engine.max_time_ns, part.engine.watermark_ns)
             self._partitions[partition] = _Partition(
                 engine,
                 part.progress,
                 reports=part.reports,
                 held_written=part.held_written,
+                deletes=deletes,
             )
 
     # -- records --------------------------------------------------------------------------------
@@ -363,6 +367,10 @@ class PartitionCorrelator:
         """Write what changed: an entry's state (when its value changed), and each held event
         as an entry of its own, written once when held and deleted once released — so a key
         that holds many events costs per event, not per batch times events held."""
+        if part.deletes:
+            for stale_key in part.deletes:
+                self._delete(stale_key)
+            part.deletes.clear()
         engine = part.engine
         held_changes = engine.take_held_changes()
         for ci, key in engine.take_changes():

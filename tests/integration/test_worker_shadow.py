@@ -245,3 +245,97 @@ def test_a_broken_shadow_reload_keeps_the_previous_shadow_rules_and_the_live_one
     assert status == 200, body
     assert orjson.loads(body)["shadow_ruleset"] == second.group(1)
     assert worker.terminate() == 0, worker.log_tail()
+
+
+def test_shadow_state_survives_a_restart_apart_from_the_live_state_and_promotion_drops_it(
+    worker_env: WorkerEnv,
+) -> None:
+    """The same correlation name in both sets, with different types (a sequence live, `all` in
+    shadow): with the memory store a restarted worker rebuilds both from the changelog, and
+    each gives what replay gives, which it could not if their entries met. Then the shadow
+    rules are promoted (moved to `app.rules`): the worker deletes the shadow entries."""
+    sequence = f"""
+- correlation: Shell then egress
+  type: sequence
+  by: [container.id]
+  within: 1m
+  steps:
+    - name: shell
+      condition: rule = "{SHELL}"
+    - name: egress
+      condition: rule = "{EGRESS}"
+  output: "shell then egress in {{{{ key['container.id'] }}}}"
+"""
+    live_rules = worker_env.rules_file("live.yaml", sequence)
+    shadow_rules = worker_env.rules_file(
+        "shadow.yaml", sequence.replace("type: sequence", "type: all")
+    )
+    settings = worker_env.settings(
+        [live_rules], store="memory", lateness="2s",
+        app_extra={"shadow_rules": [str(shadow_rules)]},
+    )
+    worker = worker_env.worker(settings).start()
+    producer = worker_env.producer(settings)
+    rng = random.Random(13)
+    now = time.time_ns()
+    shells = [
+        container_event(rng, SHELL, now, "c0ffee000001"),
+        container_event(rng, SHELL, now + 1_000_000, "c0ffee000002"),
+    ]
+    producer.send_many(shells)
+    # both sets hold the shells, each under its own key in the changelog
+    changelog = worker_env.reader(f"{settings.app_id}-correlation-state-changelog")
+    prefix = b"\x00shadow\x1f"
+
+    def holds(messages: list[Any], shadow: bool) -> bool:
+        return all(
+            any(
+                (m.key() or b"").startswith(prefix) == shadow
+                and uuid.encode() in (m.value() or b"")
+                for m in messages
+            )
+            for uuid in (e["uuid"] for e in shells)
+        )
+
+    changelog.poll_until(lambda ms: holds(ms, True) and holds(ms, False), timeout=30)
+    assert holds(changelog.messages, True)
+    assert holds(changelog.messages, False)
+    assert worker.terminate() == 0, worker.log_tail()
+
+    worker.start()  # memory store: both sets rebuilt from the changelog
+    egress = container_event(rng, EGRESS, time.time_ns(), "c0ffee000001")
+    producer.send(egress)
+    events = [*shells, egress]
+    expected_live = replay_incidents([live_rules], events, worker_env.directory)
+    expected_shadow = replay_incidents([shadow_rules], events, worker_env.directory)
+    assert [i["type"] for i in expected_live] == ["sequence"]
+    assert [i["type"] for i in expected_shadow] == ["all"]
+    live = worker_env.reader(settings.topics.incidents)
+    shadow = worker_env.reader(f"{settings.topics.incidents}-shadow")
+    live.wait_count(1, timeout=30)
+    shadow.wait_count(1, timeout=30)
+    live.drain(1.0)
+    shadow.drain(1.0)
+    assert [comparable(i) for i in live.values()] == [comparable(i) for i in expected_live]
+    assert [comparable(i) for i in shadow.values()] == [comparable(i) for i in expected_shadow]
+    log = worker.log_text().split("===== start #2")[1]
+    assert re.search(r"shadow rules, partition \d+: restored", log), log[-3000:]
+    assert worker.terminate() == 0, worker.log_tail()
+
+    # Promotion: the shadow paths move to app.rules. The shell of c0ffee000002 is still held by
+    # the shadow set; its entry is deleted (a tombstone in the changelog), never restored.
+    settings.rules = [shadow_rules]
+    settings.app_extra = {}
+    worker.start()
+    found = worker.wait_log(r"deleting (\d+) state entries of shadow rules", 20)
+    assert int(found.group(1)) >= 1
+
+    def tombstoned(messages: list[Any]) -> bool:
+        return any((m.key() or b"").startswith(prefix) and m.value() is None for m in messages)
+
+    changelog.poll_until(tombstoned, timeout=30)
+    assert tombstoned(changelog.messages)
+    status, body = worker.http_get("/readyz")
+    assert status == 200, body
+    assert "shadow_ruleset" not in orjson.loads(body)
+    assert worker.terminate() == 0, worker.log_tail()

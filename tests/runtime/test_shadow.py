@@ -5,7 +5,9 @@ unchanged by the shadow set."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +134,37 @@ def _ids(incidents: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
     return sorted((i["id"], i["status"], i["count"], i["ruleset"]) for i in incidents)
 
 
+class StrictTable(dict[bytes, bytes]):
+    """A table that, like the worker's (a write needs the current record's partition), refuses
+    writes outside `writing()`: the worker correlates a group of records, then writes each
+    partition's changes under one of its records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writable = False
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self.writable = True
+        try:
+            yield
+        finally:
+            self.writable = False
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        assert self.writable, "state written outside of a correlate record"
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        assert self.writable, "state deleted outside of a correlate record"
+        super().__delitem__(key)
+
+
 class Pipeline:
     """Ingest -> records on the wire -> a live and (optionally) a shadow correlator on one table,
-    as the worker runs them, without Kafka."""
+    as the worker runs them (correlate, then write under the record), without Kafka."""
 
-    def __init__(self, live: Any, shadow: Any | None, table: dict[bytes, bytes]) -> None:
+    def __init__(self, live: Any, shadow: Any | None, table: StrictTable) -> None:
         self.ingestor = Ingestor(live, PARTITIONS, shadow=shadow)
         self.progress = SourceProgress(LATENESS)
         self.progress.assign(range(SOURCES))
@@ -182,14 +210,22 @@ class Pipeline:
             offset = self.offsets[destination]
             self.offsets[destination] += 1
             record = decode_batch(b"\x00batch", value)
-            live_out.extend(self.live.on_batch(destination, offset, record).incidents)
+            live = self.live.on_batch(destination, offset, record, persist=False)
+            live_out.extend(live.incidents)
             if self.guarded is not None:
                 outcome = self.guarded.on_batch(destination, offset, record)
-                self.guarded.persist(destination)
                 if outcome is not None:
                     shadow_out.extend(outcome.incidents)
             elif self.shadow is not None:
-                shadow_out.extend(self.shadow.on_batch(destination, offset, record).incidents)
+                shadow_out.extend(
+                    self.shadow.on_batch(destination, offset, record, persist=False).incidents
+                )
+            with self.table.writing():
+                self.live.persist(destination)
+                if self.guarded is not None:
+                    self.guarded.persist(destination)
+                elif self.shadow is not None:
+                    self.shadow.persist(destination)
         return live_out, shadow_out
 
     def run(
@@ -430,13 +466,13 @@ def test_live_and_shadow_each_give_what_replay_gives_for_them(
     lines = _stream(seed)
     expected_live, expected_shadow = _replay(live, lines), _replay(shadow, lines)
     assert _ids(expected_live) != _ids(expected_shadow)
-    both = Pipeline(live, shadow, {})
+    both = Pipeline(live, shadow, StrictTable())
     got_live, got_shadow = both.run(lines)
     assert _ids(got_live) == _ids(expected_live)
     assert _ids(got_shadow) == _ids(expected_shadow)
     assert {i["ruleset"] for i in got_shadow} == {shadow.digest}
     # the live results do not depend on the shadow set at all
-    alone_live, alone_shadow = Pipeline(live, None, {}).run(lines)
+    alone_live, alone_shadow = Pipeline(live, None, StrictTable()).run(lines)
     assert alone_shadow == []
     assert _full(got_live) == _full(alone_live)
 
@@ -458,7 +494,7 @@ def test_shadow_state_is_kept_apart_and_a_restart_continues_both_exactly(
 ) -> None:
     live, shadow = rulesets
     lines = _stream(7)
-    table: dict[bytes, bytes] = {}
+    table = StrictTable()
     pipeline = Pipeline(live, shadow, table)
     got_live, got_shadow = pipeline.run(lines, restart_at=cut)
     assert _ids(got_live) == _ids(_replay(live, lines))
@@ -474,17 +510,13 @@ def test_the_same_name_and_key_have_separate_entries_in_each_set(
     rulesets: tuple[Any, Any],
 ) -> None:
     live, shadow = rulesets
-    table: dict[bytes, bytes] = {}
+    table = StrictTable()
     pipeline = Pipeline(live, shadow, table)
     messages = [
         SourceMessage(0, 0, _line("Shell", second=0)),
         SourceMessage(1, 1, _line("Read", second=1)),
     ]
     pipeline.batch(messages)
-    for partition in range(PARTITIONS):
-        pipeline.live.persist(partition)
-        assert pipeline.shadow is not None
-        pipeline.shadow.persist(partition)
     shadow_keys = {k for k in table if k.startswith(SHADOW_PREFIX)}
     live_keys = set(table) - shadow_keys
     entry = lambda name: name.encode() + b'\x1f["c1"]'  # noqa: E731
@@ -509,7 +541,7 @@ def test_a_shadow_reload_keeps_the_shadow_state_of_correlations_that_stay(
 ) -> None:
     live, shadow = rulesets
     lines = _stream(5)
-    table: dict[bytes, bytes] = {}
+    table = StrictTable()
     pipeline = Pipeline(live, shadow, table)
     half = len(lines) // 2
     messages = _messages(lines)
@@ -547,15 +579,13 @@ def test_a_worker_without_shadow_rules_deletes_the_shadow_state_it_finds(
     restores a partition, and nothing else."""
     live, shadow = rulesets
     lines = _stream(9)
-    table: dict[bytes, bytes] = {}
+    table = StrictTable()
     pipeline = Pipeline(live, shadow, table)
     half = 150
     messages = _messages(lines)
     got_live: list[dict[str, Any]] = []
     for at in range(0, half, 15):
         got_live += pipeline.batch(messages[at : at + 15])[0]
-    for partition in range(PARTITIONS):
-        pipeline.live.persist(partition)
     assert any(k.startswith(SHADOW_PREFIX) for k in table)
     live_state = {k: v for k, v in table.items() if not k.startswith(SHADOW_PREFIX)}
     # restarted without shadow rules
@@ -566,10 +596,14 @@ def test_a_worker_without_shadow_rules_deletes_the_shadow_state_it_finds(
         discard_shadow_state=True,
     )
     for partition in range(PARTITIONS):
-        pipeline.live.persist(partition)  # nothing restored yet: nothing written
-        pipeline.live._partition(partition)
+        pipeline.live._partition(partition)  # restored, outside of any record: nothing written
+    assert any(k.startswith(SHADOW_PREFIX) for k in table)
+    with table.writing():  # the next write of each partition deletes its shadow state
+        for partition in range(PARTITIONS):
+            pipeline.live.persist(partition)
     assert not any(k.startswith(SHADOW_PREFIX) for k in table)
-    assert table == live_state
+    entries = lambda state: {k: v for k, v in state.items() if b"meta:" not in k}  # noqa: E731
+    assert entries(table) == entries(live_state)  # live entries untouched
     pipeline.shadow_rules = None
     rest = pipeline.run(lines[half:], start=half)
     assert _ids(got_live + rest[0]) == _ids(_replay(live, lines))
@@ -612,7 +646,7 @@ def test_a_failing_shadow_correlator_loses_only_its_own_work(
     live correlator on the same records and table gives replay's incidents regardless."""
     live, shadow = rulesets
     lines = _stream(4)
-    pipeline = Pipeline(live, shadow, {})
+    pipeline = Pipeline(live, shadow, StrictTable())
     assert pipeline.shadow is not None
     counted: list[int] = []
     guarded = ShadowCorrelator(pipeline.shadow, on_error=lambda: counted.append(1))
@@ -642,8 +676,8 @@ def test_a_working_shadow_correlator_gives_what_the_bare_one_gives(
 ) -> None:
     live, shadow = rulesets
     lines = _stream(6)
-    bare = Pipeline(live, shadow, {}).run(lines)
-    pipeline = Pipeline(live, shadow, {})
+    bare = Pipeline(live, shadow, StrictTable()).run(lines)
+    pipeline = Pipeline(live, shadow, StrictTable())
     assert pipeline.shadow is not None
     pipeline.guarded = ShadowCorrelator(pipeline.shadow)
     guarded = pipeline.run(lines)
@@ -676,3 +710,25 @@ def test_doctor_checks_the_shadow_rules_apart_from_the_live_ones(tmp_path: Path)
     doctor = Doctor(out=io.StringIO())
     check_rules(doctor, without)
     assert [c.area for c in doctor.checks] == ["rules"]
+
+
+def test_state_of_a_correlation_removed_by_a_reload_is_deleted_under_a_record(
+    rulesets: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Deletions found while reloading (or restoring) wait for the partition's next write, which
+    the worker makes under one of the partition's records (a table write needs its partition);
+    before, such a deletion outside a record failed the record."""
+    live, _ = rulesets
+    table = StrictTable()
+    pipeline = Pipeline(live, None, table)
+    messages = _messages(_stream(8))
+    for at in range(0, 150, 15):
+        pipeline.batch(messages[at : at + 15])
+    assert any(k.startswith(b"burst\x1f") for k in table)
+    without_burst = tmp_path / "no-burst.yaml"
+    without_burst.write_text(LIVE_RULES.split("- correlation: burst", maxsplit=1)[0])
+    smaller = load_rules([without_burst])
+    pipeline.live.reload(smaller)
+    pipeline.ingestor.reload(smaller)
+    pipeline.batch(messages[150:165], ticks=True)  # a record for every partition
+    assert not any(k.startswith(b"burst\x1f") for k in table)
