@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Faust stream worker")
     worker.add_argument("--config", metavar="FILE")
     worker.add_argument("--rules", action="append", metavar="PATH")
+    worker.add_argument(
+        "--shadow-rules",
+        action="append",
+        metavar="PATH",
+        help="shadow rules (overrides app.shadow_rules): incidents to <incidents>-shadow only",
+    )
 
     redeliver = sub.add_parser(
         "redeliver", help="send dead-lettered notifications again (exit 1 if some fail again)"
@@ -290,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streams.runtime.cli import run_worker
 
     try:
-        return run_worker(config_path=args.config, rules=args.rules)
+        return run_worker(config_path=args.config, rules=args.rules, shadow_rules=args.shadow_rules)
     except ConfigError as exc:  # the `notifiers:` section is validated when the app is built
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2

@@ -47,12 +47,17 @@ def check_kafka(doctor: Doctor, config: WorkerConfig, timeout: float) -> list[di
         return []
     doctor.ok("kafka", f"{servers} answers: {len(metadata.brokers)} broker(s)")
     topics = config.topics
-    for role, name in (
+    checked = [
         ("events", topics.events),
         ("incidents", topics.incidents),
         ("dead_letter", topics.dead_letter),
         ("notify_dead_letter", topics.notify_dead_letter),
-    ):
+    ]
+    if config.app.shadow_rules:
+        from streams.runtime.records import shadow_incidents_topic
+
+        checked.append(("shadow incidents", shadow_incidents_topic(topics.incidents)))
+    for role, name in checked:
         topic = metadata.topics.get(name)
         area = f"topic {name}"
         if topic is None or topic.error is not None:

@@ -12,6 +12,11 @@ The only module that builds the Faust app. Design notes (docs/worker.md):
 - State entries (to the table's store, and to its changelog) and incidents are produced with
   librdkafka (streams/runtime/state.py) and flushed before Faust may commit the records' offsets
   (at-least-once; incident ids are deterministic).
+- Shadow rules (`app.shadow_rules`, docs/worker.md): matched at ingest beside the live rules,
+  carried in the same records, correlated by a second `PartitionCorrelator` with its own state
+  (namespaced entries in the same table) and the same progress; their incidents go to
+  `<incidents>-shadow` only: no enrichment, no notifier. A failure of the shadow rules is counted
+  (`fc_shadow_errors_total`), logged once per ruleset, and never stops or changes the live rules.
 - `/healthz` fails when the stall watchdog finds a stalled partition, when partitions stay
   unowned, or when the ingest service died; `/readyz` answers 503 while recovering, rebalancing,
   before the ingest consumer joined its group, or while a partition is unowned.
@@ -49,9 +54,13 @@ from streams.runtime.health import (
 from streams.runtime.ingest import Ingestor
 from streams.runtime.ingest_service import IngestService, ingest_group
 from streams.runtime.kafka_options import aiokafka_options, faust_broker_credentials
-from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.partitions import PartitionCorrelator
-from streams.runtime.records import RecordError, decode_batch
+from streams.runtime.metrics import LIVE, SHADOW, WorkerMetrics
+from streams.runtime.partitions import BatchOutcome, PartitionCorrelator, ShadowCorrelator
+from streams.runtime.records import (
+    RecordError,
+    decode_batch,
+    shadow_incidents_topic,
+)
 from streams.runtime.state import MAX_MESSAGE_BYTES, ChangelogStore, OutputProducer
 
 __all__ = [
@@ -120,10 +129,19 @@ class WorkerApp:
     )
     ownership: Ownership = field(default_factory=Ownership)
     correlate_waiting_on: str = "starting"
+    shadow: ShadowCorrelator | None = None  # the shadow rules' correlate stage, if any
 
     def reload(self, ruleset: Ruleset) -> None:
         self.ingestor.reload(ruleset)
         self.correlator.reload(ruleset)
+
+    def reload_shadow(self, ruleset: Ruleset) -> None:
+        """New shadow rules; only for a worker started with shadow rules (the set of
+        stages is fixed at start: adding or removing `app.shadow_rules` is a restart)."""
+        if self.shadow is None:
+            raise RuntimeError("this worker was started without shadow rules")
+        self.ingestor.reload_shadow(ruleset)
+        self.shadow.reload(ruleset)
 
     def local_positions(self) -> dict[int, int]:
         return dict(self.processed)
@@ -150,6 +168,7 @@ def build_app(
     metrics: WorkerMetrics | None = None,
     wall_clock: Callable[[], int] = time.time_ns,
     enrichment: EnrichmentPipeline | None = None,
+    shadow: Ruleset | None = None,
 ) -> WorkerApp:
     cfg_app, topics = config.app, config.topics
     partitions = topics.partitions
@@ -198,16 +217,24 @@ def build_app(
         partitions,
         max_future_skew_ns=cfg_app.max_future_skew_ns,
         max_event_bytes=cfg_app.max_event_bytes,
+        shadow=shadow,
     )
-    correlator = PartitionCorrelator(
-        ruleset,
-        state_store,
-        lateness_ns=cfg_app.lateness_ns,
-        max_pending=cfg_app.max_pending_per_key,
-        # the global bound is per process: split over the correlate partitions it may own
-        max_state_entries=max(1, cfg_app.max_state_entries // partitions),
-        wall_clock=wall_clock,
-    )
+
+    def correlator_for(rules: Ruleset, *, is_shadow: bool) -> PartitionCorrelator:
+        return PartitionCorrelator(
+            rules,
+            state_store,
+            lateness_ns=cfg_app.lateness_ns,
+            max_pending=cfg_app.max_pending_per_key,
+            # the global bound is per process: split over the correlate partitions it may own
+            max_state_entries=max(1, cfg_app.max_state_entries // partitions),
+            wall_clock=wall_clock,
+            shadow=is_shadow,
+            discard_shadow_state=shadow is None,
+        )
+
+    correlator = correlator_for(ruleset, is_shadow=False)
+    shadow_topic = shadow_incidents_topic(topics.incidents)
     processed: dict[int, int] = {}
 
     def fatal(exc: BaseException) -> None:
@@ -228,6 +255,15 @@ def build_app(
     runner = _IngestRunner(service)
     app.add_dependency(runner)
     worker = WorkerApp(app, config, ingestor, correlator, metrics, service, processed=processed)
+    metrics.register_series(shadow=False)
+    shadow_correlator = None
+    if shadow is not None:
+        shadow_correlator = worker.shadow = ShadowCorrelator(
+            correlator_for(shadow, is_shadow=True),
+            on_error=metrics.shadow_errors.labels("correlate").inc,
+        )
+        metrics.register_series(shadow=True)
+        set_ruleset_metric(metrics, shadow, shadow=True)
     worker.watchdog = StallWatchdog(
         cfg_app.stall_timeout_ns, fresh_within_ns=3 * cfg_app.tick_interval_ns + 10 * 10**9
     )
@@ -241,11 +277,12 @@ def build_app(
         async for events in stream.take_events(_RECORDS_PER_TAKE, within=_RECORDS_WAIT_S):
             started = time.perf_counter()
             incidents: list[dict[str, Any]] = []
+            shadow_incidents: list[dict[str, Any]] = []
             last_of: dict[int, Any] = {}
             for event in events:
                 message = event.message
                 try:
-                    incidents.extend(_correlate_record(event))
+                    incidents.extend(_correlate_record(event, shadow_incidents))
                 except Exception as exc:
                     # a defect, not bad input (records are ours and decoded above): say where,
                     # count it and go on — a dead agent would stall every partition silently
@@ -264,10 +301,14 @@ def build_app(
             for partition, event in last_of.items():
                 with _current(event):
                     worker.correlator.persist(partition)
+                    if shadow_correlator is not None:
+                        shadow_correlator.persist(partition)
                 processed[partition] = event.message.offset + 1
             if incidents:
                 worker.correlate_waiting_on = "enrichment of incidents"
                 await _emit(incidents)
+            if shadow_incidents:
+                _emit_shadow(shadow_incidents)
             metrics.stage_seconds.labels("correlate").observe(time.perf_counter() - started)
             worker.correlate_waiting_on = f"next record of {correlate_name} (Faust stream)"
 
@@ -279,7 +320,7 @@ def build_app(
 
     _flush_before_commits(app, flush_outputs)
 
-    def _correlate_record(event: Any) -> list[dict[str, Any]]:
+    def _correlate_record(event: Any, shadow_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
         message = event.message
         partition, offset = message.partition, message.offset
         worker.correlate_waiting_on = f"processing {correlate_name}/{partition}@{offset}"
@@ -293,40 +334,46 @@ def build_app(
             return []
         outcome = worker.correlator.on_batch(partition, offset, batch, persist=False)
         if outcome.events:
-            metrics.records.labels(str(partition)).inc(outcome.events)
             metrics.batch_size.labels("correlate").observe(outcome.events)
         if outcome.produced_ms:
             now_s = wall_clock() / 1e9
             for produced in outcome.produced_ms:
                 metrics.latency.observe(max(now_s - produced / 1000, 0.0))
-        if outcome.late:
-            metrics.late.labels("correlate").inc(outcome.late)
-            if outcome.first_late is not None:
-                source_partition, source_offset, time_ns, watermark = outcome.first_late
-                log.warning(
-                    "%d late event(s) in %s/%d/%d, the first from %s/%d/%d: %.3f s behind "
-                    "the watermark",
-                    outcome.late,
-                    correlate_name,
-                    partition,
-                    offset,
-                    topics.events,
-                    source_partition,
-                    source_offset,
-                    (watermark - time_ns) / 1e9,
-                )
-        if outcome.duplicates:
-            metrics.duplicates.inc(outcome.duplicates)
+        _count(partition, outcome, LIVE)
+        if outcome.late and outcome.first_late is not None:
+            source_partition, source_offset, time_ns, watermark = outcome.first_late
+            log.warning(
+                "%d late event(s) in %s/%d/%d, the first from %s/%d/%d: %.3f s behind "
+                "the watermark",
+                outcome.late,
+                correlate_name,
+                partition,
+                offset,
+                topics.events,
+                source_partition,
+                source_offset,
+                (watermark - time_ns) / 1e9,
+            )
+        if shadow_correlator is not None:  # after the live rules, isolated from them
+            shadow_outcome = shadow_correlator.on_batch(partition, offset, batch)
+            if shadow_outcome is not None:
+                _count(partition, shadow_outcome, SHADOW)
+                shadow_out.extend(shadow_outcome.incidents)
         return outcome.incidents
+
+    def _count(partition: int, outcome: BatchOutcome, shadow_label: str) -> None:
+        if outcome.events:
+            metrics.records.labels(str(partition), shadow_label).inc(outcome.events)
+        if outcome.late:
+            metrics.late.labels("correlate", shadow_label).inc(outcome.late)
+        if outcome.duplicates:
+            metrics.duplicates.labels(shadow_label).inc(outcome.duplicates)
 
     async def _emit(incidents: list[dict[str, Any]]) -> None:
         # enrichment of a batch's incidents runs concurrently, each bounded by the deadline
         await asyncio.gather(*(worker.enrichment.enrich(incident) for incident in incidents))
         for incident in incidents:
-            metrics.incidents.labels(
-                incident["correlation"], incident["status"], str(incident.get("severity"))
-            ).inc()
-            metrics.matches.labels(incident["correlation"]).inc()
+            _count_incident(incident, LIVE)
             output.produce(
                 topics.incidents,
                 incident["id"].encode(),
@@ -336,6 +383,32 @@ def build_app(
             )
             log.info(
                 "incident %s %s %s key=%s count=%d",
+                incident["id"],
+                incident["status"],
+                incident["correlation"],
+                incident["key"],
+                incident["count"],
+            )
+
+    def _count_incident(incident: dict[str, Any], shadow_label: str) -> None:
+        metrics.incidents.labels(
+            incident["correlation"],
+            incident["status"],
+            str(incident.get("severity")),
+            shadow_label,
+        ).inc()
+        metrics.matches.labels(incident["correlation"], shadow_label).inc()
+
+    def _emit_shadow(incidents: list[dict[str, Any]]) -> None:
+        """The shadow rules' incidents: to `<incidents>-shadow` only, as `replay` gives them
+        (no enrichment: enrichers call external services; no notifier reads this topic)."""
+        for incident in incidents:
+            _count_incident(incident, SHADOW)
+            output.produce(
+                shadow_topic, incident["id"].encode(), orjson.dumps(incident), -1, changelog=False
+            )
+            log.info(
+                "shadow incident %s %s %s key=%s count=%d",
                 incident["id"],
                 incident["status"],
                 incident["correlation"],
@@ -376,6 +449,8 @@ def build_app(
         if gone:
             log.info("correlate partitions revoked: %s", sorted(gone))
         worker.correlator.revoke(gone)
+        if shadow_correlator is not None:
+            shadow_correlator.revoke(gone)
         for partition in gone:
             processed.pop(partition, None)
 
@@ -408,7 +483,11 @@ def build_app(
                 },
                 status=503,
             )
-        return web.json({"status": "ready", "ruleset": worker.ingestor.ruleset.digest})
+        body = {"status": "ready", "ruleset": worker.ingestor.ruleset.digest}
+        shadow_rules = worker.ingestor.shadow_ruleset
+        if shadow_rules is not None:
+            body["shadow_ruleset"] = shadow_rules.digest
+        return web.json(body)
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
@@ -555,27 +634,57 @@ def _current(event: Any) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset) -> None:
-    metrics.ruleset.clear()
-    metrics.ruleset.labels(ruleset.digest).set(1)
-    metrics.reload_success.set(1)
+def set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset, *, shadow: bool = False) -> None:
+    label = SHADOW if shadow else LIVE
+    for digest, shadow_label in list(_ruleset_series(metrics)):
+        if shadow_label == label:
+            metrics.ruleset.remove(digest, shadow_label)
+    metrics.ruleset.labels(ruleset.digest, label).set(1)
+    metrics.reload_success.labels(label).set(1)
+
+
+def _ruleset_series(metrics: WorkerMetrics) -> list[tuple[str, str]]:
+    return [
+        (sample.labels["digest"], sample.labels["shadow"])
+        for family in metrics.ruleset.collect()
+        for sample in family.samples
+    ]
 
 
 def _update_gauges(worker: WorkerApp, now_ns: int) -> None:
+    _update_correlator_gauges(worker, worker.correlator, now_ns, LIVE)
+    if worker.shadow is not None:
+        _update_correlator_gauges(worker, worker.shadow, now_ns, SHADOW)
+
+
+def _update_correlator_gauges(
+    worker: WorkerApp,
+    correlator: PartitionCorrelator | ShadowCorrelator,
+    now_ns: int,
+    shadow_label: str,
+) -> None:
     metrics = worker.metrics
     template_errors = evicted = keys_evicted = 0
-    for partition, engine in worker.correlator.partitions().items():
+    for partition, engine in correlator.partitions().items():
         label = str(partition)
-        metrics.state_entries.labels(label).set(engine.state_entries)
-        metrics.held_events.labels(label).set(engine.buffered)
+        metrics.state_entries.labels(label, shadow_label).set(engine.state_entries)
+        metrics.held_events.labels(label, shadow_label).set(engine.buffered)
         if engine.watermark_ns > -(2**63):
-            metrics.watermark_lag.labels(label).set((now_ns - engine.watermark_ns) / 1e9)
+            metrics.watermark_lag.labels(label, shadow_label).set(
+                (now_ns - engine.watermark_ns) / 1e9
+            )
         template_errors += engine.stats.template_errors
         evicted += engine.stats.evicted
         keys_evicted += engine.stats.evicted_keys
-    _raise_counter(metrics.template_errors, template_errors, worker.ready, "template_errors")
-    _raise_counter(metrics.keys_evicted, keys_evicted, worker.ready, "keys_evicted")
-    _raise_counter(metrics.evicted, evicted, worker.ready, "evicted")
+    seen = worker.ready
+    tag = "" if shadow_label == LIVE else ":shadow"
+    _raise_counter(
+        metrics.template_errors.labels(shadow_label), template_errors, seen, "template_errors" + tag
+    )
+    _raise_counter(
+        metrics.keys_evicted.labels(shadow_label), keys_evicted, seen, "keys_evicted" + tag
+    )
+    _raise_counter(metrics.evicted.labels(shadow_label), evicted, seen, "evicted" + tag)
 
 
 def _raise_counter(counter: Any, total: int, seen: dict[str, Any], name: str) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
@@ -54,12 +55,18 @@ def setup_logging(config: WorkerConfig) -> None:
 
 
 class RulesWatcher:
-    """Reload rules on SIGHUP and when a rule file changes; keep the old rules on errors."""
+    """Reload rules on SIGHUP and when a rule file changes; keep the old rules on errors.
 
-    def __init__(self, paths: Sequence[str], worker: object, metrics: object) -> None:
+    One watcher for the live rules and, with `app.shadow_rules`, one for the shadow rules
+    (`shadow=True`): each reloads its own set, and a failure of one leaves the other alone."""
+
+    def __init__(
+        self, paths: Sequence[str], worker: object, metrics: object, *, shadow: bool = False
+    ) -> None:
         self.paths = list(paths)
         self.worker = worker
         self.metrics = metrics
+        self.shadow = shadow
         self._signature = self._files_signature()
 
     def _files_signature(self) -> tuple[tuple[str, int, int], ...]:
@@ -81,26 +88,34 @@ class RulesWatcher:
 
     def reload(self, reason: str) -> bool:
         from streams.runtime.app import WorkerApp, set_ruleset_metric
+        from streams.runtime.metrics import LIVE, SHADOW
 
         assert isinstance(self.worker, WorkerApp)
         metrics = self.worker.metrics
+        label, what = (SHADOW, "shadow rules") if self.shadow else (LIVE, "rules")
         try:
             ruleset: Ruleset = load_rules(self.paths)
         except RuleLoadError as exc:
-            metrics.reload_success.set(0)
-            metrics.reloads.labels("error").inc()
+            metrics.reload_success.labels(label).set(0)
+            metrics.reloads.labels("error", label).inc()
             log.error(
-                "rules reload (%s) failed, keeping the previous rules: %d error(s)\n%s",
+                "%s reload (%s) failed, keeping the previous %s: %d error(s)\n%s",
+                what,
                 reason,
+                what,
                 len(exc.errors),
                 "\n".join(str(e) for e in exc.errors),
             )
             return False
-        self.worker.reload(ruleset)
-        set_ruleset_metric(metrics, ruleset)
-        metrics.reloads.labels("ok").inc()
+        if self.shadow:
+            self.worker.reload_shadow(ruleset)
+        else:
+            self.worker.reload(ruleset)
+        set_ruleset_metric(metrics, ruleset, shadow=self.shadow)
+        metrics.reloads.labels("ok", label).inc()
         log.info(
-            "rules reloaded (%s): %d correlations, ruleset %s",
+            "%s reloaded (%s): %d correlations, ruleset %s",
+            what,
             reason,
             len(ruleset.correlations),
             ruleset.digest,
@@ -108,15 +123,12 @@ class RulesWatcher:
         return True
 
 
-def run_worker(*, config_path: str | None, rules: Sequence[str] | None) -> int:
-    try:
-        config = load_config(config_path, os.environ)
-    except ConfigError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
-        return 2
-    if rules:
-        config = replace(config, app=replace(config.app, rules=tuple(rules)))
-    setup_logging(config)
+def _load_rulesets(config: WorkerConfig) -> tuple[Ruleset, Ruleset | None] | int:
+    """The live rules and the shadow rules (None without `app.shadow_rules`), or the exit code.
+
+    Shadow rules that do not load fail the start like live ones: a deployment that asked for a
+    shadow evaluation and would silently run without it is worse than one that does not start.
+    Once running, a shadow reload error keeps the previous shadow rules (as for live ones)."""
     try:
         ruleset = load_rules(config.app.rules)
     except RuleLoadError as exc:
@@ -124,6 +136,68 @@ def run_worker(*, config_path: str | None, rules: Sequence[str] | None) -> int:
             print(error, file=sys.stderr)
         print(f"{len(exc.errors)} error(s); the worker does not start", file=sys.stderr)
         return 1
+    if not config.app.shadow_rules:
+        return ruleset, None
+    try:
+        shadow = load_rules(config.app.shadow_rules)
+    except RuleLoadError as exc:
+        for error in exc.errors:
+            print(f"shadow rules: {error}", file=sys.stderr)
+        print(
+            f"{len(exc.errors)} error(s) in app.shadow_rules; the worker does not start",
+            file=sys.stderr,
+        )
+        return 1
+    return ruleset, shadow
+
+
+def _watch_rules(worker_app: Any, config: WorkerConfig, shadow: Ruleset | None) -> None:
+    """Reload on SIGHUP and on a change of a rule file: the live and the shadow rules each."""
+    watchers = [RulesWatcher(config.app.rules, worker_app, worker_app.metrics)]
+    if shadow is not None:
+        watchers.append(
+            RulesWatcher(config.app.shadow_rules or (), worker_app, worker_app.metrics, shadow=True)
+        )
+    app = worker_app.app
+
+    def reload_all(reason: str) -> None:
+        for watcher in watchers:
+            watcher.reload(reason)
+
+    @app.task
+    async def install_sighup() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_all("SIGHUP"))
+
+    @app.timer(interval=2.0, name="rules-file-watch")
+    async def watch_rules() -> None:
+        for watcher in watchers:
+            if watcher.changed():
+                watcher.reload("file change")
+
+    worker_app.ready.update(install_sighup=install_sighup, watch_rules=watch_rules)
+
+
+def run_worker(
+    *,
+    config_path: str | None,
+    rules: Sequence[str] | None,
+    shadow_rules: Sequence[str] | None = None,
+) -> int:
+    try:
+        config = load_config(config_path, os.environ)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    if rules:
+        config = replace(config, app=replace(config.app, rules=tuple(rules)))
+    if shadow_rules:
+        config = replace(config, app=replace(config.app, shadow_rules=tuple(shadow_rules)))
+    setup_logging(config)
+    loaded = _load_rulesets(config)
+    if isinstance(loaded, int):
+        return loaded
+    ruleset, shadow = loaded
     from streams.runtime.app import faust_data_dir
     from streams.runtime.topics import discard_stale_state, ensure_topics
 
@@ -155,19 +229,9 @@ def run_worker(*, config_path: str | None, rules: Sequence[str] | None) -> int:
 
     from streams.runtime.app import build_app
 
-    worker_app = build_app(config, ruleset, metrics=metrics, enrichment=enrichment)
-    watcher = RulesWatcher(config.app.rules, worker_app, worker_app.metrics)
+    worker_app = build_app(config, ruleset, metrics=metrics, enrichment=enrichment, shadow=shadow)
+    _watch_rules(worker_app, config, shadow)
     app = worker_app.app
-
-    @app.task
-    async def install_sighup() -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: watcher.reload("SIGHUP"))
-
-    @app.timer(interval=2.0, name="rules-file-watch")
-    async def watch_rules() -> None:
-        if watcher.changed():
-            watcher.reload("file change")
 
     log.info(
         "starting worker %s: %d correlations (ruleset %s), events from %s on %s",
@@ -177,6 +241,15 @@ def run_worker(*, config_path: str | None, rules: Sequence[str] | None) -> int:
         config.topics.events,
         config.kafka.bootstrap_servers,
     )
+    if shadow is not None:
+        from streams.runtime.records import shadow_incidents_topic
+
+        log.info(
+            "shadow rules: %d correlations (ruleset %s), incidents to %s only",
+            len(shadow.correlations),
+            shadow.digest,
+            shadow_incidents_topic(config.topics.incidents),
+        )
     started = time.monotonic()
     worker = faust.Worker(
         app,

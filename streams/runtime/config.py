@@ -114,6 +114,7 @@ def default_data_dir() -> str:
 class AppConfig:
     id: str = "falco-correlator"
     rules: tuple[str, ...] = ("rules/",)
+    shadow_rules: tuple[str, ...] | None = None  # None: no shadow rules
     lateness_ns: int = 10 * NS_PER_UNIT["s"]
     store: StoreKind = StoreKind.ROCKSDB
     data_dir: str = field(default_factory=default_data_dir)
@@ -254,6 +255,13 @@ def _paths(raw: object, environ: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(_text(item, environ) for item in items)
 
 
+def _optional_paths(raw: object, environ: Mapping[str, str]) -> tuple[str, ...] | None:
+    # An empty YAML list (or null) means none; otherwise as `_paths`.
+    if raw is None or raw == []:
+        return None
+    return _paths(raw, environ)
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One configuration key: where it lives, how it is read, what it means."""
@@ -309,6 +317,11 @@ SETTINGS: tuple[Setting, ...] = (
        "Faust app id: consumer group and prefix of internal topics"),
     _s("app", "rules", _paths, "rules/",
        "rule files or directories (env: comma-separated); `--rules` overrides"),
+    _s("app", "shadow_rules", _optional_paths, "",
+       "shadow rule files or directories, same forms as `app.rules`: run beside the live rules "
+       "on the same events with their own state; incidents only to `<topics.incidents>-shadow`, "
+       "never to notifiers or enrichers; metrics labelled `shadow=\"true\"`. "
+       "`--shadow-rules` overrides"),
     _s("app", "lateness", _duration(0), "10s", "how late an event may arrive (watermark lag)",
        attr="lateness_ns"),
     _s("app", "store", _choice(StoreKind), "rocksdb", "table store: rocksdb|memory"),

@@ -192,21 +192,25 @@ def check_config(
 
 
 def check_rules(doctor: Doctor, config: WorkerConfig) -> None:
+    _check_ruleset(doctor, "rules", config.app.rules, "app.rules")
+    if config.app.shadow_rules:  # they stop the start too when they do not load
+        _check_ruleset(doctor, "shadow rules", config.app.shadow_rules, "app.shadow_rules")
+
+
+def _check_ruleset(doctor: Doctor, area: str, paths: Sequence[str], key: str) -> None:
     try:
-        ruleset = load_rules(config.app.rules)
+        ruleset = load_rules(paths)
     except RuleLoadError as exc:
         for error in exc.errors[:10]:
-            doctor.fail("rules", str(error), "falco-correlator validate shows every error")
+            doctor.fail(area, str(error), "falco-correlator validate shows every error")
         if len(exc.errors) > 10:
-            doctor.fail("rules", f"... and {len(exc.errors) - 10} more error(s)")
+            doctor.fail(area, f"... and {len(exc.errors) - 10} more error(s)")
         return
     if not ruleset.correlations:
-        doctor.warn(
-            "rules", f"no enabled correlation in {', '.join(config.app.rules)}", "check app.rules"
-        )
+        doctor.warn(area, f"no enabled correlation in {', '.join(paths)}", f"check {key}")
         return
     doctor.ok(
-        "rules",
+        area,
         f"{len(ruleset.correlations)} correlations from {len(ruleset.files)} file(s), "
         f"ruleset {ruleset.digest}",
     )

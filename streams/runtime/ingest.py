@@ -6,6 +6,13 @@ one `CorrelateBatch` per destination partition per input batch (split only when 
 `max_record_bytes`). No Kafka here; `streams/runtime/ingest_service.py` drives it with a
 confluent-kafka consumer and producer.
 
+With shadow rules (`app.shadow_rules`) a second matcher runs on every valid event; its matches
+travel in the same records, apart from the live ones (`EventRecord.shadow_matches`), routed by the
+same function of (correlation, key), so an event matched by both sets is carried once. A failure
+of the shadow matcher only loses that event's shadow matches (counted in `shadow_errors`, logged
+once): the live matches are taken first and never depend on it. Without shadow rules nothing of
+this runs.
+
 Lateness is not decided here: only the correlate partition knows the merged watermark of every
 source partition, and an event late for this consumer's partitions may not be late for the
 stream as a whole.
@@ -13,6 +20,7 @@ stream as a whole.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +38,8 @@ from streams.runtime.records import (
 )
 
 __all__ = ["DeadLetter", "IngestBatch", "Ingestor", "SourceMessage", "encode_records"]
+
+log = logging.getLogger("streams.worker.ingest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,8 @@ class IngestBatch:
     next_offsets: dict[int, int] = field(default_factory=dict)  # source partition -> offset + 1
     future: Counter[str] = field(default_factory=Counter)  # too far ahead, per hostname
     matched: int = 0
+    shadow_matched: int = 0  # events that matched a shadow rule
+    shadow_errors: int = 0  # events whose shadow matching failed (their live matches stand)
 
 
 class Ingestor:
@@ -73,19 +85,46 @@ class Ingestor:
         *,
         max_future_skew_ns: int | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        shadow: Ruleset | None = None,
     ) -> None:
         self.correlate_partitions = correlate_partitions
         self.max_future_skew_ns = max_future_skew_ns
         self.max_event_bytes = max_event_bytes
         self._matcher = Engine(ruleset)
+        self._shadow: Engine | None = None if shadow is None else Engine(shadow)
+        self._shadow_failed = False  # the shadow matcher's first failure was logged
         self._routes: dict[tuple[str, KeyTuple], int] = {}
 
     @property
     def ruleset(self) -> Ruleset:
         return self._matcher.ruleset
 
+    @property
+    def shadow_ruleset(self) -> Ruleset | None:
+        return None if self._shadow is None else self._shadow.ruleset
+
     def reload(self, ruleset: Ruleset) -> None:
         self._matcher = Engine(ruleset)
+
+    def reload_shadow(self, ruleset: Ruleset) -> None:
+        """New shadow rules (only when the worker was started with `app.shadow_rules`)."""
+        self._shadow = Engine(ruleset)
+        self._shadow_failed = False
+
+    def _match_shadow(self, shadow: Engine, event: Event, out: IngestBatch) -> list[StepMatch]:
+        try:
+            return shadow.match(event)
+        except Exception as exc:  # a defect of the shadow rules must not touch the live ones
+            out.shadow_errors += 1
+            if not self._shadow_failed:
+                self._shadow_failed = True
+                log.error(
+                    "shadow rules: matching failed (%r); events whose shadow matching fails "
+                    "are not correlated by the shadow rules (counted in "
+                    "fc_shadow_errors_total, logged once per ruleset); the live rules go on",
+                    exc,
+                )
+            return []
 
     def process(
         self,
@@ -98,6 +137,7 @@ class Ingestor:
         are neither forwarded nor dead-lettered again."""
         out = IngestBatch()
         matcher = self._matcher
+        shadow = self._shadow
         horizon = None if self.max_future_skew_ns is None else wall_ns + self.max_future_skew_ns
         for message in messages:
             partition = message.partition
@@ -134,9 +174,18 @@ class Ingestor:
                     continue
             out.observed.append((partition, event.time_ns))
             matches = matcher.match(event)
+            if shadow is None:
+                if matches:
+                    out.matched += 1
+                    self._route(event, message, matches, len(value), out)
+                continue
+            shadow_matches = self._match_shadow(shadow, event, out)
             if matches:
                 out.matched += 1
-                self._route(event, message, matches, len(value), out)
+            if shadow_matches:
+                out.shadow_matched += 1
+            if matches or shadow_matches:
+                self._route(event, message, matches, len(value), out, shadow_matches=shadow_matches)
         return out
 
     def _route(
@@ -146,9 +195,37 @@ class Ingestor:
         matches: list[StepMatch],
         size: int,
         out: IngestBatch,
+        *,
+        shadow_matches: list[StepMatch] | None = None,
     ) -> None:
-        """Add the event to the record of each correlate partition one of its keys lives on."""
-        correlations = self._matcher.correlations
+        """Add the event to the record of each correlate partition one of its keys lives on.
+
+        Shadow matches go by the same function of (correlation, key) as live ones: an event
+        whose live and shadow keys land on one partition is carried there once."""
+        by_destination = self._destinations(self._matcher, matches)
+        shadow_by: dict[int, list[MatchRef]] = {}
+        if shadow_matches:
+            assert self._shadow is not None
+            shadow_by = self._destinations(self._shadow, shadow_matches)
+            for destination in shadow_by:
+                by_destination.setdefault(destination, [])
+        for destination, refs in by_destination.items():
+            out.records.setdefault(destination, []).append(
+                EventRecord(
+                    payload=event.raw,
+                    time_ns=event.time_ns,
+                    source_partition=message.partition,
+                    source_offset=message.offset,
+                    produced_ms=message.timestamp_ms,
+                    matches=tuple(refs),
+                    payload_json=message.value,
+                    shadow_matches=tuple(shadow_by.get(destination, ())),
+                )
+            )
+            out.sizes.setdefault(destination, []).append(size)
+
+    def _destinations(self, matcher: Engine, matches: list[StepMatch]) -> dict[int, list[MatchRef]]:
+        correlations = matcher.correlations
         grouped: dict[tuple[int, KeyTuple], list[int]] = {}
         for ci, si, key in matches:
             grouped.setdefault((ci, key), []).append(si)
@@ -163,19 +240,7 @@ class Ingestor:
                     routes.clear()
                 routes[(name, key)] = destination
             by_destination.setdefault(destination, []).append(MatchRef(name, key, tuple(steps)))
-        for destination, refs in by_destination.items():
-            out.records.setdefault(destination, []).append(
-                EventRecord(
-                    payload=event.raw,
-                    time_ns=event.time_ns,
-                    source_partition=message.partition,
-                    source_offset=message.offset,
-                    produced_ms=message.timestamp_ms,
-                    matches=tuple(refs),
-                    payload_json=message.value,
-                )
-            )
-            out.sizes.setdefault(destination, []).append(size)
+        return by_destination
 
 
 def encode_records(
@@ -187,6 +252,7 @@ def encode_records(
     wall_ns: int,
     max_record_bytes: int,
     all_partitions: Sequence[int] = (),
+    shadow_digest: str = "",
 ) -> list[tuple[int, bytes, int]]:
     """(destination partition, record, events) for a batch: one record per destination, split
     when the events' source bytes exceed `max_record_bytes`; `all_partitions` also get a tick
@@ -208,7 +274,14 @@ def encode_records(
             out.append(
                 (
                     destination,
-                    _encode(digest, source_partitions, reported, wall_ns, chunk),
+                    _encode(
+                        digest,
+                        source_partitions,
+                        reported,
+                        wall_ns,
+                        chunk,
+                        shadow_digest=shadow_digest,
+                    ),
                     len(chunk),
                 )
             )
@@ -224,6 +297,8 @@ def _encode(
     progress: Mapping[int, int],
     wall_ns: int,
     events: list[EventRecord],
+    *,
+    shadow_digest: str = "",
 ) -> bytes:
     return encode_batch(
         CorrelateBatch(
@@ -232,5 +307,6 @@ def _encode(
             progress=progress,
             wall_ns=wall_ns,
             events=tuple(events),
+            shadow_digest=shadow_digest,
         )
     )

@@ -385,9 +385,11 @@ class IngestService:
         for partition, time_ns in batch.observed:
             self.progress.observe(partition, time_ns, wall)
         progress_due = wall - self._last_progress_ns >= _PROGRESS_EVERY_NS
+        shadow = self.ingestor.shadow_ruleset
         records = encode_records(
             batch,
             digest=self.ingestor.ruleset.digest,
+            shadow_digest="" if shadow is None else shadow.digest,
             source_partitions=self.source_partitions,
             progress=self.progress.contributions(),
             wall_ns=wall,
@@ -432,6 +434,8 @@ class IngestService:
             metrics.events.labels(self.events_topic, str(partition)).inc(count)
         if batch.dead_letters:
             metrics.invalid.inc(len(batch.dead_letters))
+        if batch.shadow_errors:
+            metrics.shadow_errors.labels("ingest").inc(batch.shadow_errors)
         for hostname, count in batch.future.items():
             # hostnames come from the events (attacker-controlled): bound the label set
             label = hostname[:64]

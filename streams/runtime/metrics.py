@@ -1,4 +1,9 @@
-"""Prometheus metrics of the worker (served on /metrics)."""
+"""Prometheus metrics of the worker (served on /metrics).
+
+The metrics of the correlate stage and of the rules carry a `shadow` label: "false" for the live
+rules, "true" for the shadow rules (`app.shadow_rules`), so a shadow ruleset is observed with the
+same series as the live one. Dashboards and alerts about live results select `shadow!="true"`
+(which also matches series scraped from workers older than the label)."""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["LIVE", "SHADOW", "WorkerMetrics"]
+
+LIVE = "false"  # the `shadow` label of the live rules' series
+SHADOW = "true"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
@@ -42,6 +50,7 @@ class WorkerMetrics:
     backpressure: Counter
     refused: Counter
     keys_evicted: Counter
+    shadow_errors: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -59,39 +68,43 @@ class WorkerMetrics:
             late=Counter(
                 "fc_events_late",
                 "Events older than the watermark, not correlated",
-                ["stage"],
+                ["stage", "shadow"],
                 registry=reg,
             ),
-            duplicates=Counter("fc_records_duplicate", "Redelivered records dropped", registry=reg),
+            duplicates=Counter(
+                "fc_records_duplicate", "Redelivered records dropped", ["shadow"], registry=reg
+            ),
             records=Counter(
                 "fc_correlate_records",
-                "Records on the correlate topic",
-                ["partition"],
+                "Events correlated (from the correlate topic's records)",
+                ["partition", "shadow"],
                 registry=reg,
             ),
-            matches=Counter("fc_matches", "Correlation matches", ["correlation"], registry=reg),
+            matches=Counter(
+                "fc_matches", "Correlation matches", ["correlation", "shadow"], registry=reg
+            ),
             incidents=Counter(
                 "fc_incidents",
                 "Incidents emitted",
-                ["correlation", "status", "severity"],
+                ["correlation", "status", "severity", "shadow"],
                 registry=reg,
             ),
             state_entries=Gauge(
                 "fc_state_entries",
                 "State entries per correlate partition",
-                ["partition"],
+                ["partition", "shadow"],
                 registry=reg,
             ),
             held_events=Gauge(
                 "fc_held_events",
                 "Events waiting for the watermark",
-                ["partition"],
+                ["partition", "shadow"],
                 registry=reg,
             ),
             watermark_lag=Gauge(
                 "fc_watermark_lag_seconds",
                 "Wall clock minus the partition's watermark",
-                ["partition"],
+                ["partition", "shadow"],
                 registry=reg,
             ),
             latency=Histogram(
@@ -101,14 +114,26 @@ class WorkerMetrics:
                 registry=reg,
             ),
             template_errors=Counter(
-                "fc_template_errors", "Output templates that failed and fell back", registry=reg
+                "fc_template_errors",
+                "Output templates that failed and fell back",
+                ["shadow"],
+                registry=reg,
             ),
-            evicted=Counter("fc_state_evicted", "Events evicted by the per-key cap", registry=reg),
+            evicted=Counter(
+                "fc_state_evicted", "Events evicted by the per-key cap", ["shadow"], registry=reg
+            ),
             reload_success=Gauge(
-                "fc_rules_reload_success", "1 if the last rules (re)load succeeded", registry=reg
+                "fc_rules_reload_success",
+                "1 if the last rules (re)load succeeded",
+                ["shadow"],
+                registry=reg,
             ),
-            reloads=Counter("fc_rules_reloads", "Rules reloads", ["result"], registry=reg),
-            ruleset=Gauge("fc_ruleset_info", "The loaded ruleset", ["digest"], registry=reg),
+            reloads=Counter(
+                "fc_rules_reloads", "Rules reloads", ["result", "shadow"], registry=reg
+            ),
+            ruleset=Gauge(
+                "fc_ruleset_info", "The loaded ruleset", ["digest", "shadow"], registry=reg
+            ),
             future=Counter(
                 "fc_events_future",
                 "Events dated more than app.max_future_skew ahead (dead-lettered), per hostname",
@@ -153,6 +178,14 @@ class WorkerMetrics:
             keys_evicted=Counter(
                 "fc_state_keys_evicted",
                 "Keys dropped (least recently used first) by the global app.max_state_entries",
+                ["shadow"],
+                registry=reg,
+            ),
+            shadow_errors=Counter(
+                "fc_shadow_errors",
+                "Events (ingest) or records (correlate) the shadow rules failed on; the live "
+                "rules are not affected",
+                ["stage"],
                 registry=reg,
             ),
             refused=Counter(
@@ -166,3 +199,14 @@ class WorkerMetrics:
                 registry=reg,
             ),
         )
+
+    def register_series(self, *, shadow: bool) -> None:
+        """Create the series that exist without any event (counters at 0): the live ones at
+        start, the shadow ones when shadow rules are configured."""
+        label = SHADOW if shadow else LIVE
+        for counter in (self.duplicates, self.template_errors, self.evicted, self.keys_evicted):
+            counter.labels(label)
+        self.late.labels("correlate", label)
+        if shadow:
+            for stage in ("ingest", "correlate"):
+                self.shadow_errors.labels(stage)

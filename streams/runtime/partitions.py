@@ -7,6 +7,12 @@ partition's merged source progress (streams/runtime/progress.py) moves the water
 batch the entries the engine changed are written back once (`store[key] = bytes`), which is what
 makes a restarted or rebalanced worker continue exactly where the state was: on the first record
 of a partition the engine is rebuilt from the entries of that partition.
+
+The shadow rules (`app.shadow_rules`) get a correlator of their own (`shadow=True`): it reads the
+records' shadow matches and digest instead of the live ones, and its state entries, held events
+and meta entry carry `SHADOW_PREFIX`, so they never meet the live ones in the shared table (the
+same correlation name and key may exist in both sets). It applies the same progress reports, so
+its watermark is the live one's.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from streams.core.events import Event
 from streams.core.rules import Correlation, Ruleset
 from streams.core.snapshot import entry_from_data, entry_to_data, held_to_data
 from streams.runtime.progress import NEG_INF, MergedProgress
-from streams.runtime.records import CorrelateBatch, entry_key, meta_key
+from streams.runtime.records import SHADOW_PREFIX, CorrelateBatch, entry_key, meta_key
 
-__all__ = ["BatchOutcome", "PartitionCorrelator", "StateStore"]
+__all__ = ["BatchOutcome", "PartitionCorrelator", "ShadowCorrelator", "StateStore"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,9 @@ class _Partition:
     # and a hash of the entry's last written value (an unchanged entry is not written again)
     held_written: dict[bytes, dict[int, bytes]] = field(default_factory=dict)
     entry_hash: dict[bytes, int] = field(default_factory=dict)
+    # store keys to delete at the next write of the partition: found while restoring or
+    # reloading, which may run outside the record whose partition a store write needs
+    deletes: list[bytes] = field(default_factory=list)
     # per source partition, the highest source offset this partition has received: a late
     # event at or below it is a redelivered copy (an ingest rebalance or a crash re-reads from
     # the last committed offset), counted as a duplicate rather than as late. Used only to
@@ -87,6 +96,14 @@ def _applied_from_data(data: Any) -> dict[int, int]:
     return out
 
 
+def _partition_of(value: bytes) -> int | None:
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return data.get("p") if isinstance(data, dict) else None
+
+
 def held_key(name: bytes, seq: int) -> bytes:
     return name + _HELD + str(seq).encode()
 
@@ -101,8 +118,18 @@ class PartitionCorrelator:
         max_pending: int,
         max_state_entries: int | None = None,
         wall_clock: Callable[[], int] = time.time_ns,
+        shadow: bool = False,
+        discard_shadow_state: bool = False,
     ) -> None:
         self.ruleset = ruleset
+        self.shadow = shadow
+        # prefix of every store key of this correlator: the live one's keys are as they always
+        # were; the shadow one's never collide with them (and start with NUL: skipped by live)
+        self.namespace = SHADOW_PREFIX if shadow else b""
+        # the live correlator of a worker without shadow rules deletes shadow state it finds
+        # (left by a shadow set since promoted or removed): nothing else would ever delete it
+        self.discard_shadow_state = discard_shadow_state and not shadow
+        self._label = "shadow rules, partition" if shadow else "partition"
         self.max_state_entries = max_state_entries
         self.store = store
         self.lateness_ns = lateness_ns
@@ -163,15 +190,22 @@ class PartitionCorrelator:
         restored = unreadable = 0
         entries: dict[bytes, dict[str, Any]] = {}
         held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
+        namespace = self.namespace
+        own_meta = namespace + meta_key(partition)
+        shadow_state: list[tuple[bytes, bytes]] = []
         applied: dict[int, int] = {}
         for key, value in list(self._iter_store()):
-            if key == meta_key(partition):
+            if namespace and not key.startswith(namespace):
+                continue
+            if key == own_meta:
                 meta = orjson.loads(value)
                 engine.restore_clock(meta["max"], meta["wm"])
                 progress = MergedProgress.from_data(meta.get("progress"))
                 applied = _applied_from_data(meta.get("applied"))
                 continue
-            if key.startswith(b"\x00"):
+            if key.startswith(b"\x00", len(namespace)):  # meta entries (and shadow state)
+                if self.discard_shadow_state and key.startswith(SHADOW_PREFIX):
+                    shadow_state.append((key, value))
                 continue
             try:
                 data = orjson.loads(value)
@@ -186,6 +220,8 @@ class PartitionCorrelator:
             else:
                 entries[key] = data
         part = _Partition(engine, progress, applied=applied, applied_written=dict(applied))
+        if shadow_state:
+            part.deletes.extend(self._stale_shadow_state(partition, shadow_state))
         for name, data in entries.items():
             items = held.pop(name, {})
             data["held"] = [item for _, (_, item) in sorted(items.items())]
@@ -197,23 +233,40 @@ class PartitionCorrelator:
             part.held_written[name] = {seq: store_key for seq, (store_key, _) in items.items()}
             restored += 1
         for orphans in held.values():  # held events whose entry is gone: drop them
-            for store_key, _ in orphans.values():
-                self._delete(store_key)
+            part.deletes.extend(store_key for store_key, _ in orphans.values())
+        self._recovered(partition, engine, restored, unreadable)
+        return part
+
+    def _recovered(self, partition: int, engine: Engine, restored: int, unreadable: int) -> None:
         if unreadable:
             log.warning(
-                "partition %d: %d state entries could not be read for the current rules "
+                "%s %d: %d state entries could not be read for the current rules "
                 "(corrupt, or their correlation was removed or changed type); skipped",
+                self._label,
                 partition,
                 unreadable,
             )
         if restored:
-            log.info("partition %d: restored %d state entries", partition, restored)
+            log.info("%s %d: restored %d state entries", self._label, partition, restored)
             # Without a meta entry (or with an older one), the restored events themselves say
             # how far event time got.
             newest = engine.newest_event_ns()
             if newest > engine.max_time_ns:
                 engine.restore_clock(newest, newest - self.lateness_ns)
-        return part
+
+    def _stale_shadow_state(self, partition: int, found: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """The partition's shadow state, to delete (this worker runs no shadow rules)."""
+        shadow_meta = SHADOW_PREFIX + meta_key(partition)
+        stale = [
+            key for key, value in found if key == shadow_meta or _partition_of(value) == partition
+        ]
+        if stale:
+            log.info(
+                "partition %d: deleting %d state entries of shadow rules (this worker runs none)",
+                partition,
+                len(stale),
+            )
+        return stale
 
     def _iter_store(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.store.items():
@@ -230,26 +283,27 @@ class PartitionCorrelator:
         by_name = self._by_name()
         for partition, part in old_parts.items():
             engine = self._new_engine()
+            deletes = part.deletes
             for ci, key in part.engine.entry_keys():
                 entry = part.engine.entry(ci, key)
                 if entry is None:
                     continue
                 data = entry_to_data(old_rules.correlations[ci], key, entry)
                 moved = entry_from_data(by_name, data)
-                name = entry_key(old_rules.correlations[ci].name, key)
+                name = self.namespace + entry_key(old_rules.correlations[ci].name, key)
                 if moved is not None:
                     engine.restore(*moved)
                     engine.changed.add((moved[0], moved[1]))
                 else:
-                    self._delete(name)
-                    for store_key in part.held_written.pop(name, {}).values():
-                        self._delete(store_key)
+                    deletes.append(name)
+                    deletes.extend(part.held_written.pop(name, {}).values())
             engine.restore_clock(part.engine.max_time_ns, part.engine.watermark_ns)
             self._partitions[partition] = _Partition(
                 engine,
                 part.progress,
                 reports=part.reports,
                 held_written=part.held_written,
+                deletes=deletes,
                 applied=part.applied,
                 applied_written=part.applied_written,
             )
@@ -268,7 +322,7 @@ class PartitionCorrelator:
         stats = engine.stats
         late, dups = stats.late, stats.duplicates
         if batch.events:
-            self._apply_events(part, offset, batch, outcome)
+            self._submit(part, offset, batch, outcome)
         if batch.legacy_high_water is not None:
             outcome.incidents.extend(engine.observe(batch.legacy_high_water))
         elif part.progress.update(batch.source_partitions, batch.progress):
@@ -284,20 +338,26 @@ class PartitionCorrelator:
             self._persist(partition, part)
         return outcome
 
-    def _apply_events(
+    def _submit(
         self, part: _Partition, offset: int, batch: CorrelateBatch, outcome: BatchOutcome
     ) -> None:
+        """Submit a record's events that match this correlator's rules (live or shadow)."""
         engine = part.engine
+        applied = part.applied
         stats = engine.stats
         by_name = self._by_name()
-        same_rules = batch.digest == self.ruleset.digest
-        applied = part.applied
+        shadow = self.shadow
+        digest = batch.shadow_digest if shadow else batch.digest
+        same_rules = digest == self.ruleset.digest
         base = offset << _SEQ_SHIFT
         for index, record in enumerate(batch.events):
+            refs = record.shadow_matches if shadow else record.matches
+            if not refs:  # matched only the other set (live or shadow)
+                continue
             event = Event(record.payload, record.time_ns, base + index)
             matches: list[StepMatch] = []
             rematched: list[StepMatch] | None = None
-            for ref in record.matches:
+            for ref in refs:
                 found = by_name.get(ref.correlation)
                 if found is None:
                     continue  # its correlation was removed by a reload since ingest
@@ -309,7 +369,7 @@ class PartitionCorrelator:
                     if rematched is None:
                         rematched = engine.match(event)
                     matches.extend(m for m in rematched if m[0] == ci and m[2] == key)
-            if record.produced_ms is not None:
+            if record.produced_ms is not None and not shadow:
                 outcome.produced_ms.append(record.produced_ms)
             if not matches:
                 continue
@@ -337,11 +397,15 @@ class PartitionCorrelator:
         """Write what changed: an entry's state (when its value changed), and each held event
         as an entry of its own, written once when held and deleted once released — so a key
         that holds many events costs per event, not per batch times events held."""
+        if part.deletes:
+            for stale_key in part.deletes:
+                self._delete(stale_key)
+            part.deletes.clear()
         engine = part.engine
         held_changes = engine.take_held_changes()
         for ci, key in engine.take_changes():
             corr = engine.correlations[ci]
-            name = entry_key(corr.name, key)
+            name = self.namespace + entry_key(corr.name, key)
             entry = engine.entry(ci, key, held=False)
             written = part.held_written.get(name, {})
             if entry is None:
@@ -372,7 +436,7 @@ class PartitionCorrelator:
             else:
                 part.held_written.pop(name, None)
         for (ci, key), changes in held_changes.items():  # keys whose entry did not change
-            name = entry_key(engine.correlations[ci].name, key)
+            name = self.namespace + entry_key(engine.correlations[ci].name, key)
             written = part.held_written.get(name, {})
             for seq, item in changes.items():
                 if item is None and seq in written:
@@ -387,7 +451,7 @@ class PartitionCorrelator:
             # once per batch at most: persist() follows a batch
             part.meta_written = clock
             part.applied_written = dict(part.applied)
-            self.store[meta_key(partition)] = orjson.dumps(
+            self.store[self.namespace + meta_key(partition)] = orjson.dumps(
                 {
                     "max": engine.max_time_ns,
                     "wm": engine.watermark_ns,
@@ -400,3 +464,58 @@ class PartitionCorrelator:
     def _delete(self, name: bytes) -> None:
         if name in self.store:
             del self.store[name]
+
+
+class ShadowCorrelator:
+    """The shadow rules' correlate stage, isolated from the live one.
+
+    Wraps their `PartitionCorrelator` (`shadow=True`): an exception while correlating a record or
+    writing the shadow state loses only that shadow work. It is counted (`errors`, `on_error`),
+    logged once per shadow ruleset (again after a reload), and never reaches the caller, which
+    has already correlated the record with the live rules."""
+
+    def __init__(
+        self, correlator: PartitionCorrelator, on_error: Callable[[], None] = lambda: None
+    ) -> None:
+        assert correlator.shadow
+        self.correlator = correlator
+        self.on_error = on_error
+        self.errors = 0
+        self._logged = False
+
+    def on_batch(self, partition: int, offset: int, batch: CorrelateBatch) -> BatchOutcome | None:
+        """The record's shadow outcome (persisted by `persist`), or None when it failed."""
+        try:
+            return self.correlator.on_batch(partition, offset, batch, persist=False)
+        except Exception as exc:
+            self._failed(exc, f"correlate record {partition}@{offset}")
+            return None
+
+    def persist(self, partition: int) -> None:
+        try:
+            self.correlator.persist(partition)
+        except Exception as exc:
+            self._failed(exc, f"writing the state of partition {partition}")
+
+    def reload(self, ruleset: Ruleset) -> None:
+        self.correlator.reload(ruleset)
+        self._logged = False
+
+    def revoke(self, partitions: set[int]) -> None:
+        self.correlator.revoke(partitions)
+
+    def partitions(self) -> dict[int, Engine]:
+        return self.correlator.partitions()
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        self.errors += 1
+        self.on_error()
+        if not self._logged:
+            self._logged = True
+            log.error(
+                "shadow rules failed (%s): %r; only their work is lost, the live rules are not "
+                "affected; counted in fc_shadow_errors_total, logged once per shadow ruleset",
+                what,
+                exc,
+                exc_info=exc,
+            )

@@ -12,7 +12,13 @@ events is a tick: it only reports progress.
 
 Wire format (orjson): `{"v": 1, "d": digest, "n": source partitions, "p": [[partition, time],
 ...], "w": wall_ns, "e": [[payload, time_ns, src_partition, src_offset, produced_ms,
-[[correlation, key, steps], ...]], ...]}`. Readers accept every version up to `RECORD_VERSION`
+[[correlation, key, steps], ...]], ...]}`, and with shadow rules (`app.shadow_rules`) also
+`"sd": shadow digest, "sm": [[event index, [[correlation, key, steps], ...]], ...]`: the shadow
+matches of the events of `e` (an event that matches only shadow rules has no live matches). These
+two keys are optional and written only when there are shadow matches, so a record without them is
+byte for byte what this version always wrote, and a reader that predates them ignores them (it
+correlates the live matches, and an event without live matches is skipped), which is why they did
+not need a new version. Readers accept every version up to `RECORD_VERSION`
 and the unversioned records of 0.1 (one record per (correlation, key), ticks keyed `\\x00tick`),
 so a rolling upgrade reads what the previous version left in the topic; a newer version is
 refused with a clear error (and counted) rather than misread.
@@ -20,6 +26,7 @@ refused with a clear error (and counted) rather than misread.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +39,7 @@ from streams.core.engine import KeyTuple
 __all__ = [
     "BATCH_KEY",
     "RECORD_VERSION",
+    "SHADOW_PREFIX",
     "TICK_KEY",
     "CorrelateBatch",
     "EventRecord",
@@ -42,12 +50,22 @@ __all__ = [
     "encode_batch",
     "entry_key",
     "meta_key",
+    "shadow_incidents_topic",
 ]
 
 RECORD_VERSION = 1
 BATCH_KEY = b"\x00batch"
 TICK_KEY = b"\x00tick"  # version 0 ticks
 _SEPARATOR = b"\x1f"
+#: Prefix of every state entry of the shadow rules (their entries, held events and meta entry):
+#: the same correlation name and key in both sets never share an entry, and a reader that
+#: predates shadow rules skips it (keys starting with NUL are not entries for it).
+SHADOW_PREFIX = b"\x00shadow" + _SEPARATOR
+
+
+def shadow_incidents_topic(incidents_topic: str) -> str:
+    """Where the incidents of the shadow rules go (never to the notifiers)."""
+    return f"{incidents_topic}-shadow"
 
 
 class RecordError(ValueError):
@@ -92,6 +110,8 @@ class EventRecord:
     # the payload's JSON as read from Kafka (already validated by orjson): written as is
     # instead of encoding `payload` again
     payload_json: bytes | None = field(default=None, compare=False, repr=False)
+    # what the event matched in the shadow rules (`app.shadow_rules`), with their own names
+    shadow_matches: tuple[MatchRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +131,7 @@ class CorrelateBatch:
     events: tuple[EventRecord, ...] = ()
     version: int = RECORD_VERSION
     legacy_high_water: int | None = field(default=None)
+    shadow_digest: str = ""  # the shadow ruleset's digest, when the record has shadow matches
 
     @property
     def is_tick(self) -> bool:
@@ -118,16 +139,28 @@ class CorrelateBatch:
 
 
 def encode_batch(batch: CorrelateBatch) -> bytes:
-    return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
-            "d": batch.digest,
-            "n": batch.source_partitions,
-            "p": [[partition, time_ns] for partition, time_ns in batch.progress.items()],
-            "w": batch.wall_ns,
-            "e": [_encode_event(event) for event in batch.events],
-        }
-    )
+    data: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "d": batch.digest,
+        "n": batch.source_partitions,
+        "p": [[partition, time_ns] for partition, time_ns in batch.progress.items()],
+        "w": batch.wall_ns,
+        "e": [_encode_event(event) for event in batch.events],
+    }
+    if batch.shadow_digest:  # only with shadow rules configured: no cost otherwise
+        shadow = [
+            [index, _encode_refs(event.shadow_matches)]
+            for index, event in enumerate(batch.events)
+            if event.shadow_matches
+        ]
+        if shadow:
+            data["sd"] = batch.shadow_digest
+            data["sm"] = shadow
+    return orjson.dumps(data)
+
+
+def _encode_refs(refs: tuple[MatchRef, ...]) -> list[Any]:
+    return [[m.correlation, list(m.key), list(m.steps)] for m in refs]
 
 
 def _encode_event(event: EventRecord) -> list[Any]:
@@ -137,7 +170,7 @@ def _encode_event(event: EventRecord) -> list[Any]:
         event.source_partition,
         event.source_offset,
         event.produced_ms,
-        [[m.correlation, list(m.key), list(m.steps)] for m in event.matches],
+        _encode_refs(event.matches),
     ]
 
 
@@ -169,6 +202,10 @@ def decode_batch(key: bytes | None, value: bytes | None) -> CorrelateBatch:
         raise RecordError(f"malformed correlate record: {type(exc).__name__}: {exc}") from None
 
 
+def _decode_refs(refs: Any) -> tuple[MatchRef, ...]:
+    return tuple(MatchRef(str(c), tuple(k), tuple(int(s) for s in st)) for c, k, st in refs)
+
+
 def _decode_v1(data: dict[str, Any]) -> CorrelateBatch:
     events = tuple(
         EventRecord(
@@ -177,10 +214,20 @@ def _decode_v1(data: dict[str, Any]) -> CorrelateBatch:
             source_partition=int(partition),
             source_offset=int(offset),
             produced_ms=None if produced is None else float(produced),
-            matches=tuple(MatchRef(str(c), tuple(k), tuple(int(s) for s in st)) for c, k, st in m),
+            matches=_decode_refs(m),
         )
         for payload, time_ns, partition, offset, produced, m in data["e"]
     )
+    shadow = data.get("sm")
+    if shadow:
+        with_shadow = list(events)
+        for index, refs in shadow:
+            at = int(index)
+            if not 0 <= at < len(with_shadow):
+                raise RecordError("correlate record has shadow matches for an event it lacks")
+            refs_at = _decode_refs(refs)
+            with_shadow[at] = dataclasses.replace(with_shadow[at], shadow_matches=refs_at)
+        events = tuple(with_shadow)
     return CorrelateBatch(
         digest=str(data["d"]),
         source_partitions=int(data["n"]),
@@ -188,6 +235,7 @@ def _decode_v1(data: dict[str, Any]) -> CorrelateBatch:
         wall_ns=int(data["w"]),
         events=events,
         version=int(data["v"]),
+        shadow_digest=str(data.get("sd") or ""),
     )
 
 

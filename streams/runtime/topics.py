@@ -1,6 +1,7 @@
 """Topics and local state, prepared before the worker joins its consumer groups.
 
-- `ensure_topics` creates the external topics (events, incidents, dead letters) and every internal
+- `ensure_topics` creates the external topics (events, incidents, dead letters; with shadow rules
+  `<incidents>-shadow`) and every internal
   topic Faust would declare (the correlate topic, the state changelog — compacted — and the
   assignor's leader topic). Faust's assignor ignores topics that are missing when the group is
   first assigned ("Ignoring missing topic") and nothing assigns them later: a worker started on an
@@ -25,6 +26,7 @@ import orjson
 from streams.runtime.app import TABLE_NAME, changelog_topic_name, faust_data_dir, internal_topics
 from streams.runtime.config import StoreKind, WorkerConfig
 from streams.runtime.kafka_options import confluent_config
+from streams.runtime.records import shadow_incidents_topic
 
 __all__ = ["discard_stale_state", "ensure_topics", "table_dir"]
 
@@ -49,6 +51,8 @@ def ensure_topics(config: WorkerConfig, timeout_s: float = 30.0) -> None:
         name: (topics.partitions, {})
         for name in (topics.events, topics.incidents, topics.dead_letter, topics.notify_dead_letter)
     }
+    if config.app.shadow_rules:  # the shadow rules' incidents (never read by the notifiers)
+        wanted[shadow_incidents_topic(topics.incidents)] = (topics.partitions, {})
     wanted.update(internal_topics(config.app.id, topics.partitions))
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [

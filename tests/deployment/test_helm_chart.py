@@ -233,6 +233,37 @@ def test_rules_load_in_order_from_the_image_the_overrides_and_extra_configmaps(
     load_rules([REPO / "rules", overrides])  # the example overrides are valid rules
 
 
+def test_shadow_rules_are_mounted_and_configured_apart_from_the_live_ones(
+    tmp_path: Path,
+) -> None:
+    assert "shadow_rules" not in yaml.safe_load(worker_config(render()))["app"]
+    text = render([FULL])
+    docs = documents(text)
+    config = yaml.safe_load(worker_config(text))
+    assert config["app"]["shadow_rules"] == [
+        "/opt/falco-correlator/rules",
+        "/etc/falco-correlator/shadow-rules/overrides",
+        "/etc/falco-correlator/shadow-rules/extra-0",
+    ]
+    [statefulset] = kind(docs, "StatefulSet")
+    pod = statefulset["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["shadow-rules-extra-0"]["configMap"]["name"] == "team-a-shadow-rules"
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/falco-correlator/shadow-rules/overrides"]["readOnly"] is True
+    [shadow_map] = [
+        d for d in kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-rules-shadow")
+    ]
+    assert volumes["shadow-rules-overrides"]["configMap"]["name"] == shadow_map["metadata"]["name"]
+    overrides = tmp_path / "shadow-overrides.yaml"
+    overrides.write_text(shadow_map["data"]["overrides.yaml"], encoding="utf-8")
+    load_rules([REPO / "rules", overrides])  # the example shadow set is a valid ruleset
+    # changing the shadow files reloads them; adding or removing shadow rules rolls the pods
+    base = checksum(text)
+    assert checksum(render([FULL], "rules.shadow.overrides=- list: x\n  items: [a]\n")) == base
+    assert checksum(render([FULL], "rules.shadow.shipped=false")) != base
+
+
 def egress_ports(text: str) -> list[set[int]]:
     [policy] = kind(documents(text), "NetworkPolicy")
     return [{p["port"] for p in rule.get("ports", [])} for rule in policy["spec"]["egress"]]

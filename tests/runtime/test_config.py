@@ -218,6 +218,7 @@ INVALID: dict[str, tuple[object, str | None, str]] = {
     "topics.replication_factor": ("three", "three", "must be an integer"),
     "app.id": ("my app", "my app", "not a valid topic name"),
     "app.rules": ([], None, "non-empty list of paths"),
+    "app.shadow_rules": ({"a": 1}, None, "non-empty list of paths"),
     "app.lateness": ("10x", "10x", "invalid duration '10x'"),
     "app.store": ("redis", "redis", "must be one of rocksdb|memory"),
     "app.data_dir": ("", None, "must be a non-empty string"),

@@ -54,6 +54,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end -}}
 
+{{/* Where shadow rule files are mounted, in load order (empty: no shadow rules). */}}
+{{- define "fc.shadowRulePaths" -}}
+{{- $shadow := default (dict) .Values.rules.shadow -}}
+{{- if $shadow.shipped }}
+- /opt/falco-correlator/rules
+{{- end }}
+{{- if $shadow.overrides }}
+- /etc/falco-correlator/shadow-rules/overrides
+{{- end }}
+{{- range $index, $name := (default (list) $shadow.extraConfigMaps) }}
+- /etc/falco-correlator/shadow-rules/extra-{{ $index }}
+{{- end }}
+{{- end -}}
+
 {{/* The worker configuration: `config` with the keys the pod layout decides. */}}
 {{- define "fc.workerConfig" -}}
 {{- $config := deepCopy .Values.config -}}
@@ -62,6 +76,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- fail "no rules: set rules.shipped, rules.overrides or rules.extraConfigMaps" -}}
 {{- end -}}
 {{- $pod := dict "rules" $rules "data_dir" "/var/lib/falco-correlator" "web_port" (int .Values.service.port) "log_format" "json" -}}
+{{- $shadowRules := include "fc.shadowRulePaths" . | fromYamlArray -}}
+{{- if $shadowRules -}}
+{{- $_ := set $pod "shadow_rules" $shadowRules -}}
+{{- end -}}
 {{- $_ := set $config "app" (merge $pod (default (dict) $config.app)) -}}
 {{- $kafka := default (dict) $config.kafka -}}
 {{- with .Values.kafkaTls.secretName -}}
