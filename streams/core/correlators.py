@@ -37,6 +37,8 @@ class KeyState:
 
     __slots__ = ("evicted", "newest_ns")
     kind: ClassVar[CorrelationType]
+    #: Whether a match consumes the key's state (v1: every type; new_term keeps its history).
+    consumes: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.newest_ns = 0
@@ -271,6 +273,10 @@ class AbsenceState(KeyState):
 
 
 def new_state(corr: Correlation) -> KeyState:
+    if corr.type is CorrelationType.NEW_TERM:
+        from streams.core.new_term import NewTermState  # it builds on KeyState, defined here
+
+        return NewTermState.for_correlation(corr)
     if corr.type is CorrelationType.SEQUENCE:
         return SequenceState(len(corr.steps))
     if corr.type is CorrelationType.ALL:

@@ -313,6 +313,11 @@ class Engine:
                 elif len(self._states) > self.max_state_entries:
                     self._evict_oldest(self._states)
                 continue
+            if not state.consumes:  # new_term: firing keeps the history (N5)
+                if len(self._states) > self.max_state_entries:
+                    self._evict_oldest(self._states)
+                self._emit(ci, key, match, event.time_ns, out)
+                continue
             if corr.type is CorrelationType.ABSENCE:
                 deadline = event.time_ns + corr.within_ns
                 heapq.heappush(self._deadlines, (deadline, event.seq, ci, key))

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from streams._text import short
+from streams.core._references import ReferenceGraph, condition_references
 from streams.core._yaml_tree import MAX_YAML_BYTES, compose_file, location, to_python
 from streams.core.conditions import (
     ExpansionBudget,
@@ -112,7 +113,7 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
 
     correlations = []
     disabled = []
-    compiler = ConditionCompiler(macros, lists, errors, budget)
+    compiler = ConditionCompiler(macros, lists, errors, budget, ReferenceGraph())
     for item in merged["correlation"].values():
         try:
             built = build_correlation(item, errors, compiler)
@@ -126,6 +127,17 @@ def load_rules(paths: Iterable[str | Path]) -> Any:
                 correlations.append(built)
             else:
                 disabled.append(built.name)
+    graph = compiler.graph
+    if graph is not None:
+        enabled = {
+            name
+            for name, item in merged["correlation"].items()
+            if "enabled" not in item.keys or item.value("enabled") is not False
+        }
+        graph.check(set(merged["correlation"]), enabled, errors)
+        correlations = [
+            replace(corr, references=graph.references(corr.name)) for corr in correlations
+        ]
     if errors:
         raise RuleLoadError(_report(errors, files, yaml_problems))
     return Ruleset(
@@ -182,11 +194,18 @@ class ConditionCompiler:
     lists: Mapping[str, tuple[str, ...]]
     errors: list[RuleError]
     budget: ExpansionBudget | None = None
+    #: Where each correlation's conditions reference other correlations (spec section 7, C3).
+    graph: ReferenceGraph | None = None
 
     def __call__(self, item: RawItem, key: str, text: str, node: yaml.Node) -> Any:
         """The compiled condition, or None after recording the error at the condition's node."""
         try:
-            return compile_condition(parse_condition(text), self.macros, self.lists, self.budget)
+            parsed = parse_condition(text)
+            compiled = compile_condition(parsed, self.macros, self.lists, self.budget)
+            if self.graph is not None:
+                names = condition_references(parsed, self.macros, self.lists)
+                self.graph.add(item.name, location(item.path, node), names)
+            return compiled
         except ConditionSyntaxError as exc:
             where = location(item.path, node)
             self.errors.append(RuleError(where, f"{key}: {_condition_message(exc, text)}"))

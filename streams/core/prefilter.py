@@ -52,7 +52,7 @@ from streams.core._condition_parser import (
     as_number,
     path_test,
 )
-from streams.core.events import TOP_LEVEL_FIELDS, Event
+from streams.core.events import DERIVED_FIELDS, TOP_LEVEL_FIELDS, Event
 from streams.core.rules import CorrelationType
 from streams.errors import ConditionSyntaxError
 
@@ -467,7 +467,9 @@ def _read_kind(field: str) -> int:
     falcosidekick's `name_N` fallback, `Event.get`), or a plain output field."""
     if field in TOP_LEVEL_FIELDS:
         return _TOP_LEVEL
-    return _BRACKETED if field.endswith("]") else _OUTPUT_FIELD
+    # `correlation`, `status`, `count` (Event.get: null unless the event is derived) read
+    # like a bracketed field
+    return _BRACKETED if field.endswith("]") or field in DERIVED_FIELDS else _OUTPUT_FIELD
 
 
 def _reader(field: str) -> Callable[[Event], Any]:

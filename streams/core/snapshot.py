@@ -21,6 +21,7 @@ from streams.core.correlators import (
 from streams.core.engine import EngineEntry, HeldItem, KeyTuple, StepMatch
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor
+from streams.core.new_term import NewTermState
 from streams.core.rules import Correlation, CorrelationType
 
 __all__ = ["SNAPSHOT_VERSION", "entry_from_data", "entry_to_data", "held_to_data"]
@@ -55,11 +56,15 @@ def _state_to_data(state: KeyState) -> dict[str, Any]:
             "pending": None if state.pending is None else _ev(state.pending),
             "due": [_ev(e) for e in state.due.values()],
         }
+    if isinstance(state, NewTermState):
+        return state.to_data()
     raise TypeError(f"unknown state {type(state).__name__}")
 
 
 def _state_from_data(corr: Correlation, data: dict[str, Any]) -> KeyState:
     kind = corr.type
+    if kind is CorrelationType.NEW_TERM:
+        return NewTermState.from_data(corr, data)
     if kind is CorrelationType.SEQUENCE:
         seq_state = SequenceState(len(corr.steps))
         cands = data["cands"]
@@ -126,9 +131,9 @@ def entry_from_data(
     key = tuple(data["k"])
     try:
         state = None if data["st"] is None else _state_from_data(corr, data["st"])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         state = None  # the correlation's shape changed: its partial state cannot carry over
-    if state is not None:
+    if state is not None and not isinstance(state, NewTermState):
         state.newest_ns = max((t for t in _event_times(data["st"])), default=0)
     held: list[HeldItem] = []
     for raw_event, steps in data["held"]:

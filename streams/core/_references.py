@@ -1,0 +1,125 @@
+"""References between correlations (spec section 7, C3): which records a correlation receives.
+
+A correlation A references B when a condition of A, after macro and list expansion, has
+`correlation = B` (or `==`), or B among the items of `correlation in (...)` /
+`correlation intersects (...)`, also under `not`. Other tests on `correlation` create none.
+
+The loader reports, as located rule errors, a reference to a name that is no correlation of the
+loaded files, and every cycle among enabled correlations: one error per correlation of the
+cycle, at its first condition that references the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from streams.core._condition_parser import And, Compare, ListCompare, MacroRef, Node, Not, Or
+from streams.errors import Location, RuleError
+
+__all__ = ["ReferenceGraph", "condition_references"]
+
+_REFERENCE_OPS = frozenset({"=", "=="})
+_REFERENCE_LIST_OPS = frozenset({"in", "intersects"})
+
+
+def condition_references(
+    node: Node, macros: Mapping[str, Node], lists: Mapping[str, tuple[str, ...]]
+) -> list[str]:
+    """The correlation names a parsed condition references, in the order they appear."""
+    found: list[str] = []
+    expanding: set[str] = set()
+    stack: list[Node] = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, And | Or):
+            stack.extend(reversed(current.operands))
+        elif isinstance(current, Not):
+            stack.append(current.operand)
+        elif isinstance(current, MacroRef):
+            body = macros.get(current.name)
+            if body is not None and current.name not in expanding:
+                expanding.add(current.name)  # a macro's references are the same at every use
+                stack.append(body)
+        elif isinstance(current, Compare):
+            if current.field == "correlation" and current.op in _REFERENCE_OPS:
+                found.append(current.value)
+        elif (
+            isinstance(current, ListCompare)
+            and current.field == "correlation"
+            and current.op in _REFERENCE_LIST_OPS
+        ):
+            for item in current.items:
+                if not item.quoted and item.value in lists:
+                    found.extend(lists[item.value])
+                else:
+                    found.append(item.value)
+    return list(dict.fromkeys(found))
+
+
+@dataclass
+class ReferenceGraph:
+    """Per correlation, its conditions' references with where each condition is."""
+
+    conditions: dict[str, list[tuple[Location, list[str]]]] = field(default_factory=dict)
+
+    def add(self, correlation: str, where: Location, names: list[str]) -> None:
+        if names:
+            self.conditions.setdefault(correlation, []).append((where, names))
+
+    def references(self, correlation: str) -> tuple[str, ...]:
+        names = {n for _, found in self.conditions.get(correlation, []) for n in found}
+        return tuple(sorted(names))
+
+    def first_reference(self, correlation: str, target: str) -> Location:
+        """Where `correlation`'s first condition (in file order) that references `target` is."""
+        places = [where for where, names in self.conditions[correlation] if target in names]
+        return min(places, key=lambda loc: (loc.line, loc.column))
+
+    def check(self, known: set[str], enabled: set[str], errors: list[RuleError]) -> None:
+        """Unknown references and cycles among enabled correlations, as located errors."""
+        for name, conditions in self.conditions.items():
+            for where, names in conditions:
+                for target in names:
+                    if target not in known:
+                        errors.append(
+                            RuleError(
+                                where,
+                                f"correlation '{name}' references unknown correlation "
+                                f"'{target}' (correlation = {target})",
+                            )
+                        )
+        graph = {
+            name: [t for t in self.references(name) if t in enabled] for name in sorted(enabled)
+        }
+        for name in sorted(graph):
+            cycle = _shortest_cycle(name, graph)
+            if cycle is not None:
+                errors.append(
+                    RuleError(
+                        self.first_reference(name, cycle[1]),
+                        "correlation cycle: " + " -> ".join(cycle),
+                    )
+                )
+
+
+def _shortest_cycle(start: str, graph: dict[str, list[str]]) -> list[str] | None:
+    """The shortest path start -> ... -> start (breadth first), or None when there is none."""
+    previous: dict[str, str] = {}
+    queue = [start]
+    seen = {start}
+    while queue:
+        following: list[str] = []
+        for node in queue:
+            for child in graph.get(node, []):
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if node != start else [start] * 2
+                if child not in seen:
+                    seen.add(child)
+                    previous[child] = node
+                    following.append(child)
+        queue = following
+    return None
