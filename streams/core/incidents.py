@@ -76,7 +76,9 @@ def _context(match: Sequence[tuple[str, Event]]) -> dict[str, Any]:
     for _, event in reversed(match):
         for name in CONTEXT_FIELDS:
             if context[name] is None:
-                context[name] = event.get(name)
+                value = event.get(name)
+                if value != "":  # non-null and non-empty (spec section 7, C1)
+                    context[name] = value
     return context
 
 
