@@ -2,7 +2,8 @@
 
 One entry per (correlation, key): its state machine, the events it still holds in the reorder
 buffer, its suppression anchor and its redelivery marks. Events are stored as
-`[payload, time_ns, seq]`. Correlations are named, not numbered, so a rules reload keeps state of
+`[payload, time_ns, seq]` (a derived event: `[payload, time_ns, seq, derived, position tail]`).
+Correlations are named, not numbered, so a rules reload keeps state of
 every correlation that still exists with the same type.
 """
 
@@ -18,6 +19,7 @@ from streams.core.correlators import (
     KeyState,
     SequenceState,
 )
+from streams.core.derived import DerivedSeq, position_tail
 from streams.core.engine import EngineEntry, HeldItem, KeyTuple, StepMatch
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor
@@ -30,10 +32,21 @@ SNAPSHOT_VERSION = 1
 
 
 def _ev(event: Event) -> list[Any]:
+    if event.derived is not None:  # a derived event: its C2 fields and its position's tail
+        return [
+            event.raw,
+            event.time_ns,
+            int(event.seq),
+            event.derived,
+            list(position_tail(event.seq)),
+        ]
     return [event.raw, event.time_ns, event.seq]
 
 
 def _unev(data: list[Any]) -> Event:
+    if len(data) == 5:
+        seq = DerivedSeq(int(data[2]), tuple(str(t) for t in data[4]))
+        return Event(data[0], int(data[1]), seq, dict(data[3]))
     return Event(data[0], int(data[1]), int(data[2]))
 
 
@@ -152,7 +165,7 @@ def entry_from_data(
 def _event_times(data: Any) -> list[int]:
     """Times of every `[payload, time_ns, seq]` inside a state's data."""
     if isinstance(data, list):
-        if len(data) == 3 and isinstance(data[0], dict) and isinstance(data[1], int):
+        if len(data) in (3, 5) and isinstance(data[0], dict) and isinstance(data[1], int):
             return [data[1]]
         return [t for item in data for t in _event_times(item)]
     if isinstance(data, dict):
