@@ -38,7 +38,7 @@ def _conn(feed: Feed, at: int, dst: Any, k: Any = "c1", **kw: Any) -> list[dict[
     return feed.send("Conn", at, k=k, dst=dst, **kw)
 
 
-# -- N1 taking part ---------------------------------------------------------------------------
+# -- N1 taking part ------------------------------
 
 
 def test_event_whose_term_field_is_missing_null_empty_or_a_list_takes_no_part(
@@ -104,7 +104,7 @@ def test_term_of_several_fields_is_the_tuple(tmp_path: Path) -> None:
     assert [i["output"] for i in out] == ["a:2"]
 
 
-# -- N2/N3 history ------------------------------------------------------------------------------
+# -- N2/N3 history ------------------------------
 
 
 def test_sighting_exactly_within_before_still_counts(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_terms_are_per_key(tmp_path: Path) -> None:
     assert len(_conn(feed, 1 * S, "a", k="c2")) == 1
 
 
-# -- N4 learning --------------------------------------------------------------------------------
+# -- N4 learning ------------------------------
 
 
 def test_new_term_one_nanosecond_before_learning_ends_does_not_fire(tmp_path: Path) -> None:
@@ -226,7 +226,7 @@ def test_idle_key_state_is_swept(tmp_path: Path) -> None:
     assert feed.engine.state_entries == 0
 
 
-# -- N5 firing ----------------------------------------------------------------------------------
+# -- N5 firing ------------------------------
 
 
 def test_record_has_the_new_term_event_only(tmp_path: Path) -> None:
@@ -285,7 +285,7 @@ def test_term_template_variable_is_empty_for_other_types(tmp_path: Path) -> None
     assert [i["output"] for i in _conn(feed, 1, "a")] == ["{}"]
 
 
-# -- bounded state --------------------------------------------------------------------------------
+# -- bounded state ------------------------------
 
 
 def test_per_key_cap_evicts_the_least_recently_seen_term_and_counts_it(tmp_path: Path) -> None:
