@@ -272,7 +272,7 @@ def build_correlation(
         suppress_ns=suppress,
         enabled=enabled,
         term_fields=term_fields,
-        learn_ns=learn or 0,
+        learn_ns=(learn or 0) if ctype is CorrelationType.NEW_TERM else 0,
     )
 
 

@@ -394,7 +394,16 @@ class Engine:
                     item = pop(buffer)
                     if track:
                         self._unhold(item)
-                    self._correlate(item[3], item[4], out)
+                    matches = item[4]
+                    if self._chains:
+                        # One event restored per key is several items (`restore`): correlate
+                        # it once, so its derived events come after it for every correlation.
+                        while buffer and buffer[0][1] == item[1] and buffer[0][0] == item[0]:
+                            twin = pop(buffer)
+                            if track:
+                                self._unhold(twin)
+                            matches = matches + twin[4]
+                    self._correlate(item[3], matches, out)
                     continue
             elif not (deadlines and deadlines[0][0] < wm):
                 break
