@@ -11,7 +11,6 @@ import reprlib
 
 __all__ = ["printable", "short"]
 
-
 class _ShortRepr(reprlib.Repr):
     def repr_int(self, x: int, level: int) -> str:
         if x.bit_length() > 128:  # repr() of a huge int is slow, and refused past 4300 digits

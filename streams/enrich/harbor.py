@@ -97,7 +97,9 @@ class HarborConfig:
         url = str(options.string("url")).rstrip("/")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"{options.key('url')}: expected an http(s) URL, got {short(url)}")
+            raise ConfigError(
+                f"{options.key('url')}: expected an http(s) URL, got {short(url)}"
+            )
         username = options.secret("username", required=False)
         password = options.secret("password", required=False)
         rules = [_parse_rule(item) for item in options.items("projects")]

@@ -236,7 +236,9 @@ class PostureEnricher:
         return parsed
 
     @classmethod
-    def create(cls, name: str, config: PostureOptions, context: EnricherContext) -> PostureEnricher:
+    def create(
+        cls, name: str, config: PostureOptions, context: EnricherContext
+    ) -> PostureEnricher:
         token = config.token
         headers = {"Authorization": f"Bearer {token.reveal()}"} if token is not None else None
         return cls(

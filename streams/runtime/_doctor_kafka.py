@@ -39,8 +39,7 @@ def check_kafka(doctor: Doctor, config: WorkerConfig, timeout: float) -> list[di
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         doctor.fail(
-            "kafka",
-            f"{servers} does not answer: {exc.args[0]}",
+            "kafka", f"{servers} does not answer: {exc.args[0]}",
             "check kafka.bootstrap_servers, security_protocol and credentials, and that the "
             "NetworkPolicy allows the broker ports",
         )
@@ -58,10 +57,8 @@ def check_kafka(doctor: Doctor, config: WorkerConfig, timeout: float) -> list[di
         if topic is None or topic.error is not None:
             fix = "the worker creates it at start with topics.partitions"
             if role == "events":
-                fix += (
-                    "; create it first if falcosidekick may write before (auto-created "
-                    "topics get the broker's default partitions)"
-                )
+                fix += "; create it first if falcosidekick may write before (auto-created " \
+                       "topics get the broker's default partitions)"
             doctor.warn(area, f"({role}) does not exist yet", fix)
             continue
         count = len(topic.partitions)
@@ -105,9 +102,8 @@ def ingest_group(app_id: str) -> str:
     return f"{app_id}-ingest"
 
 
-def _check_group(
-    doctor: Doctor, config: WorkerConfig, admin: Any, timeout: float, partitions: int
-) -> None:
+def _check_group(doctor: Doctor, config: WorkerConfig, admin: Any, timeout: float,
+                 partitions: int) -> None:
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     group = ingest_group(config.app.id)  # the consumer group that reads the events topic
@@ -117,20 +113,11 @@ def _check_group(
         state = str(described.state).rsplit(".", 1)[-1]
         members = len(described.members)
     except KafkaException as exc:
-        doctor.warn(
-            f"group {group}",
-            f"cannot be described: {exc.args[0]}",
-            "the principal needs DESCRIBE on the group",
-        )
+        doctor.warn(f"group {group}", f"cannot be described: {exc.args[0]}",
+                    "the principal needs DESCRIBE on the group")
         return
-    consumer = Consumer(
-        {
-            **confluent_config(config.kafka),
-            "group.id": group,
-            "enable.auto.commit": False,
-            "log_level": 0,
-        }
-    )
+    consumer = Consumer({**confluent_config(config.kafka), "group.id": group,
+                         "enable.auto.commit": False, "log_level": 0})
     try:
         wanted = [TopicPartition(config.topics.events, p) for p in range(partitions)]
         committed = consumer.committed(wanted, timeout=timeout)
@@ -155,14 +142,9 @@ def _recent_events(doctor: Doctor, config: WorkerConfig, timeout: float) -> list
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     topic = config.topics.events
-    consumer = Consumer(
-        {
-            **confluent_config(config.kafka),
-            "log_level": 0,
-            "group.id": f"{config.app.id}-doctor-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = Consumer({**confluent_config(config.kafka), "log_level": 0,
+                         "group.id": f"{config.app.id}-doctor-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
     events: list[dict[str, Any]] = []
     invalid = 0
     try:
@@ -195,11 +177,8 @@ def _recent_events(doctor: Doctor, config: WorkerConfig, timeout: float) -> list
                     continue
                 events.append(raw)
     except KafkaException as exc:
-        doctor.warn(
-            f"topic {topic}",
-            f"cannot be read: {exc.args[0]}",
-            "the principal needs READ on the topic",
-        )
+        doctor.warn(f"topic {topic}", f"cannot be read: {exc.args[0]}",
+                    "the principal needs READ on the topic")
         return []
     finally:
         consumer.close()
@@ -210,32 +189,22 @@ def _recent_events(doctor: Doctor, config: WorkerConfig, timeout: float) -> list
 def _report_events(doctor: Doctor, topic: str, events: list[dict[str, Any]], invalid: int) -> None:
     area = f"events on {topic}"
     if invalid:
-        doctor.warn(
-            area,
-            f"{invalid} of the last {invalid + len(events)} messages are not Falco events",
-            "only falcosidekick's Kafka output should write to it",
-        )
+        doctor.warn(area, f"{invalid} of the last {invalid + len(events)} messages are not "
+                    "Falco events", "only falcosidekick's Kafka output should write to it")
     if not events:
-        doctor.warn(
-            area,
-            "no Falco event yet",
-            "configure falcosidekick's Kafka output to this topic (docs/falco.md)",
-        )
+        doctor.warn(area, "no Falco event yet",
+                    "configure falcosidekick's Kafka output to this topic (docs/falco.md)")
         return
     missing = [
-        name
-        for name in _EXPECTED_FIELDS
+        name for name in _EXPECTED_FIELDS
         if not any((e.get("output_fields") or {}).get(name) is not None for e in events)
     ]
     if missing:
         doctor.warn(
-            area,
-            f"none of the last {len(events)} events has {', '.join(missing)}",
+            area, f"none of the last {len(events)} events has {', '.join(missing)}",
             "run Falco with its container plugin and Kubernetes metadata and include these "
             "fields in the rules' output (docs/falco.md); the shipped correlations group by them",
         )
     else:
-        doctor.ok(
-            area,
-            f"the last {len(events)} events are Falco alerts with container and Kubernetes fields",
-        )
+        doctor.ok(area, f"the last {len(events)} events are Falco alerts with container and "
+                  "Kubernetes fields")

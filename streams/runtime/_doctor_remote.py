@@ -49,14 +49,8 @@ def test_incident(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     fields: Mapping[str, Any] = raw_fields if isinstance(raw_fields, Mapping) else {}
     context = {
         name: fields.get(name)
-        for name in (
-            "k8s.ns.name",
-            "k8s.pod.name",
-            "container.id",
-            "container.name",
-            "container.image.repository",
-            "container.image.tag",
-        )
+        for name in ("k8s.ns.name", "k8s.pod.name", "container.id", "container.name",
+                     "container.image.repository", "container.image.tag")
     }
     context["hostname"] = last.get("hostname")
     return {
@@ -80,19 +74,12 @@ def test_incident(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 async def check_notifiers(
-    doctor: Doctor,
-    config: WorkerConfig,
-    env: Mapping[str, str],
-    *,
-    send_test: bool,
+    doctor: Doctor, config: WorkerConfig, env: Mapping[str, str], *, send_test: bool,
     timeout: float,
 ) -> None:
     if not config.notifiers:
-        doctor.warn(
-            "notifiers",
-            "none configured: incidents only go to the incidents topic",
-            "add a `notifiers:` section (docs/notifiers.md)",
-        )
+        doctor.warn("notifiers", "none configured: incidents only go to the incidents topic",
+                    "add a `notifiers:` section (docs/notifiers.md)")
         return
     context = NotifierContext(metrics=NotifierMetrics(CollectorRegistry()))
     notifiers_section: object = config.notifiers
@@ -127,55 +114,38 @@ async def check_notifiers(
                 if isinstance(result, Delivered):
                     doctor.ok(area, f"test incident delivered ({result.detail})")
                 else:
-                    doctor.fail(
-                        area,
-                        f"test incident not delivered: {result}",
-                        "check the URL, credentials and the receiver's logs",
-                    )
+                    doctor.fail(area, f"test incident not delivered: {result}",
+                                "check the URL, credentials and the receiver's logs")
             elif not isinstance(notifier, SearchIndexNotifier) and not (
                 isinstance(notifier, SlackNotifier) and notifier.config.token is not None
             ):
-                doctor.warn(
-                    area,
-                    "not called: a webhook has no read-only request",
-                    "run doctor --send-test to deliver one test incident",
-                )
+                doctor.warn(area, "not called: a webhook has no read-only request",
+                            "run doctor --send-test to deliver one test incident")
         finally:
             await notifier.close()
 
 
-async def _slack_auth_test(
-    doctor: Doctor, area: str, notifier: SlackNotifier, timeout: float
-) -> None:
+async def _slack_auth_test(doctor: Doctor, area: str, notifier: SlackNotifier,
+                           timeout: float) -> None:
     from slack_sdk.errors import SlackApiError, SlackClientError
     from slack_sdk.web.async_client import AsyncWebClient
 
     config = notifier.config
     assert config.token is not None
-    client = AsyncWebClient(
-        token=config.token.reveal(), base_url=config.base_url, timeout=int(timeout)
-    )
+    client = AsyncWebClient(token=config.token.reveal(), base_url=config.base_url,
+                            timeout=int(timeout))
     try:
         answer = await client.auth_test()
     except SlackApiError as exc:
-        doctor.fail(
-            area,
-            f"auth.test: {exc.response.get('error')}",
-            "the bot token is wrong or revoked: reinstall the app, update the Secret",
-        )
+        doctor.fail(area, f"auth.test: {exc.response.get('error')}",
+                    "the bot token is wrong or revoked: reinstall the app, update the Secret")
         return
     except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        doctor.fail(
-            area,
-            f"Slack API unreachable: {type(exc).__name__}: {exc}",
-            "check egress to slack.com:443 (NetworkPolicy, proxy)",
-        )
+        doctor.fail(area, f"Slack API unreachable: {type(exc).__name__}: {exc}",
+                    "check egress to slack.com:443 (NetworkPolicy, proxy)")
         return
-    doctor.ok(
-        area,
-        f"auth.test: bot {answer.get('user')} in team {answer.get('team')}"
-        + (f", posts to {config.channel}" if config.channel else ""),
-    )
+    doctor.ok(area, f"auth.test: bot {answer.get('user')} in team {answer.get('team')}"
+              + (f", posts to {config.channel}" if config.channel else ""))
 
 
 async def _search_cluster(doctor: Doctor, area: str, notifier: SearchIndexNotifier) -> None:
@@ -184,25 +154,16 @@ async def _search_cluster(doctor: Doctor, area: str, notifier: SearchIndexNotifi
         _status, info = await notifier.request("GET", "/")
         version = (info or {}).get("version", {}) if isinstance(info, Mapping) else {}
         how = "with the configured credentials" if config.auth_header() else "without credentials"
-        doctor.ok(
-            area,
-            f"{config.url}: {version.get('distribution', 'elasticsearch')} "
-            f"{version.get('number', '?')} answers {how}",
-        )
+        doctor.ok(area, f"{config.url}: {version.get('distribution', 'elasticsearch')} "
+                  f"{version.get('number', '?')} answers {how}")
     except NotifyError as exc:
-        fix = (
-            "check username/password or api_key"
-            if "HTTP 401" in str(exc) or ("HTTP 403" in str(exc))
-            else "check the URL, TLS settings and egress"
-        )
+        fix = "check username/password or api_key" if "HTTP 401" in str(exc) or (
+            "HTTP 403" in str(exc)) else "check the URL, TLS settings and egress"
         doctor.fail(area, f"{config.url}: {exc}", fix)
         return
     except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
-        doctor.fail(
-            area,
-            f"{config.url} unreachable: {type(exc).__name__}: {exc}",
-            "check the URL, TLS settings and egress",
-        )
+        doctor.fail(area, f"{config.url} unreachable: {type(exc).__name__}: {exc}",
+                    "check the URL, TLS settings and egress")
         return
     try:
         await notifier.request("GET", f"/_index_template/{config.template_name}")
@@ -211,32 +172,23 @@ async def _search_cluster(doctor: Doctor, area: str, notifier: SearchIndexNotifi
         if "HTTP 404" not in str(exc):
             doctor.warn(area, f"index template {config.template_name}: {exc}")
         elif config.manage_template:
-            doctor.ok(
-                area, f"index template {config.template_name} is installed at the first incident"
-            )
+            doctor.ok(area, f"index template {config.template_name} is installed at the first "
+                      "incident")
         else:
-            doctor.warn(
-                area,
-                f"no index template {config.template_name} and "
-                "manage_template is false: incidents get dynamic mappings",
-                "install the template (docs/notifiers.md) or set manage_template: true",
-            )
+            doctor.warn(area, f"no index template {config.template_name} and "
+                        "manage_template is false: incidents get dynamic mappings",
+                        "install the template (docs/notifiers.md) or set manage_template: true")
 
 
 async def check_enrichers(
-    doctor: Doctor,
-    config: WorkerConfig,
-    env: Mapping[str, str],
-    events: Sequence[Mapping[str, Any]],
-    *,
-    timeout: float,
+    doctor: Doctor, config: WorkerConfig, env: Mapping[str, str],
+    events: Sequence[Mapping[str, Any]], *, timeout: float,
 ) -> None:
     if not config.enrichment:
         return
     try:
-        pipeline = load_enrichment(
-            config.enrichment, env=env, metrics=EnrichmentMetrics(CollectorRegistry())
-        )
+        pipeline = load_enrichment(config.enrichment, env=env,
+                                   metrics=EnrichmentMetrics(CollectorRegistry()))
     except ConfigError as exc:
         doctor.fail("enrichment", str(exc), "see docs/enrichment.md")
         return
@@ -252,11 +204,8 @@ async def check_enrichers(
             section = incident["enrichment"].get(name, {})
             area = f"enricher {name}"
             if isinstance(section, Mapping) and "error" in section:
-                doctor.fail(
-                    area,
-                    f"returned an error: {section['error']}",
-                    "see the enricher's settings in docs/enrichment.md",
-                )
+                doctor.fail(area, f"returned an error: {section['error']}",
+                            "see the enricher's settings in docs/enrichment.md")
             else:
                 status = section.get("status") if isinstance(section, Mapping) else None
                 what = f"status {status!r}" if status else "a result"
@@ -272,23 +221,15 @@ def _event_images(events: Sequence[Mapping[str, Any]]) -> list[ImageRef]:
         if not isinstance(fields, Mapping):
             continue
         repository = present(fields.get("container.image.repository"))
-        image = (
-            parse_image(repository, present(fields.get("container.image.tag")))
-            if (repository)
-            else None
-        )
+        image = parse_image(repository, present(fields.get("container.image.tag"))) if (
+            repository) else None
         if image is not None:
             images.append(image)
     return images
 
 
-async def _harbor_projects(
-    doctor: Doctor,
-    name: str,
-    config: HarborConfig,
-    events: Sequence[Mapping[str, Any]],
-    timeout: float,
-) -> None:
+async def _harbor_projects(doctor: Doctor, name: str, config: HarborConfig,
+                           events: Sequence[Mapping[str, Any]], timeout: float) -> None:
     area = f"enricher {name}"
     headers = {"X-Is-Resource-Name": "true"}
     if config.username is not None and config.password is not None:
@@ -318,47 +259,32 @@ async def _harbor_projects(
                 ) as answer:
                     status = answer.status
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                doctor.fail(
-                    area,
-                    f"{config.url} unreachable: {type(exc).__name__}: {exc}",
-                    "check harbor.url, ca_file and egress",
-                )
+                doctor.fail(area, f"{config.url} unreachable: {type(exc).__name__}: {exc}",
+                            "check harbor.url, ca_file and egress")
                 return
             what = path.rsplit("/", 1)[-1] if projects else "project list"
             if status == 200:
                 doctor.ok(area, f"Harbor {config.url}: {what} readable")
             elif status == 401:
-                doctor.fail(
-                    area,
-                    f"Harbor {config.url}: 401 for {what}",
-                    "wrong robot name or secret: check the Secret behind "
-                    "harbor.username/password (a robot name is robot$...)",
-                )
+                doctor.fail(area, f"Harbor {config.url}: 401 for {what}",
+                            "wrong robot name or secret: check the Secret behind "
+                            "harbor.username/password (a robot name is robot$...)")
             elif status == 403:
-                doctor.fail(
-                    area,
-                    f"Harbor {config.url}: 403 for {what}",
-                    "give the robot account read access to the project's artifacts and scans",
-                )
+                doctor.fail(area, f"Harbor {config.url}: 403 for {what}",
+                            "give the robot account read access to the project's artifacts "
+                            "and scans")
             elif status == 404 and projects:
-                doctor.fail(
-                    area,
-                    f"Harbor {config.url}: project {what} not found",
-                    "fix harbor.projects (or the image names' project segment)",
-                )
+                doctor.fail(area, f"Harbor {config.url}: project {what} not found",
+                            "fix harbor.projects (or the image names' project segment)")
             elif status == 404:
-                doctor.fail(
-                    area,
-                    f"Harbor {config.url}: no Harbor API here (404)",
-                    "harbor.url must be Harbor's base address (without /api)",
-                )
+                doctor.fail(area, f"Harbor {config.url}: no Harbor API here (404)",
+                            "harbor.url must be Harbor's base address (without /api)")
             else:
                 doctor.fail(area, f"Harbor {config.url}: HTTP {status} for {what}")
 
 
-def _harbor_registries(
-    doctor: Doctor, name: str, config: HarborConfig, events: Sequence[Mapping[str, Any]]
-) -> None:
+def _harbor_registries(doctor: Doctor, name: str, config: HarborConfig,
+                       events: Sequence[Mapping[str, Any]]) -> None:
     """A registry seen in image names that no rule maps to Harbor gives "not in harbor" for
     every incident of that image, silently: say so, with the fix."""
     unmatched: Counter[str] = Counter()
@@ -369,11 +295,8 @@ def _harbor_registries(
             unmatched[image.registry] += 1
     area = f"enricher {name}"
     if not seen:
-        doctor.warn(
-            area,
-            "no image in the recent events to compare with Harbor's hosts",
-            "check again once Falco reports container events",
-        )
+        doctor.warn(area, "no image in the recent events to compare with Harbor's hosts",
+                    "check again once Falco reports container events")
     elif unmatched:
         listed = ", ".join(f"{host} ({count} of {seen})" for host, count in unmatched.most_common())
         doctor.warn(

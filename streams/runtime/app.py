@@ -223,7 +223,9 @@ def build_app(
     )
     runner = _IngestRunner(service)
     app.add_dependency(runner)
-    worker = WorkerApp(app, config, ingestor, correlator, metrics, service, processed=processed)
+    worker = WorkerApp(
+        app, config, ingestor, correlator, metrics, service, processed=processed
+    )
     worker.watchdog = StallWatchdog(
         cfg_app.stall_timeout_ns, fresh_within_ns=3 * cfg_app.tick_interval_ns + 10 * 10**9
     )
@@ -247,10 +249,7 @@ def build_app(
                     metrics.records_invalid.inc()
                     log.exception(
                         "correlate record %s/%d/%d failed: %r; skipped",
-                        correlate_name,
-                        message.partition,
-                        message.offset,
-                        exc,
+                        correlate_name, message.partition, message.offset, exc,
                     )
                 last_of[message.partition] = event
             # Each changed entry is written once per group of records, under an event of its
@@ -301,14 +300,8 @@ def build_app(
                 log.warning(
                     "%d late event(s) in %s/%d/%d, the first from %s/%d/%d: %.3f s behind "
                     "the watermark",
-                    outcome.late,
-                    correlate_name,
-                    partition,
-                    offset,
-                    topics.events,
-                    source_partition,
-                    source_offset,
-                    (watermark - time_ns) / 1e9,
+                    outcome.late, correlate_name, partition, offset, topics.events,
+                    source_partition, source_offset, (watermark - time_ns) / 1e9,
                 )
         if outcome.duplicates:
             metrics.duplicates.inc(outcome.duplicates)
@@ -386,10 +379,8 @@ def build_app(
             return web.json({"status": "ingest consumer not in its group yet"}, status=503)
         if worker.ownership.unowned:
             return web.json(
-                {
-                    "status": "partitions not owned by any worker",
-                    "partitions": worker.ownership.unowned,
-                },
+                {"status": "partitions not owned by any worker",
+                 "partitions": worker.ownership.unowned},
                 status=503,
             )
         return web.json({"status": "ready", "ruleset": worker.ingestor.ruleset.digest})
@@ -402,11 +393,8 @@ def build_app(
 
     # keep references so Faust's decorators' results are not garbage collected or unused
     worker.ready.update(
-        correlate=correlate,
-        health=health,
-        ownership=ownership,
-        on_revoked=on_revoked,
-        on_assigned=on_assigned,
+        correlate=correlate, health=health, ownership=ownership,
+        on_revoked=on_revoked, on_assigned=on_assigned,
     )
     if config.notifiers:  # notify stage: its own consumer group (streams/runtime/notify.py)
         from streams.runtime.notify import install_notify

@@ -115,10 +115,8 @@ def check_secrets(doctor: Doctor, raw: Any, env: Mapping[str, str]) -> dict[str,
             try:
                 secret = read_secret(stripped, env)
             except ValueError as exc:
-                where = (
-                    "the pod's environment (Helm: secretEnv)"
-                    if "env:" in stripped
-                    else ("the mounted file (Helm: extraVolumes)")
+                where = "the pod's environment (Helm: secretEnv)" if "env:" in stripped else (
+                    "the mounted file (Helm: extraVolumes)"
                 )
                 doctor.fail(f"secret {path}", str(exc), f"provide it in {where}")
                 if stripped.startswith("${env:"):
@@ -152,9 +150,8 @@ def _harbor_sections(raw: Any) -> list[tuple[str, Mapping[str, Any]]]:
     for index, item in enumerate(items if isinstance(items, list) else []):
         if isinstance(item, Mapping) and item.get("type") == "harbor":
             section = item.get("harbor")
-            found.append(
-                (f"enrichment[{index}].harbor", section if isinstance(section, Mapping) else {})
-            )
+            found.append((f"enrichment[{index}].harbor", section if isinstance(section, Mapping)
+                           else {}))
     return found
 
 
@@ -162,9 +159,9 @@ def _check_harbor_credentials(doctor: Doctor, raw: Any, env: Mapping[str, str]) 
     # The variables are only read when the configuration names them: a robot account in the
     # environment but not in `username`/`password` means Harbor is called without credentials.
     for path, section in _harbor_sections(raw):
-        if "username" not in section and (
-            env.get("HARBOR_ROBOT_NAME") or env.get("HARBOR_ROBOT_SECRET")
-        ):
+        if "username" not in section and (env.get("HARBOR_ROBOT_NAME") or env.get(
+            "HARBOR_ROBOT_SECRET"
+        )):
             doctor.warn(
                 path,
                 "HARBOR_ROBOT_NAME/HARBOR_ROBOT_SECRET are set but the configuration does not "
@@ -202,9 +199,8 @@ def check_rules(doctor: Doctor, config: WorkerConfig) -> None:
             doctor.fail("rules", f"... and {len(exc.errors) - 10} more error(s)")
         return
     if not ruleset.correlations:
-        doctor.warn(
-            "rules", f"no enabled correlation in {', '.join(config.app.rules)}", "check app.rules"
-        )
+        doctor.warn("rules", f"no enabled correlation in {', '.join(config.app.rules)}",
+                    "check app.rules")
         return
     doctor.ok(
         "rules",
@@ -230,8 +226,7 @@ def check_state_dir(doctor: Doctor, config: WorkerConfig) -> None:
     probe = root if root.exists() else next((p for p in root.parents if p.exists()), root)
     if not os.access(probe, os.W_OK):
         doctor.fail(
-            "state",
-            f"app.data_dir {root} is not writable by uid {os.getuid()}",
+            "state", f"app.data_dir {root} is not writable by uid {os.getuid()}",
             "mount a writable volume there (Helm: persistence) or fix its owner",
         )
         return
@@ -276,3 +271,4 @@ def run_doctor(
     summary = ", ".join(f"{counts[s]} {s.value}" for s in Status)
     print(f"doctor: {summary}", file=out)
     return 1 if doctor.failed else 0
+

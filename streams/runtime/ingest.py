@@ -206,11 +206,8 @@ def encode_records(
             # applies progress after a record's events, and the progress covers the whole batch.
             reported = progress if number == len(chunks) else {}
             out.append(
-                (
-                    destination,
-                    _encode(digest, source_partitions, reported, wall_ns, chunk),
-                    len(chunk),
-                )
+                (destination, _encode(digest, source_partitions, reported, wall_ns, chunk),
+                 len(chunk))
             )
     for destination in all_partitions:
         if destination not in batch.records:

@@ -282,11 +282,8 @@ class IngestService:
         if not self._delivery_errors:
             self._commit_sync(self.positions)
         self._rebalance.revoked = True
-        log.info(
-            "ingest revoked %s partitions %s",
-            self.events_topic,
-            sorted(tp.partition for tp in partitions),
-        )
+        log.info("ingest revoked %s partitions %s", self.events_topic,
+                 sorted(tp.partition for tp in partitions))
 
     def _on_commit(self, err: Any, partitions: list[Any]) -> None:
         if err is not None:
@@ -492,11 +489,7 @@ class IngestService:
         while True:
             try:
                 self._producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    partition=partition,
-                    headers=headers,
+                    topic, value=value, key=key, partition=partition, headers=headers,
                     on_delivery=callback,
                 )
                 return
@@ -521,10 +514,7 @@ class IngestService:
     ) -> None:
         log.warning(
             "invalid event at %s/%d/%d: %s",
-            self.events_topic,
-            message.partition,
-            message.offset,
-            reason,
+            self.events_topic, message.partition, message.offset, reason,
         )
         self._produce(
             self.config.topics.dead_letter,
@@ -607,8 +597,7 @@ class IngestService:
                     log.info(
                         "brokers answer again after %.1f s; the watermark holds for %.0f s "
                         "more (events the producers buffered meanwhile)",
-                        (query_wall - self._unreachable_since) / 1e9,
-                        OUTAGE_GRACE_NS / 1e9,
+                        (query_wall - self._unreachable_since) / 1e9, OUTAGE_GRACE_NS / 1e9,
                     )
                     self._unreachable_since = None
                 self._ends_ok_wall = query_wall

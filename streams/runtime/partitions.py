@@ -183,8 +183,7 @@ class PartitionCorrelator:
             log.warning(
                 "partition %d: %d state entries could not be read for the current rules "
                 "(corrupt, or their correlation was removed or changed type); skipped",
-                partition,
-                unreadable,
+                partition, unreadable,
             )
         if restored:
             log.info("partition %d: restored %d state entries", partition, restored)

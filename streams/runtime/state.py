@@ -147,7 +147,9 @@ class ChangelogStore:
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self._store[key] = value
-        self.producer.produce(self.changelog_topic, key, value, self._partition(), changelog=True)
+        self.producer.produce(
+            self.changelog_topic, key, value, self._partition(), changelog=True
+        )
 
     def __delitem__(self, key: bytes) -> None:
         del self._store[key]

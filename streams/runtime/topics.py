@@ -85,7 +85,9 @@ def ensure_topics(config: WorkerConfig, timeout_s: float = 30.0) -> None:
     pending = {topic.topic for topic in missing}
     while pending:
         listed = admin.list_topics(timeout=timeout_s).topics
-        pending = {name for name in pending if name not in listed or listed[name].error is not None}
+        pending = {
+            name for name in pending if name not in listed or listed[name].error is not None
+        }
         if pending and time.monotonic() > deadline:
             raise RuntimeError(f"topics not in the cluster metadata after creation: {pending}")
         if pending:
@@ -107,7 +109,9 @@ def discard_stale_state(config: WorkerConfig, timeout_s: float = 30.0) -> list[s
     admin = AdminClient(confluent_config(config.kafka))
     deadline = time.monotonic() + timeout_s
     while True:  # a just-created topic may not be known to the broker answering yet
-        description = admin.describe_topics(TopicCollection([changelog]), request_timeout=timeout_s)
+        description = admin.describe_topics(
+            TopicCollection([changelog]), request_timeout=timeout_s
+        )
         try:
             topic_id = str(description[changelog].result(timeout=timeout_s).topic_id)
             break
