@@ -153,6 +153,8 @@ class CompiledCondition:
     rules: frozenset[str] | None
     fields: frozenset[str]
     specialized: Specialized | None = None
+    #: The correlations this condition references (`correlation = NAME`, RULES-SPEC C3).
+    references: frozenset[str] = frozenset()
 
 
 def parse_condition(text: str) -> Node:

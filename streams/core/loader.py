@@ -205,6 +205,8 @@ class ConditionCompiler:
             if self.graph is not None:
                 names = condition_references(parsed, self.macros, self.lists)
                 self.graph.add(item.name, location(item.path, node), names)
+                if names:
+                    compiled = replace(compiled, references=frozenset(names))
             return compiled
         except ConditionSyntaxError as exc:
             where = location(item.path, node)
