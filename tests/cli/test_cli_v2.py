@@ -152,7 +152,10 @@ tests:
       - {rule: Escape, at: +2s, hostname: n1}
       - {rule: Escape, at: +3s, hostname: n1}
     expect:
-      - {correlation: chain, key: {hostname: n1}, events: [foothold, escape], steps: [foothold, escape]}
+      - correlation: chain
+        key: {hostname: n1}
+        events: [foothold, escape]
+        steps: [foothold, escape]
   - name: a wrong upstream name fails
     correlations: [chain]
     events:
