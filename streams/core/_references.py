@@ -14,10 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from streams.core._condition_parser import And, Compare, ListCompare, MacroRef, Node, Not, Or
+from streams.core._condition_parser import (
+    And,
+    Compare,
+    Exists,
+    ListCompare,
+    MacroRef,
+    Node,
+    Not,
+    Or,
+)
 from streams.errors import Location, RuleError
 
-__all__ = ["ReferenceGraph", "condition_references"]
+__all__ = ["ReferenceGraph", "condition_references", "only_derived"]
 
 _REFERENCE_OPS = frozenset({"=", "=="})
 _REFERENCE_LIST_OPS = frozenset({"in", "intersects"})
@@ -55,6 +64,28 @@ def condition_references(
                 else:
                     found.append(item.value)
     return list(dict.fromkeys(found))
+
+
+_DERIVED_FIELDS = frozenset({"correlation", "status", "count"})
+
+
+def only_derived(node: Node, macros: Mapping[str, Node], depth: int = 0) -> bool:
+    """Whether the condition can be true only for derived events: it needs a comparison on
+    `correlation`, `status` or `count` (null for every Falco event, so every comparison on them,
+    `exists` and `!=` included, is false) outside any `not`. Such a step never meets Falco
+    events (a prefilter, like the rule-name index)."""
+    if depth > 256:
+        return False
+    if isinstance(node, Compare | ListCompare | Exists):
+        return node.field in _DERIVED_FIELDS
+    if isinstance(node, And):
+        return any(only_derived(operand, macros, depth + 1) for operand in node.operands)
+    if isinstance(node, Or):
+        return all(only_derived(operand, macros, depth + 1) for operand in node.operands)
+    if isinstance(node, MacroRef):
+        body = macros.get(node.name)
+        return body is not None and only_derived(body, macros, depth + 1)
+    return False  # `not`: true for Falco events whenever its operand is false
 
 
 @dataclass

@@ -155,6 +155,8 @@ class CompiledCondition:
     specialized: Specialized | None = None
     #: The correlations this condition references (`correlation = NAME`, RULES-SPEC C3).
     references: frozenset[str] = frozenset()
+    #: True when only a derived event can satisfy it (streams/core/_references.py).
+    derived_only: bool = False
 
 
 def parse_condition(text: str) -> Node:

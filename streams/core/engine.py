@@ -167,10 +167,11 @@ class Engine:
         if not self._chains:
             self._depth = depth
             return
+        by_rule, any_rule = step_index(corrs, derived=True)
         for ui, upstream in enumerate(corrs):
             readers = {ci for ci, corr in enumerate(corrs) if upstream.name in corr.references}
             if readers:
-                targets = self._by_rule.get(upstream.name, self._any_rule)
+                targets = by_rule.get(upstream.name, any_rule)
                 self._derived_targets[ui] = [t for t in targets if t[0] in readers]
 
         def depth_of(ci: int) -> int:

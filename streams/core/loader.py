@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from streams._text import short
-from streams.core._references import ReferenceGraph, condition_references
+from streams.core._references import ReferenceGraph, condition_references, only_derived
 from streams.core._yaml_tree import MAX_YAML_BYTES, compose_file, location, to_python
 from streams.core.conditions import (
     ExpansionBudget,
@@ -205,8 +205,11 @@ class ConditionCompiler:
             if self.graph is not None:
                 names = condition_references(parsed, self.macros, self.lists)
                 self.graph.add(item.name, location(item.path, node), names)
-                if names:
-                    compiled = replace(compiled, references=frozenset(names))
+                derived_only = only_derived(parsed, self.macros)
+                if names or derived_only:
+                    compiled = replace(
+                        compiled, references=frozenset(names), derived_only=derived_only
+                    )
             return compiled
         except ConditionSyntaxError as exc:
             where = location(item.path, node)

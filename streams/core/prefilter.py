@@ -149,12 +149,13 @@ def specialize(
 
 
 def step_index(
-    correlations: Sequence[Correlation],
+    correlations: Sequence[Correlation], *, derived: bool = False
 ) -> tuple[dict[str, list[StepTarget]], list[StepTarget]]:
     """The engine's index: steps to test per Falco rule name, and for any other name.
 
     Targets stay in (correlation, step) order; a step whose condition is false for a name is
-    left out of that name's list. Steps with the same `by` share one key reader.
+    left out of that name's list. Steps with the same `by` share one key reader. Without
+    `derived` (the index of Falco events), steps only a derived event can satisfy are left out.
     """
     readers: dict[tuple[str, ...], KeyReader] = {}  # one per `by`: the engine reuses its key
     steps = [
@@ -167,6 +168,7 @@ def step_index(
         )
         for ci, corr in enumerate(correlations)
         for si, step in enumerate(corr.steps)
+        if derived or not step.condition.derived_only
     ]
     names: set[str] = set()
     for _, _, condition, _, _ in steps:

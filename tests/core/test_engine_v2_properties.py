@@ -22,6 +22,8 @@ from test_engine_properties import (
     _shuffle,
 )
 
+from streams.core._condition_parser import parse
+from streams.core._references import only_derived
 from streams.core.engine import Engine
 from streams.core.events import event_from_dict
 from streams.core.rules import Ruleset
@@ -123,6 +125,35 @@ def test_chains_do_not_depend_on_lateness_with_flush(
     eager, _ = _run(v2_rules, ordered, lateness=0, flush=True)
     everything_at_the_end, _ = _run(v2_rules, ordered, lateness=10**6, flush=True)
     assert sorted(eager) == sorted(everything_at_the_end)
+
+
+@PROPERTY
+@given(events=EVENTS, flush=st.booleans())
+def test_leaving_derived_only_steps_out_of_the_falco_index_changes_nothing(
+    v2_rules: Ruleset, events: list[tuple[Any, ...]], flush: bool
+) -> None:
+    ordered = _payloads(events)
+    indexed, _ = _run(v2_rules, ordered, lateness=1, flush=flush)
+    scanned, _ = _run(v2_rules, ordered, lateness=1, flush=flush, full_scan=True)
+    assert indexed == scanned
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ("correlation = a", True),
+        ("status = new and rule = X", True),
+        ("count > 1 or correlation exists", True),
+        ("correlation in (a, b) or rule = D", False),
+        ("not correlation = a", False),
+        ("correlation != a", True),
+        ("m and rule = X", True),
+        ("rule = X", False),
+    ],
+)
+def test_only_derived_conditions(condition: str, expected: bool) -> None:
+    macros = {"m": parse("correlation = b")}
+    assert only_derived(parse(condition), macros) is expected
 
 
 def _restored(old: Engine, rules: Ruleset) -> Engine:
