@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streams.core.correlators import AbsenceState, KeyState, Match, new_state
+from streams.core.correlators import AbsenceState, KeyState, Match
 from streams.core.derived import build_derived_event, key_text
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
 from streams.core.prefilter import KeyReader, StepTarget, step_index
 from streams.core.rules import Correlation, CorrelationType, Ruleset
+from streams.core.state_types import state_type
 
 if TYPE_CHECKING:
     from streams.core.observer import EngineObserver
@@ -132,6 +133,7 @@ class Engine:
         self._anchors: dict[tuple[int, KeyTuple], IncidentAnchor] = {}
         self._by_rule, self._any_rule = self._index()
         self._inert = [_inert_steps(corr) for corr in self.correlations]
+        self._state_types = [state_type(corr.type) for corr in self.correlations]
         self._next_sweep_ns = _NEG_INF
         self._sweep_after = 0
         # For a persistent host (the worker): which (correlation, key) entries changed since the
@@ -454,7 +456,7 @@ class Engine:
             if state is None:
                 if observer is None and steps <= self._inert[ci]:
                     continue  # a new state would stay empty and match nothing
-                state = new_state(corr)
+                state = self._state_types[ci].for_correlation(corr)
             # (Re-)inserted last: dict order is least recently used first, for the global bound.
             self._states[(ci, key)] = state
             evicted = state.evicted
