@@ -134,7 +134,7 @@ def build_correlation(
     if ctype is not None:
         for key, (key_node, _value) in item.keys.items():
             if key in _ALL_TYPE_KEYS and key not in _BY_TYPE[ctype]:
-                check.error(key_node, f"key '{key}' does not apply to type {ctype.value}")
+                check.error(key_node, f"unknown key '{key}' for type {ctype.value}")
         for key in sorted(_BY_TYPE[ctype] - OPTIONAL_TYPE_KEYS):
             if key not in item.keys:
                 check.error(item.node, f"correlation '{name}' of type {ctype.value} needs '{key}'")

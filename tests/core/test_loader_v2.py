@@ -68,11 +68,11 @@ def test_new_term_loads_with_its_keys(tmp_path: Path) -> None:
         ("fields: [dst]", "fields: [a, b, c, d]", 4, 11, "fields must list 1 to 3"),
         ("fields: [dst]", "fields: [a, a]", 4, 11, "lists a field twice"),
         ("fields: [dst]", "fields: dst", 4, 11, "fields must be a list of field names"),
-        ("fields: [dst]", "steps: []", 4, 3, "key 'steps' does not apply to type new_term"),
-        ("learn: 0s", "threshold: 2", 6, 3, "key 'threshold' does not apply to type new_term"),
-        ("learn: 0s", "field: x", 6, 3, "key 'field' does not apply to type new_term"),
-        ("learn: 0s", "trigger: {condition: a}", 6, 3, "key 'trigger' does not apply"),
-        ("learn: 0s", "expect: {condition: a}", 6, 3, "key 'expect' does not apply"),
+        ("fields: [dst]", "steps: []", 4, 3, "unknown key 'steps' for type new_term"),
+        ("learn: 0s", "threshold: 2", 6, 3, "unknown key 'threshold' for type new_term"),
+        ("learn: 0s", "field: x", 6, 3, "unknown key 'field' for type new_term"),
+        ("learn: 0s", "trigger: {condition: a}", 6, 3, "unknown key 'trigger' for type new_term"),
+        ("learn: 0s", "expect: {condition: a}", 6, 3, "unknown key 'expect' for type new_term"),
     ],
 )
 def test_new_term_errors_are_located(
