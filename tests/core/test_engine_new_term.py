@@ -309,7 +309,7 @@ def test_state_keeps_only_t0_and_the_last_sighting_per_term(tmp_path: Path) -> N
     state = entry.state
     assert isinstance(state, NewTermState)
     assert state.t0 == T0
-    assert state.terms == {("d2",): T0 + 47 * S, ("d0",): T0 + 48 * S, ("d1",): T0 + 49 * S}
+    assert state.terms == {"d2": T0 + 47 * S, "d0": T0 + 48 * S, "d1": T0 + 49 * S}
 
 
 def test_new_term_state_survives_a_snapshot_round_trip(tmp_path: Path) -> None:
