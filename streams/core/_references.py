@@ -26,7 +26,17 @@ from streams.core._condition_parser import (
 )
 from streams.errors import Location, RuleError
 
-__all__ = ["ReferenceGraph", "condition_references", "only_derived"]
+__all__ = [
+    "MAX_CHAIN_DEPTH",
+    "ReferenceGraph",
+    "condition_references",
+    "only_derived",
+    "strongly_connected",
+]
+
+#: How many correlations deep a chain of references may go (a derived event of a derived event
+#: ... is correlated depth first: the bound keeps that finite and small).
+MAX_CHAIN_DEPTH = 32
 
 _REFERENCE_OPS = frozenset({"=", "=="})
 _REFERENCE_LIST_OPS = frozenset({"in", "intersects"})
@@ -123,13 +133,46 @@ class ReferenceGraph:
         graph = {
             name: [t for t in self.references(name) if t in enabled] for name in sorted(enabled)
         }
-        for name in sorted(graph):
-            cycle = _shortest_cycle(name, graph)
+        cyclic: set[str] = set()
+        for component in strongly_connected(graph):
+            if len(component) > 1 or component[0] in graph[component[0]]:
+                cyclic.update(component)
+        for name in sorted(cyclic):
+            cycle = _shortest_cycle(name, {n: graph[n] for n in cyclic})
             if cycle is not None:
                 errors.append(
                     RuleError(
                         self.first_reference(name, cycle[1]),
                         "correlation cycle: " + " -> ".join(cycle),
+                    )
+                )
+        if not cyclic:
+            self._check_depth(graph, errors)
+
+    def _check_depth(self, graph: dict[str, list[str]], errors: list[RuleError]) -> None:
+        """Chains deeper than MAX_CHAIN_DEPTH, reported at the correlation that goes too deep."""
+        depth: dict[str, int] = {}
+        for root in sorted(graph):
+            stack = [root]
+            while stack:
+                node = stack[-1]
+                pending = [t for t in graph[node] if t not in depth]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                stack.pop()
+                if node not in depth:
+                    depth[node] = 1 + max((depth[t] for t in graph[node]), default=-1)
+        for name in sorted(graph):
+            if depth[name] > MAX_CHAIN_DEPTH and all(
+                depth[t] <= MAX_CHAIN_DEPTH for t in graph[name]
+            ):
+                deepest = max(graph[name], key=lambda t: depth[t])
+                errors.append(
+                    RuleError(
+                        self.first_reference(name, deepest),
+                        f"correlation '{name}' is more than {MAX_CHAIN_DEPTH} references deep "
+                        "(correlations of correlations of ...)",
                     )
                 )
 
@@ -154,3 +197,48 @@ def _shortest_cycle(start: str, graph: dict[str, list[str]]) -> list[str] | None
                     following.append(child)
         queue = following
     return None
+
+
+def strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's algorithm without recursion."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+    for root, refs in graph.items():
+        if root in index:
+            continue
+        work = [(root, iter(refs))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(graph[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                found.append(component)
+    return found

@@ -16,7 +16,12 @@ from typing import Any
 import yaml
 
 from streams._text import short
-from streams.core._references import ReferenceGraph, condition_references, only_derived
+from streams.core._references import (
+    ReferenceGraph,
+    condition_references,
+    only_derived,
+    strongly_connected,
+)
 from streams.core._yaml_tree import MAX_YAML_BYTES, compose_file, location, to_python
 from streams.core.conditions import (
     ExpansionBudget,
@@ -434,7 +439,7 @@ def _check_macro_cycles(
             elif ref.name in macros:
                 refs.append(ref.name)
         graph[name] = list(dict.fromkeys(refs))
-    for component in _strongly_connected(graph):
+    for component in strongly_connected(graph):
         members = set(component)
         cyclic = len(component) > 1 or component[0] in graph[component[0]]
         if not cyclic:
@@ -452,51 +457,6 @@ def _check_macro_cycles(
 # Finding the path of a cycle is a search per macro; past this many in one component, the
 # error says which component instead.
 _MAX_CYCLE_PATHS = 20
-
-
-def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
-    """Tarjan's algorithm without recursion."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    found: list[list[str]] = []
-    counter = 0
-    for root, refs in graph.items():
-        if root in index:
-            continue
-        work = [(root, iter(refs))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(graph[child])))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                found.append(component)
-    return found
 
 
 def _cycle_through(start: str, graph: dict[str, list[str]], members: set[str]) -> list[str]:

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from streams.core._references import MAX_CHAIN_DEPTH
 from streams.core.loader import load_rules
 from streams.core.rule_spec import rules_json_schema
 from streams.core.rules import CorrelationType
@@ -256,3 +257,43 @@ def test_schema_rejects_bad_new_term_keys(
     item = {**yaml.safe_load(NEW_TERM)[0], **change}
     found = _schema_errors(validator, item)
     assert any(fragment in m for m in found), json.dumps(found)
+
+
+def _chain(n: int) -> str:
+    items = [
+        "- correlation: c0\n  type: count\n  within: 1m\n  threshold: 2\n  condition: rule = X\n"
+    ]
+    items += [
+        f"- correlation: c{i}\n  type: count\n  within: 1m\n  threshold: 2\n"
+        f"  condition: correlation = c{i - 1}\n"
+        for i in range(1, n)
+    ]
+    return "".join(items)
+
+
+def test_chains_up_to_the_depth_limit_load(tmp_path: Path) -> None:
+    rules = load_rules([_write(tmp_path, _chain(MAX_CHAIN_DEPTH + 1))])
+    assert rules.correlations[-1].references == (f"c{MAX_CHAIN_DEPTH - 1}",)
+
+
+def test_a_chain_deeper_than_the_limit_is_a_located_error(tmp_path: Path) -> None:
+    errors = _errors(tmp_path, _chain(MAX_CHAIN_DEPTH + 5))
+    line = 5 * (MAX_CHAIN_DEPTH + 1) + 5
+    assert errors == [
+        (
+            line,
+            14,
+            f"correlation 'c{MAX_CHAIN_DEPTH + 1}' is more than {MAX_CHAIN_DEPTH} references deep "
+            "(correlations of correlations of ...)",
+        )
+    ]
+
+
+def test_many_correlations_referencing_each_other_load_in_linear_time(tmp_path: Path) -> None:
+    fan = [_chain(2)] + [
+        f"- correlation: d{i}\n  type: count\n  within: 1m\n  threshold: 2\n"
+        f"  condition: correlation in (c0, c1)\n"
+        for i in range(3000)
+    ]
+    rules = load_rules([_write(tmp_path, "".join(fan))])
+    assert len(rules.correlations) == 3002
