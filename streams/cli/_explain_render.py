@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,6 +35,20 @@ class RunInfo:
     lateness_ns: int
     max_pending: int
     flush: bool
+    #: per referenced correlation (RULES-SPEC C3): its records in the run (None: disabled) and
+    #: how many of them took part in the explained correlation
+    upstreams: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+
+
+def _upstream_steps(corr: Correlation, name: str) -> list[str]:
+    return [s.name for s in corr.steps if name in s.condition.references]
+
+
+def _upstream_text(corr: Correlation, name: str, info: RunInfo) -> str:
+    records, took_part = info.upstreams.get(name, (0, 0))
+    if records is None:
+        return f"`{name}` (disabled: it emits no records)"
+    return f"`{name}` ({records} record(s) in this run, {took_part} took part here)"
 
 
 def format_span(ns: int) -> str:
@@ -60,6 +74,7 @@ def _step_fields(corr: Correlation, step: str | None) -> list[str]:
         names |= s.condition.fields | set(s.by)
     if corr.field is not None:
         names.add(corr.field)
+    names |= set(corr.term_fields)
     names.discard("rule")
     return sorted(names)
 
@@ -122,6 +137,9 @@ def _detail_json(detail: dict[str, Any]) -> dict[str, Any]:
     out = dict(detail)
     if "deadline_ns" in out:
         out["deadline"] = format_time(out.pop("deadline_ns"))
+    for name in ("seen_ns", "learning_since_ns", "learn_end_ns"):
+        if name in out:
+            out[name.removesuffix("_ns")] = format_time(out.pop(name))
     if "overshoot_ns" in out:
         out["overshoot"] = format_span(out.pop("overshoot_ns"))
     return out
@@ -156,6 +174,15 @@ def explanation_json(
             "flush": info.flush,
         },
         "summary": dict(_reasons(ex.keys)),
+        "upstreams": [
+            {
+                "correlation": name,
+                "steps": _upstream_steps(corr, name),
+                "records": info.upstreams.get(name, (0, 0))[0],
+                "took_part": info.upstreams.get(name, (0, 0))[1],
+            }
+            for name in corr.references
+        ],
         "keys": [
             {
                 "key": _key_dict(corr, k.key),
@@ -250,6 +277,20 @@ def reason_text(corr: Correlation, a: Attempt, info: RunInfo) -> str:
     }
     if a.reason in texts:
         return texts[a.reason]
+    if a.reason == "known_term":
+        return (
+            f"known term: {_text_value(a.detail.get('term'))} was seen "
+            f"{format_span(a.delta_ns or 0)} before, within {within}"
+        )
+    if a.reason == "learning":
+        return (
+            f"learning: new term {_text_value(a.detail.get('term'))}, but the key learns from "
+            f"{format_time(a.detail.get('learning_since_ns', 0))} until "
+            f"{format_time(a.detail.get('learn_end_ns', 0))}"
+        )
+    if a.reason == "no_term":
+        missing = ", ".join(a.detail.get("missing", [])) or "a field"
+        return f"no term: {missing} of `fields` missing, null, empty or a list (took no part)"
     if a.reason == "outside_within":
         if corr.type in (CorrelationType.COUNT, CorrelationType.DISTINCT):
             return (
@@ -268,13 +309,20 @@ def reason_text(corr: Correlation, a: Attempt, info: RunInfo) -> str:
             what = f"distinct {corr.field} values"
         got, needed = a.detail.get("got"), a.detail.get("needed")
         return f"threshold not reached: {got} of {needed} {what} within {within}{open_end}"
+    waits = ""
+    step = next((s for s in corr.steps if s.name == a.step), None)
+    if step is not None and step.condition.references:
+        names = sorted(step.condition.references)
+        waits = "; it waits for records of " + ", ".join(
+            _upstream_text(corr, n, info) for n in names
+        )
     if not a.hits:
         matched = ", ".join(f"`{s}`" for s in a.detail.get("matched_steps", []))
-        return f"step `{a.step}` never matched for this key (only {matched} did)"
+        return f"step `{a.step}` never matched for this key (only {matched} did){waits}"
     before = ""
     if a.detail.get("matched_before") and a.other is not None:
         before = f"; it matched only before the previous step, at {other}"
-    return f"step `{a.step}` never matched within {within} of the start{open_end}{before}"
+    return f"step `{a.step}` never matched within {within} of the start{open_end}{before}{waits}"
 
 
 def _attempt_lines(corr: Correlation, a: Attempt, info: RunInfo, indent: str) -> list[str]:
@@ -299,6 +347,9 @@ def _same(a: Attempt, b: Attempt) -> bool:
 def explanation_text(ex: Explanation, info: RunInfo, near_miss: list[Attempt] | None) -> str:
     corr = ex.correlation
     lines = [_header(corr), _input_line(ex, info)]
+    for name in corr.references:
+        steps = ", ".join(_upstream_steps(corr, name)) or "-"
+        lines.append(f"upstream (steps {steps}): {_upstream_text(corr, name, info)}")
     if near_miss is not None:
         lines.append("")
         lines.append(f"near misses, best first ({len(near_miss)} shown):")
@@ -354,6 +405,10 @@ def _header(corr: Correlation) -> str:
         parts.append("steps " + joiner.join(s.name for s in corr.steps))
     elif corr.type is CorrelationType.ABSENCE:
         parts.append("trigger, then no expect")
+    elif corr.type is CorrelationType.NEW_TERM:
+        parts.append(
+            f"new term of {', '.join(corr.term_fields)}, learn {format_duration(corr.learn_ns)}"
+        )
     else:
         what = f"distinct {corr.field}" if corr.type is CorrelationType.DISTINCT else "events"
         parts.append(f"threshold {corr.threshold} {what}")

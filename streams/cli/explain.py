@@ -8,6 +8,7 @@ the run completed, 2 on a usage or rule error.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -19,7 +20,7 @@ from streams.cli._explain_render import RunInfo, explanation_json, explanation_t
 from streams.core.engine import Engine
 from streams.core.explain import Explanation, explain_trace, rank_near_misses
 from streams.core.loader import load_rules
-from streams.core.rules import Ruleset
+from streams.core.rules import Correlation, Ruleset
 from streams.core.trace import CorrelationTrace
 from streams.errors import RuleLoadError
 
@@ -92,6 +93,7 @@ def explain_run(
         explanation.unkeyed = []
         explanation.late_unkeyed = []
     info = RunInfo(
+        upstreams=_upstreams(ruleset, corr, trace, engine),
         lines=counts.lines,
         invalid=counts.invalid,
         late=engine.stats.late,
@@ -100,6 +102,27 @@ def explain_run(
         flush=options.flush,
     )
     return explanation, info
+
+
+def _upstreams(
+    ruleset: Ruleset, corr: Correlation, trace: CorrelationTrace, engine: Engine
+) -> dict[str, tuple[int | None, int]]:
+    """Per referenced correlation: its records in the run (None: disabled), and how many of
+    them took part in the explained correlation (RULES-SPEC section 7, C3)."""
+    took_part: Counter[str] = Counter()
+    for key_trace in trace.keys.values():
+        for fed in key_trace.fed:
+            derived = fed.event.derived
+            if derived is not None:
+                took_part[derived["correlation"]] += 1
+    stats = engine.stats
+    return {
+        name: (
+            None if name in ruleset.disabled else stats.incidents[name] + stats.updates[name],
+            took_part[name],
+        )
+        for name in corr.references
+    }
 
 
 def _text(value: object) -> str:

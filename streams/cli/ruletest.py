@@ -3,7 +3,8 @@
 Format (docs/rule-tests.md): a `*.test.yaml` file is a mapping with optional `rules` (paths
 relative to the file; default: the file's directory), `start` (base time), `lateness`, and `tests`,
 each with `name`, `events` (payloads with relative times `at: +30s`, optional `repeat`/`every`),
-`expect` (incidents compared on the keys given; `[]` means none), optional `correlations`
+`expect` (incidents compared on the keys given; `[]` means none; `events` lists indices of the
+fixture's events, or correlation names for derived events), optional `correlations`
 (compare only these), `flush` and `late` (how many events arrive late on purpose; default 0).
 """
 
@@ -129,14 +130,29 @@ def _compare(
             if actual[key] != want:
                 problems.append(f"{where}: {key} is {actual[key]}, expected {want}")
     if "events" in expected:
-        times = [(e["time"], e["rule"]) for e in actual["events"]]
+        wanted_items = expected["events"]
+        if not isinstance(wanted_items, list):
+            wanted_items = [wanted_items]
+        # An index names one of the fixture's events; a name, a derived event: a record of that
+        # correlation (rule language v2), compared on its name only.
+        times: list[Any] = [
+            e["rule"] if isinstance(w, str) else (e["time"], e["rule"])
+            for e, w in zip(actual["events"], wanted_items, strict=False)
+        ]
+        times += [(e["time"], e["rule"]) for e in actual["events"][len(wanted_items) :]]
         try:
             wanted = [
-                (format_time(parse_time(payloads[i]["time"]) or 0), payloads[i]["rule"])
-                for i in expected["events"]
+                i
+                if isinstance(i, str)
+                else (format_time(parse_time(payloads[i]["time"]) or 0), payloads[i]["rule"])
+                for i in wanted_items
             ]
         except (IndexError, KeyError, TypeError):
-            return [*problems, f"{where}: expected events must be indices of the fixture's events"]
+            return [
+                *problems,
+                f"{where}: expected events must be indices of the fixture's events "
+                "or names of correlations (derived events)",
+            ]
         if times != wanted:
             problems.append(f"{where}: events are {times}, expected {wanted}")
     steps = [e["step"] for e in actual["events"]]

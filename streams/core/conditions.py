@@ -52,7 +52,7 @@ from streams.core._condition_parser import (
     path_test,
     regex_test,
 )
-from streams.core.events import TOP_LEVEL_FIELDS, Event
+from streams.core.events import DERIVED_FIELDS, TOP_LEVEL_FIELDS, Event
 from streams.core.prefilter import Specialized, specialize
 from streams.core.priority import PRIORITY_NAMES, priority_rank
 from streams.errors import ConditionSyntaxError
@@ -153,6 +153,10 @@ class CompiledCondition:
     rules: frozenset[str] | None
     fields: frozenset[str]
     specialized: Specialized | None = None
+    #: The correlations this condition references (`correlation = NAME`, RULES-SPEC C3).
+    references: frozenset[str] = frozenset()
+    #: True when only a derived event can satisfy it (streams/core/_references.py).
+    derived_only: bool = False
 
 
 def parse_condition(text: str) -> Node:
@@ -302,8 +306,9 @@ def compile_condition(
 def _getter(field: str) -> _Getter:
     if field in TOP_LEVEL_FIELDS:
         return lambda event: event.raw.get(field)
-    if field.endswith("]"):
-        return lambda event: event.get(field)  # handles falcosidekick's `name_N` spelling
+    if field.endswith("]") or field in DERIVED_FIELDS:
+        # falcosidekick's `name_N` spelling; the fields only derived events carry
+        return lambda event: event.get(field)
     return lambda event: event.fields.get(field)
 
 
@@ -341,7 +346,7 @@ def _all_items(on_str: _Test, on_other: _Test) -> _Test:
 
 def _field_predicate(field: str, on_str: _Test, on_other: _Test, on_list: _Test) -> Predicate:
     """Dispatch on the value's type; a missing or null value fails every comparison."""
-    if field in TOP_LEVEL_FIELDS or field.endswith("]"):
+    if field in TOP_LEVEL_FIELDS or field in DERIVED_FIELDS or field.endswith("]"):
         get = _getter(field)
 
         def predicate(event: Event) -> bool:

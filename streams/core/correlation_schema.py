@@ -14,9 +14,12 @@ from streams.core.priority import canonical_priority
 from streams.core.rule_spec import (
     CORRELATION_COMMON_KEYS,
     CORRELATION_TYPE_KEYS,
+    MAX_NEW_TERM_WITHIN,
+    MAX_TERM_FIELDS,
     MAX_WITHIN,
     MIN_STEPS,
     MIN_THRESHOLD,
+    OPTIONAL_TYPE_KEYS,
     ROLE_KEYS,
     STEP_KEYS,
 )
@@ -27,9 +30,10 @@ from streams.errors import RuleError
 if TYPE_CHECKING:
     from streams.core.loader import RawItem
 
-__all__ = ["MAX_WITHIN_NS", "build_correlation"]
+__all__ = ["MAX_NEW_TERM_WITHIN_NS", "MAX_WITHIN_NS", "build_correlation"]
 
 MAX_WITHIN_NS = parse_duration(MAX_WITHIN)
+MAX_NEW_TERM_WITHIN_NS = parse_duration(MAX_NEW_TERM_WITHIN)
 _COMMON = CORRELATION_COMMON_KEYS
 _BY_TYPE = CORRELATION_TYPE_KEYS
 _ALL_TYPE_KEYS = frozenset().union(*_BY_TYPE.values())
@@ -68,17 +72,25 @@ class _Checker:
             return None
         return tuple(value)
 
-    def duration(self, node: yaml.Node, what: str, maximum: int | None = None) -> int | None:
+    def duration(
+        self,
+        node: yaml.Node,
+        what: str,
+        maximum: int | None = None,
+        *,
+        limit: str = MAX_WITHIN,
+        zero: bool = False,
+    ) -> int | None:
         try:
             ns = parse_duration(to_python(node))
         except ValueError as exc:
             self.error(node, f"{what}: {exc}")
             return None
-        if ns <= 0:
+        if ns < 0 or (ns == 0 and not zero):
             self.error(node, f"{what} must be greater than 0")
             return None
         if maximum is not None and ns > maximum:
-            self.error(node, f"{what} must be at most {MAX_WITHIN}")
+            self.error(node, f"{what} must be at most {limit}")
             return None
         return ns
 
@@ -122,8 +134,8 @@ def build_correlation(
     if ctype is not None:
         for key, (key_node, _value) in item.keys.items():
             if key in _ALL_TYPE_KEYS and key not in _BY_TYPE[ctype]:
-                check.error(key_node, f"key '{key}' does not apply to type {ctype.value}")
-        for key in sorted(_BY_TYPE[ctype]):
+                check.error(key_node, f"unknown key '{key}' for type {ctype.value}")
+        for key in sorted(_BY_TYPE[ctype] - OPTIONAL_TYPE_KEYS):
             if key not in item.keys:
                 check.error(item.node, f"correlation '{name}' of type {ctype.value} needs '{key}'")
 
@@ -133,6 +145,10 @@ def build_correlation(
     within = None
     if "within" not in item.keys:
         check.error(item.node, f"correlation '{name}' has no 'within'")
+    elif ctype is CorrelationType.NEW_TERM:
+        within = check.duration(
+            check.node("within"), "within", MAX_NEW_TERM_WITHIN_NS, limit=MAX_NEW_TERM_WITHIN
+        )
     else:
         within = check.duration(check.node("within"), "within", MAX_WITHIN_NS)
     suppress = None
@@ -192,7 +208,24 @@ def build_correlation(
     steps: list[Step] = []
     threshold = 0
     field_name = None
-    if ctype in (CorrelationType.SEQUENCE, CorrelationType.ALL) and "steps" in item.keys:
+    term_fields: tuple[str, ...] = ()
+    learn = within
+    if ctype is CorrelationType.NEW_TERM:
+        if "condition" in item.keys:
+            compiled = condition(check.node("condition"), "condition")
+            if compiled is not None:
+                steps = [Step("term", compiled, by)]
+        if "fields" in item.keys:
+            term_fields = _term_fields(check, check.node("fields"))
+        if "learn" in item.keys:
+            learn = check.duration(
+                check.node("learn"),
+                "learn",
+                MAX_NEW_TERM_WITHIN_NS,
+                limit=MAX_NEW_TERM_WITHIN,
+                zero=True,
+            )
+    elif ctype in (CorrelationType.SEQUENCE, CorrelationType.ALL) and "steps" in item.keys:
         steps = _steps(check, by, condition)
     elif ctype in (CorrelationType.COUNT, CorrelationType.DISTINCT):
         if "condition" in item.keys:
@@ -238,7 +271,19 @@ def build_correlation(
         tags=tags,
         suppress_ns=suppress,
         enabled=enabled,
+        term_fields=term_fields,
+        learn_ns=(learn or 0) if ctype is CorrelationType.NEW_TERM else 0,
     )
+
+
+def _term_fields(check: _Checker, node: yaml.Node) -> tuple[str, ...]:
+    found = check.fields(node, "fields")
+    if found is None:
+        return ()
+    if not 1 <= len(found) <= MAX_TERM_FIELDS:
+        check.error(node, f"fields must list 1 to {MAX_TERM_FIELDS} field names")
+        return ()
+    return found
 
 
 def _step_by(

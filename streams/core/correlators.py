@@ -10,8 +10,9 @@ state, and the whole state is dropped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from streams.core._event_data import event_to_data, kept_event_from_data
 from streams.core.rules import Correlation, CorrelationType
 
 if TYPE_CHECKING:
@@ -37,10 +38,27 @@ class KeyState:
 
     __slots__ = ("evicted", "newest_ns")
     kind: ClassVar[CorrelationType]
+    #: Whether a match consumes the key's state (v1: every type; new_term keeps its history).
+    consumes: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.newest_ns = 0
         self.evicted = 0
+
+    @classmethod
+    def for_correlation(cls, corr: Correlation) -> KeyState:
+        """A new, empty state of this type for `corr`."""
+        raise NotImplementedError
+
+    def to_data(self) -> dict[str, Any]:
+        """The state as JSON-able data (the worker's changelog, streams/core/snapshot.py)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_data(cls, corr: Correlation, data: dict[str, Any]) -> KeyState:
+        """The state saved by `to_data`; ValueError/KeyError/TypeError when `corr` changed
+        shape (the partial state cannot carry over)."""
+        raise NotImplementedError
 
     def on_event(self, corr: Correlation, steps: set[int], event: Event, cap: int) -> Match | None:
         raise NotImplementedError
@@ -65,6 +83,22 @@ class SequenceState(KeyState):
         super().__init__()
         # Candidates of every step but the last (the last step is only ever the current event).
         self.candidates: list[list[Event]] = [[] for _ in range(n_steps - 1)]
+
+    @classmethod
+    def for_correlation(cls, corr: Correlation) -> SequenceState:
+        return cls(len(corr.steps))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"cands": [[event_to_data(e) for e in c] for c in self.candidates]}
+
+    @classmethod
+    def from_data(cls, corr: Correlation, data: dict[str, Any]) -> SequenceState:
+        state = cls(len(corr.steps))
+        cands = data["cands"]
+        if len(cands) != len(state.candidates):
+            raise ValueError("number of steps changed")
+        state.candidates = [[kept_event_from_data(e) for e in c] for c in cands]
+        return state
 
     def size(self) -> int:
         return sum(len(c) for c in self.candidates)
@@ -132,6 +166,22 @@ class AllState(KeyState):
         # the window first.
         self.latest: list[Event | None] = [None] * n_steps
 
+    @classmethod
+    def for_correlation(cls, corr: Correlation) -> AllState:
+        return cls(len(corr.steps))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"latest": [None if e is None else event_to_data(e) for e in self.latest]}
+
+    @classmethod
+    def from_data(cls, corr: Correlation, data: dict[str, Any]) -> AllState:
+        state = cls(len(corr.steps))
+        latest = data["latest"]
+        if len(latest) != len(state.latest):
+            raise ValueError("number of steps changed")
+        state.latest = [None if e is None else kept_event_from_data(e) for e in latest]
+        return state
+
     def size(self) -> int:
         return sum(e is not None for e in self.latest)
 
@@ -161,6 +211,19 @@ class CountState(KeyState):
     def __init__(self) -> None:
         super().__init__()
         self.events: list[Event] = []
+
+    @classmethod
+    def for_correlation(cls, corr: Correlation) -> CountState:
+        return cls()
+
+    def to_data(self) -> dict[str, Any]:
+        return {"events": [event_to_data(e) for e in self.events]}
+
+    @classmethod
+    def from_data(cls, corr: Correlation, data: dict[str, Any]) -> CountState:
+        state = cls()
+        state.events = [kept_event_from_data(e) for e in data["events"]]
+        return state
 
     def size(self) -> int:
         return len(self.events)
@@ -195,6 +258,19 @@ class DistinctState(KeyState):
         super().__init__()
         # value -> latest event carrying it; a value is in the window iff its latest event is.
         self.values: dict[str, Event] = {}
+
+    @classmethod
+    def for_correlation(cls, corr: Correlation) -> DistinctState:
+        return cls()
+
+    def to_data(self) -> dict[str, Any]:
+        return {"values": [[v, event_to_data(e)] for v, e in self.values.items()]}
+
+    @classmethod
+    def from_data(cls, corr: Correlation, data: dict[str, Any]) -> DistinctState:
+        state = cls()
+        state.values = {str(v): kept_event_from_data(e) for v, e in data["values"]}
+        return state
 
     def size(self) -> int:
         return len(self.values)
@@ -237,6 +313,23 @@ class AbsenceState(KeyState):
         self.pending: Event | None = None
         self.due: dict[int, Event] = {}
 
+    @classmethod
+    def for_correlation(cls, corr: Correlation) -> AbsenceState:
+        return cls()
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "pending": None if self.pending is None else event_to_data(self.pending),
+            "due": [event_to_data(e) for e in self.due.values()],
+        }
+
+    @classmethod
+    def from_data(cls, corr: Correlation, data: dict[str, Any]) -> AbsenceState:
+        state = cls()
+        state.pending = None if data["pending"] is None else kept_event_from_data(data["pending"])
+        state.due = {e.seq: e for e in (kept_event_from_data(d) for d in data["due"])}
+        return state
+
     def size(self) -> int:
         return (self.pending is not None) + len(self.due)
 
@@ -271,12 +364,7 @@ class AbsenceState(KeyState):
 
 
 def new_state(corr: Correlation) -> KeyState:
-    if corr.type is CorrelationType.SEQUENCE:
-        return SequenceState(len(corr.steps))
-    if corr.type is CorrelationType.ALL:
-        return AllState(len(corr.steps))
-    if corr.type is CorrelationType.COUNT:
-        return CountState()
-    if corr.type is CorrelationType.DISTINCT:
-        return DistinctState()
-    return AbsenceState()
+    """A new state of `corr`'s type (streams/core/state_types.py holds the registry)."""
+    from streams.core.state_types import state_type  # the registry imports every type
+
+    return state_type(corr.type).for_correlation(corr)

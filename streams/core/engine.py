@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streams.core.correlators import AbsenceState, KeyState, Match, new_state
+from streams.core._chains import ChainRouting
+from streams.core.correlators import AbsenceState, KeyState, Match
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
 from streams.core.prefilter import KeyReader, StepTarget, step_index
 from streams.core.rules import Correlation, CorrelationType, Ruleset
+from streams.core.state_types import state_type
 
 if TYPE_CHECKING:
     from streams.core.observer import EngineObserver
@@ -68,6 +70,7 @@ class EngineStats:
     duplicates: int = 0  # redelivered records dropped (worker)
     template_errors: int = 0
     last_template_error: str | None = None
+    derived: int = 0  # derived events (records given to the correlations that reference them)
     matches: Counter[str] = field(default_factory=Counter)
     incidents: Counter[str] = field(default_factory=Counter)
     updates: Counter[str] = field(default_factory=Counter)
@@ -93,7 +96,7 @@ def _inert_steps(corr: Correlation) -> frozenset[int]:
     return frozenset()
 
 
-class Engine:
+class Engine(ChainRouting):
     """Correlates one stream: `submit(event)`; `advance_to` on idle ticks; `finish` at the end."""
 
     def __init__(
@@ -130,6 +133,7 @@ class Engine:
         self._anchors: dict[tuple[int, KeyTuple], IncidentAnchor] = {}
         self._by_rule, self._any_rule = self._index()
         self._inert = [_inert_steps(corr) for corr in self.correlations]
+        self._state_types = [state_type(corr.type) for corr in self.correlations]
         self._next_sweep_ns = _NEG_INF
         self._sweep_after = 0
         # For a persistent host (the worker): which (correlation, key) entries changed since the
@@ -143,6 +147,7 @@ class Engine:
         self._held: dict[tuple[int, KeyTuple], dict[int, HeldItem]] = {}
         self._held_changes: dict[tuple[int, KeyTuple], dict[int, HeldItem | None]] = {}
         self._sources: dict[tuple[int, KeyTuple], dict[int, int]] = {}
+        self._init_chains()
 
     # -- matching --------------------------------------------------------------------------
 
@@ -267,11 +272,24 @@ class Engine:
                     item = pop(buffer)
                     if track:
                         self._unhold(item)
-                    self._correlate(item[3], item[4], out)
+                    matches = item[4]
+                    if self._chains:
+                        # One event restored per key is several items (`restore`): correlate
+                        # it once, so its derived events come after it for every correlation.
+                        while buffer and buffer[0][1] == item[1] and buffer[0][0] == item[0]:
+                            twin = pop(buffer)
+                            if track:
+                                self._unhold(twin)
+                            matches = matches + twin[4]
+                    self._correlate(item[3], matches, out)
                     continue
             elif not (deadlines and deadlines[0][0] < wm):
                 break
-            deadline, seq, ci, key = pop(deadlines)
+            due = pop(deadlines)
+            if self._chains:
+                self._fire_absences(due, out)
+                continue
+            deadline, seq, ci, key = due
             self._fire_absence(ci, key, seq, deadline, out)
         # Sweep when event time moved on by half the shortest window, but not more often than
         # every 1000 events: sparse streams with large time gaps would otherwise sweep per event.
@@ -281,6 +299,20 @@ class Engine:
         return out
 
     def _correlate(self, event: Event, matches: list[StepMatch], out: list[dict[str, Any]]) -> None:
+        if not self._chains:
+            self._correlate_event(event, matches, out)
+            return
+        outer, self._fresh = self._fresh, []
+        try:
+            self._correlate_event(event, matches, out)
+        finally:
+            fresh, self._fresh = self._fresh, outer
+        if fresh:
+            self._derive(fresh, event.time_ns, event.seq, out)
+
+    def _correlate_event(
+        self, event: Event, matches: list[StepMatch], out: list[dict[str, Any]]
+    ) -> None:
         observer = self.observer
         if len(matches) == 1:  # the common case: one step of one correlation
             ci, si, key = matches[0]
@@ -299,7 +331,7 @@ class Engine:
             if state is None:
                 if observer is None and steps <= self._inert[ci]:
                     continue  # a new state would stay empty and match nothing
-                state = new_state(corr)
+                state = self._state_types[ci].for_correlation(corr)
             # (Re-)inserted last: dict order is least recently used first, for the global bound.
             self._states[(ci, key)] = state
             evicted = state.evicted
@@ -312,6 +344,11 @@ class Engine:
                     del self._states[(ci, key)]
                 elif len(self._states) > self.max_state_entries:
                     self._evict_oldest(self._states)
+                continue
+            if not state.consumes:  # new_term: firing keeps the history (N5)
+                if len(self._states) > self.max_state_entries:
+                    self._evict_oldest(self._states)
+                self._emit(ci, key, match, event.time_ns, out)
                 continue
             if corr.type is CorrelationType.ABSENCE:
                 deadline = event.time_ns + corr.within_ns
@@ -385,6 +422,8 @@ class Engine:
         if self.observer is not None:
             self.observer.emitted(ci, key, match, record)
         out.append(record)
+        if self._fresh is not None:
+            self._fresh.append((ci, key, record))
 
     # -- bounded state -------------------------------------------------------------------------
 

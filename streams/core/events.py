@@ -18,6 +18,7 @@ from streams.core.priority import canonical_priority, priority_rank
 from streams.errors import EventError
 
 __all__ = [
+    "DERIVED_FIELDS",
     "MAX_EVENT_BYTES",
     "MAX_EVENT_DEPTH",
     "MAX_EVENT_TIME_NS",
@@ -38,6 +39,10 @@ __all__ = [
 TOP_LEVEL_FIELDS = frozenset(
     {"rule", "priority", "source", "hostname", "output", "tags", "time", "uuid"}
 )
+#: Top-level names that only derived events (records of another correlation, spec section 7 C2)
+#: carry; for a Falco event they are always null, whatever its JSON holds, so they cannot be
+#: spoofed by input.
+DERIVED_FIELDS = frozenset({"correlation", "status", "count"})
 
 _TIME = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
@@ -209,10 +214,29 @@ def _too_deep(value: object, limit: int) -> bool:
 class Event:
     """One valid Falco alert. `seq` is its arrival position, which breaks ties in time."""
 
-    __slots__ = ("_identity", "_packed", "_rank", "fields", "raw", "rule", "seq", "time_ns")
+    __slots__ = (
+        "_identity",
+        "_packed",
+        "_rank",
+        "derived",
+        "fields",
+        "raw",
+        "rule",
+        "seq",
+        "time_ns",
+    )
 
-    def __init__(self, raw: dict[str, Any], time_ns: int, seq: int) -> None:
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        time_ns: int,
+        seq: int,
+        derived: dict[str, Any] | None = None,
+    ) -> None:
         self.raw = raw
+        # `correlation`, `status`, `count` of a derived event (streams/core/derived.py); None
+        # for a Falco event.
+        self.derived = derived
         fields = raw.get("output_fields")
         self.fields: dict[str, Any] = fields if isinstance(fields, dict) else {}
         self.rule: str = raw["rule"]
@@ -248,6 +272,9 @@ class Event:
         """
         if name in TOP_LEVEL_FIELDS:
             return self.raw.get(name)
+        if name in DERIVED_FIELDS:
+            derived = self.derived
+            return None if derived is None else derived.get(name)
         fields = self.fields
         value = fields.get(name)
         if value is None and name[-1:] == "]" and name not in fields:
@@ -310,6 +337,7 @@ class PackedEvent(Event):
         self.rule = event.rule
         self.time_ns = event.time_ns
         self.seq = event.seq
+        self.derived = event.derived
         self._rank = event._rank
         self._identity = event._identity
         self._packed = None
@@ -328,7 +356,7 @@ class PackedEvent(Event):
         return self
 
     def unpacked(self) -> Event:
-        event = Event(self.raw, self.time_ns, self.seq)
+        event = Event(self.raw, self.time_ns, self.seq, self.derived)
         event._rank = self._rank
         event._identity = self._identity
         return event

@@ -26,6 +26,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.core._explain_new_term import new_term_attempts
 from streams.core.events import Event
 from streams.core.observer import ObservedKey
 from streams.core.rules import Correlation, CorrelationType
@@ -51,6 +52,7 @@ NEAR_MISS_REASONS = frozenset(
         "threshold_not_reached",
         "cleared",
         "pending_at_end",
+        "learning",
     }
 )
 _MAX_SEQ = 2**63  # sorts after every arrival number of the same time
@@ -140,7 +142,9 @@ class _KeyAnalysis:
 
     def run(self) -> KeyExplanation:
         attempts = [self._fired(fire) for fire in self.kt.fires if fire.record is not None]
-        if self.corr.type is CorrelationType.ABSENCE:
+        if self.corr.type is CorrelationType.NEW_TERM:
+            attempts += new_term_attempts(self.corr, self.kt, self.fired)
+        elif self.corr.type is CorrelationType.ABSENCE:
             attempts += self._absence()
         elif self.corr.type is CorrelationType.SEQUENCE:
             attempts += self._sequence()

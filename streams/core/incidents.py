@@ -11,7 +11,7 @@ import orjson
 
 from streams.core.events import Event, format_time
 from streams.core.priority import PRIORITY_NAMES
-from streams.core.rules import Correlation
+from streams.core.rules import Correlation, CorrelationType
 from streams.core.templates import EventView, render_template
 
 __all__ = [
@@ -76,7 +76,9 @@ def _context(match: Sequence[tuple[str, Event]]) -> dict[str, Any]:
     for _, event in reversed(match):
         for name in CONTEXT_FIELDS:
             if context[name] is None:
-                context[name] = event.get(name)
+                value = event.get(name)
+                if value != "":  # non-null and non-empty (spec section 7, C1)
+                    context[name] = value
     return context
 
 
@@ -89,6 +91,9 @@ def _render(
 ) -> tuple[str, str | None]:
     """The rendered output, or the plain default and the error text on a template failure."""
     views = [EventView(e, step) for step, e in match]
+    term: dict[str, Any] = {}
+    if corr.type is CorrelationType.NEW_TERM:
+        term = {name: match[-1][1].get(name) for name in corr.term_fields}
     try:
         text = render_template(
             corr.output,
@@ -101,6 +106,7 @@ def _render(
                 "last": views[-1],
                 "count": count,
                 "severity": severity,
+                "term": term,
             },
         )
     except Exception as exc:  # any template failure, budgets included: default text, counted

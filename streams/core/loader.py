@@ -9,13 +9,19 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from streams._text import short
+from streams.core._references import (
+    ReferenceGraph,
+    condition_references,
+    only_derived,
+    strongly_connected,
+)
 from streams.core._yaml_tree import MAX_YAML_BYTES, compose_file, location, to_python
 from streams.core.conditions import (
     ExpansionBudget,
@@ -111,7 +117,7 @@ def load_rules(paths: Iterable[str | Path]) -> Ruleset:
 
     correlations = []
     disabled = []
-    compiler = ConditionCompiler(macros, lists, errors, budget)
+    compiler = ConditionCompiler(macros, lists, errors, budget, ReferenceGraph())
     for item in merged["correlation"].values():
         try:
             built = build_correlation(item, errors, compiler)
@@ -125,6 +131,17 @@ def load_rules(paths: Iterable[str | Path]) -> Ruleset:
                 correlations.append(built)
             else:
                 disabled.append(built.name)
+    graph = compiler.graph
+    if graph is not None:
+        enabled = {
+            name
+            for name, item in merged["correlation"].items()
+            if "enabled" not in item.keys or item.value("enabled") is not False
+        }
+        graph.check(set(merged["correlation"]), enabled, errors)
+        correlations = [
+            replace(corr, references=graph.references(corr.name)) for corr in correlations
+        ]
     if errors:
         raise RuleLoadError(_report(errors, files, yaml_problems))
     return Ruleset(
@@ -181,11 +198,23 @@ class ConditionCompiler:
     lists: Mapping[str, tuple[str, ...]]
     errors: list[RuleError]
     budget: ExpansionBudget | None = None
+    #: Where each correlation's conditions reference other correlations (spec section 7, C3).
+    graph: ReferenceGraph | None = None
 
     def __call__(self, item: RawItem, key: str, text: str, node: yaml.Node) -> Any:
         """The compiled condition, or None after recording the error at the condition's node."""
         try:
-            return compile_condition(parse_condition(text), self.macros, self.lists, self.budget)
+            parsed = parse_condition(text)
+            compiled = compile_condition(parsed, self.macros, self.lists, self.budget)
+            if self.graph is not None:
+                names = condition_references(parsed, self.macros, self.lists)
+                self.graph.add(item.name, location(item.path, node), names)
+                derived_only = only_derived(parsed, self.macros)
+                if names or derived_only:
+                    compiled = replace(
+                        compiled, references=frozenset(names), derived_only=derived_only
+                    )
+            return compiled
         except ConditionSyntaxError as exc:
             where = location(item.path, node)
             self.errors.append(RuleError(where, f"{key}: {_condition_message(exc, text)}"))
@@ -409,7 +438,7 @@ def _check_macro_cycles(
             elif ref.name in macros:
                 refs.append(ref.name)
         graph[name] = list(dict.fromkeys(refs))
-    for component in _strongly_connected(graph):
+    for component in strongly_connected(graph):
         members = set(component)
         cyclic = len(component) > 1 or component[0] in graph[component[0]]
         if not cyclic:
@@ -427,51 +456,6 @@ def _check_macro_cycles(
 # Finding the path of a cycle is a search per macro; past this many in one component, the
 # error says which component instead.
 _MAX_CYCLE_PATHS = 20
-
-
-def _strongly_connected(graph: dict[str, list[str]]) -> list[list[str]]:
-    """Tarjan's algorithm without recursion."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    found: list[list[str]] = []
-    counter = 0
-    for root, refs in graph.items():
-        if root in index:
-            continue
-        work = [(root, iter(refs))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(graph[child])))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                found.append(component)
-    return found
 
 
 def _cycle_through(start: str, graph: dict[str, list[str]], members: set[str]) -> list[str]:

@@ -52,7 +52,7 @@ from streams.core._condition_parser import (
     as_number,
     path_test,
 )
-from streams.core.events import TOP_LEVEL_FIELDS, Event
+from streams.core.events import DERIVED_FIELDS, TOP_LEVEL_FIELDS, Event
 from streams.core.rules import CorrelationType
 from streams.errors import ConditionSyntaxError
 
@@ -149,12 +149,13 @@ def specialize(
 
 
 def step_index(
-    correlations: Sequence[Correlation],
+    correlations: Sequence[Correlation], *, derived: bool = False
 ) -> tuple[dict[str, list[StepTarget]], list[StepTarget]]:
     """The engine's index: steps to test per Falco rule name, and for any other name.
 
     Targets stay in (correlation, step) order; a step whose condition is false for a name is
-    left out of that name's list. Steps with the same `by` share one key reader.
+    left out of that name's list. Steps with the same `by` share one key reader. Without
+    `derived` (the index of Falco events), steps only a derived event can satisfy are left out.
     """
     readers: dict[tuple[str, ...], KeyReader] = {}  # one per `by`: the engine reuses its key
     steps = [
@@ -167,6 +168,7 @@ def step_index(
         )
         for ci, corr in enumerate(correlations)
         for si, step in enumerate(corr.steps)
+        if derived or not step.condition.derived_only
     ]
     names: set[str] = set()
     for _, _, condition, _, _ in steps:
@@ -467,7 +469,9 @@ def _read_kind(field: str) -> int:
     falcosidekick's `name_N` fallback, `Event.get`), or a plain output field."""
     if field in TOP_LEVEL_FIELDS:
         return _TOP_LEVEL
-    return _BRACKETED if field.endswith("]") else _OUTPUT_FIELD
+    # `correlation`, `status`, `count` (Event.get: null unless the event is derived) read
+    # like a bracketed field
+    return _BRACKETED if field.endswith("]") or field in DERIVED_FIELDS else _OUTPUT_FIELD
 
 
 def _reader(field: str) -> Callable[[Event], Any]:

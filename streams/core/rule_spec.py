@@ -6,8 +6,9 @@ definitions into the JSON Schema that editors use (schema/rules.schema.json, wri
 test compares the committed schema with the generated one.
 
 What a JSON Schema cannot express stays with the loader alone: condition syntax, unknown
-macros and lists, regular expressions, `within` at most 7d, duplicate names, overrides of
-unknown items, keys given without an override entry, and `by` lengths of steps.
+macros and lists, regular expressions, `within` at most 7d (30d for new_term), duplicate names,
+overrides of unknown items, keys given without an override entry, `by` lengths of steps, and
+references between correlations (unknown names, cycles).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ __all__ = [
     "ITEM_KINDS",
     "LIST_KEYS",
     "MACRO_KEYS",
+    "MAX_NEW_TERM_WITHIN",
+    "MAX_TERM_FIELDS",
     "MAX_WITHIN",
     "MIN_STEPS",
     "MIN_THRESHOLD",
+    "OPTIONAL_TYPE_KEYS",
     "OVERRIDE_APPEND_KEYS",
     "ROLE_KEYS",
     "STEP_KEYS",
@@ -57,7 +61,10 @@ CORRELATION_TYPE_KEYS: dict[CorrelationType, frozenset[str]] = {
     CorrelationType.COUNT: frozenset({"condition", "threshold"}),
     CorrelationType.DISTINCT: frozenset({"condition", "field", "threshold"}),
     CorrelationType.ABSENCE: frozenset({"trigger", "expect"}),
+    CorrelationType.NEW_TERM: frozenset({"condition", "fields", "learn"}),
 }
+#: Type keys that may be left out (the rest of a type's keys are required).
+OPTIONAL_TYPE_KEYS = frozenset({"learn"})
 STEP_KEYS = frozenset({"name", "condition", "by"})
 ROLE_KEYS = frozenset({"condition", "by"})
 # Keys whose override may append (the rest can only be replaced), per kind.
@@ -69,6 +76,9 @@ OVERRIDE_APPEND_KEYS: dict[str, frozenset[str]] = {
 MIN_STEPS = 2
 MIN_THRESHOLD = 2
 MAX_WITHIN = "7d"
+#: new_term keeps a history: its `within` (and `learn`) may be up to 30d (spec section 7).
+MAX_NEW_TERM_WITHIN = "30d"
+MAX_TERM_FIELDS = 3
 
 _DESCRIPTIONS = {
     "list": "Name of a list of values, usable in conditions as `field in (name)`.",
@@ -77,9 +87,11 @@ _DESCRIPTIONS = {
     "correlation": "Unique name of the correlation; the incident's `correlation` field.",
     "desc": "What the correlation detects.",
     "type": "sequence: steps in order; all: every step in any order; count: N matching events; "
-    "distinct: N distinct values of `field`; absence: a trigger without the expected follow-up.",
+    "distinct: N distinct values of `field`; absence: a trigger without the expected follow-up; "
+    "new_term: the first time a key shows a value of `fields` within the history `within`.",
     "by": "Fields that form the group key (state and incidents are per key); omitted: one group.",
-    "within": f"Window: an integer and a unit ms|s|m|h|d, more than 0, at most {MAX_WITHIN}.",
+    "within": f"Window: an integer and a unit ms|s|m|h|d, more than 0, at most {MAX_WITHIN} "
+    f"(new_term: the history, at most {MAX_NEW_TERM_WITHIN}).",
     "output": "Jinja2 template of the incident's text (variables: correlation, key, events, "
     "steps, first, last, count, severity).",
     "severity": "Falco priority of the incident (any case; `info` = Informational); default: "
@@ -89,7 +101,11 @@ _DESCRIPTIONS = {
     "enabled": "false: validated but not run.",
     "override": "Change an item defined in an earlier file: KEY: replace (any key) or "
     "KEY: append (a list's items, a macro's condition).",
-    "condition": "A Falco filter expression over the alert's fields.",
+    "condition": "A Falco filter expression over the alert's fields (`correlation = NAME` "
+    "receives that correlation's records as derived events).",
+    "fields": f"new_term: 1 to {MAX_TERM_FIELDS} distinct field names whose values form the term.",
+    "learn": f"new_term: learning period per key before new terms fire (0s allowed, at most "
+    f"{MAX_NEW_TERM_WITHIN}); default: `within`.",
     "threshold": f"How many matching events (count) or distinct values (distinct); at least "
     f"{MIN_THRESHOLD}.",
     "field": "The field whose distinct values are counted.",
@@ -200,6 +216,12 @@ def _correlation() -> dict[str, Any]:
         },
         "trigger": _conditioned(_DESCRIPTIONS["trigger"]),
         "expect": _conditioned(_DESCRIPTIONS["expect"]),
+        "fields": {
+            **_fields(_DESCRIPTIONS["fields"]),
+            "minItems": 1,
+            "maxItems": MAX_TERM_FIELDS,
+        },
+        "learn": _duration(_DESCRIPTIONS["learn"], positive=False),
     }
     assert set(properties) == CORRELATION_COMMON_KEYS | all_type_keys
     not_override = {"not": {"required": ["override"]}}
@@ -211,7 +233,12 @@ def _correlation() -> dict[str, Any]:
                 "if": {"properties": {"type": {"const": ctype.value}}, "required": ["type"]},
                 "then": {
                     "properties": foreign,
-                    "allOf": [{"if": not_override, "then": {"required": sorted(keys)}}],
+                    "allOf": [
+                        {
+                            "if": not_override,
+                            "then": {"required": sorted(keys - OPTIONAL_TYPE_KEYS)},
+                        }
+                    ],
                 },
             }
         )

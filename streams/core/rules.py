@@ -22,13 +22,15 @@ class CorrelationType(StrEnum):
     COUNT = "count"
     DISTINCT = "distinct"
     ABSENCE = "absence"
+    NEW_TERM = "new_term"
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     """One condition of a correlation with the fields that form its group key.
 
-    count/distinct have one step named `match`; absence has `trigger` and `expect`.
+    count/distinct have one step named `match`; absence has `trigger` and `expect`; new_term
+    has one step named `term`.
     """
 
     name: str
@@ -53,6 +55,11 @@ class Correlation:
     tags: tuple[str, ...] = ()
     suppress_ns: int | None = None
     enabled: bool = True
+    #: new_term: the fields that form the term, and the learning period (spec section 7).
+    term_fields: tuple[str, ...] = ()
+    learn_ns: int = 0
+    #: The correlations whose records this one receives as derived events (C3), sorted.
+    references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

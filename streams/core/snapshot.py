@@ -2,7 +2,8 @@
 
 One entry per (correlation, key): its state machine, the events it still holds in the reorder
 buffer, its suppression anchor and its redelivery marks. Events are stored as
-`[payload, time_ns, seq]`. Correlations are named, not numbered, so a rules reload keeps state of
+`[payload, time_ns, seq]` (a derived event: `[payload, time_ns, seq, derived, position tail]`).
+Correlations are named, not numbered, so a rules reload keeps state of
 every correlation that still exists with the same type.
 """
 
@@ -10,82 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.core.correlators import (
-    AbsenceState,
-    AllState,
-    CountState,
-    DistinctState,
-    KeyState,
-    SequenceState,
-)
+from streams.core._event_data import event_from_data, event_to_data
+from streams.core.correlators import KeyState
 from streams.core.engine import EngineEntry, HeldItem, KeyTuple, StepMatch
-from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor
-from streams.core.rules import Correlation, CorrelationType
+from streams.core.new_term import NewTermState
+from streams.core.rules import Correlation
+from streams.core.state_types import state_type
 
 __all__ = ["SNAPSHOT_VERSION", "entry_from_data", "entry_to_data", "held_to_data"]
 
 SNAPSHOT_VERSION = 1
 
 
-def _ev(event: Event) -> list[Any]:
-    return [event.raw, event.time_ns, event.seq]
-
-
-def _unev(data: list[Any]) -> Event:
-    return Event(data[0], int(data[1]), int(data[2]))
-
-
-def _unev_kept(data: list[Any]) -> Event:
-    """An event of a state machine: packed, as the engine keeps it (Event.packed)."""
-    return _unev(data).packed()
-
-
 def _state_to_data(state: KeyState) -> dict[str, Any]:
-    if isinstance(state, SequenceState):
-        return {"cands": [[_ev(e) for e in c] for c in state.candidates]}
-    if isinstance(state, AllState):
-        return {"latest": [None if e is None else _ev(e) for e in state.latest]}
-    if isinstance(state, CountState):
-        return {"events": [_ev(e) for e in state.events]}
-    if isinstance(state, DistinctState):
-        return {"values": [[v, _ev(e)] for v, e in state.values.items()]}
-    if isinstance(state, AbsenceState):
-        return {
-            "pending": None if state.pending is None else _ev(state.pending),
-            "due": [_ev(e) for e in state.due.values()],
-        }
-    raise TypeError(f"unknown state {type(state).__name__}")
+    return state.to_data()
 
 
 def _state_from_data(corr: Correlation, data: dict[str, Any]) -> KeyState:
-    kind = corr.type
-    if kind is CorrelationType.SEQUENCE:
-        seq_state = SequenceState(len(corr.steps))
-        cands = data["cands"]
-        if len(cands) != len(seq_state.candidates):
-            raise ValueError("number of steps changed")
-        seq_state.candidates = [[_unev_kept(e) for e in c] for c in cands]
-        return seq_state
-    if kind is CorrelationType.ALL:
-        all_state = AllState(len(corr.steps))
-        latest = data["latest"]
-        if len(latest) != len(all_state.latest):
-            raise ValueError("number of steps changed")
-        all_state.latest = [None if e is None else _unev_kept(e) for e in latest]
-        return all_state
-    if kind is CorrelationType.COUNT:
-        count_state = CountState()
-        count_state.events = [_unev_kept(e) for e in data["events"]]
-        return count_state
-    if kind is CorrelationType.DISTINCT:
-        distinct_state = DistinctState()
-        distinct_state.values = {str(v): _unev_kept(e) for v, e in data["values"]}
-        return distinct_state
-    absence = AbsenceState()
-    absence.pending = None if data["pending"] is None else _unev_kept(data["pending"])
-    absence.due = {e.seq: e for e in (_unev_kept(d) for d in data["due"])}
-    return absence
+    return state_type(corr.type).from_data(corr, data)
 
 
 def entry_to_data(corr: Correlation, key: KeyTuple, entry: EngineEntry) -> dict[str, Any]:
@@ -108,7 +52,7 @@ def held_to_data(item: HeldItem, ci: int | None, key: KeyTuple) -> list[Any]:
     """One held event as `[event, steps]`: the steps it matched for (ci, key) (all of the
     item's steps when `ci` is None: `Engine.entry` filtered them already)."""
     steps = {m[1] for m in item[4] if ci is None or (m[0] == ci and m[2] == key)}
-    return [_ev(item[3]), sorted(steps)]
+    return [event_to_data(item[3]), sorted(steps)]
 
 
 def entry_from_data(
@@ -126,13 +70,13 @@ def entry_from_data(
     key = tuple(data["k"])
     try:
         state = None if data["st"] is None else _state_from_data(corr, data["st"])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         state = None  # the correlation's shape changed: its partial state cannot carry over
-    if state is not None:
+    if state is not None and not isinstance(state, NewTermState):
         state.newest_ns = max((t for t in _event_times(data["st"])), default=0)
     held: list[HeldItem] = []
     for raw_event, steps in data["held"]:
-        event = _unev(raw_event)
+        event = event_from_data(raw_event)
         matches: list[StepMatch] = [(ci, si, key) for si in steps if si < len(corr.steps)]
         if matches:
             held.append((event.time_ns, event.seq, (ci, 0), event, matches))
@@ -147,7 +91,7 @@ def entry_from_data(
 def _event_times(data: Any) -> list[int]:
     """Times of every `[payload, time_ns, seq]` inside a state's data."""
     if isinstance(data, list):
-        if len(data) == 3 and isinstance(data[0], dict) and isinstance(data[1], int):
+        if len(data) in (3, 5) and isinstance(data[0], dict) and isinstance(data[1], int):
             return [data[1]]
         return [t for item in data for t in _event_times(item)]
     if isinstance(data, dict):

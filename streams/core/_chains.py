@@ -1,0 +1,174 @@
+"""Correlation of correlations in the engine (RULES-SPEC section 7, C1-C5).
+
+`ChainRouting` is the part of `Engine` that turns records into derived events
+(streams/core/derived.py) and correlates them for the correlations that reference their
+correlation: at once and depth first in replay, `test` and `explain`, or through
+`derived_sink`/`submit_derived` for a host that routes them across partitions. Without any
+reference between correlations (every v1 ruleset) `_chains` is False and none of it runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from streams.core.derived import build_derived_event, key_text
+from streams.core.events import Event
+from streams.core.prefilter import StepTarget, step_index
+
+if TYPE_CHECKING:
+    from streams.core.engine import EngineStats, HeldItem, KeyTuple, StepMatch
+    from streams.core.observer import EngineObserver
+    from streams.core.rules import Correlation
+
+__all__ = ["ChainRouting"]
+
+
+class ChainRouting:
+    """Mixin of `Engine` (which sets the attributes below before `_init_chains`)."""
+
+    correlations: tuple[Correlation, ...]
+    observer: EngineObserver | None
+    stats: EngineStats
+    track_changes: bool
+    changed: set[tuple[int, KeyTuple]]
+    _buffer: list[HeldItem]
+    _deadlines: list[tuple[int, int, int, KeyTuple]]
+    _item_numbers: itertools.count[int]
+    _held: dict[tuple[int, KeyTuple], dict[int, HeldItem]]
+    _held_changes: dict[tuple[int, KeyTuple], dict[int, HeldItem | None]]
+
+    if TYPE_CHECKING:
+
+        def _correlate(
+            self, event: Event, matches: list[StepMatch], out: list[dict[str, Any]]
+        ) -> None: ...
+
+        def _fire_absence(
+            self, ci: int, key: KeyTuple, seq: int, deadline: int, out: list[dict[str, Any]]
+        ) -> None: ...
+
+    def _init_chains(self) -> None:
+        """Index, per upstream correlation, the steps of the correlations that reference it.
+
+        Without any reference (every v1 ruleset) `_chains` is False and nothing below runs."""
+        corrs = self.correlations
+        self.index_of = {corr.name: ci for ci, corr in enumerate(corrs)}
+        self._chains = any(corr.references for corr in corrs)
+        #: per upstream correlation index: the steps a derived event of it is tested against
+        self._derived_targets: dict[int, list[StepTarget]] = {}
+        # records emitted by the event being correlated: (ci, key, record); None when no chain
+        self._fresh: list[tuple[int, KeyTuple, dict[str, Any]]] | None = None
+        #: Set by a host that routes derived events itself (the worker: a dependent's key is
+        #: its own `by`, possibly on another partition); None: correlated here at once.
+        self.derived_sink: Callable[[Event], None] | None = None
+        depth: dict[int, int] = {}
+        if not self._chains:
+            self._depth = depth
+            return
+        by_rule, any_rule = step_index(corrs, derived=True)
+        for ui, upstream in enumerate(corrs):
+            readers = {ci for ci, corr in enumerate(corrs) if upstream.name in corr.references}
+            if readers:
+                targets = by_rule.get(upstream.name, any_rule)
+                self._derived_targets[ui] = [t for t in targets if t[0] in readers]
+
+        def depth_of(ci: int) -> int:
+            if ci not in depth:
+                ups = [self.index_of[n] for n in corrs[ci].references if n in self.index_of]
+                depth[ci] = 1 + max(map(depth_of, ups), default=-1)  # the loader refused cycles
+            return depth[ci]
+
+        for ci in range(len(corrs)):
+            depth_of(ci)
+        self._depth = depth
+
+    def dependents_of(self, ci: int) -> bool:
+        """Whether records of correlation `ci` are derived events for some correlation."""
+        return ci in self._derived_targets
+
+    def match_derived(self, event: Event) -> list[StepMatch]:
+        """Every (correlation, step, key) a derived event takes part in: only steps of the
+        correlations that reference its correlation (C3)."""
+        assert event.derived is not None
+        ui = self.index_of.get(event.derived["correlation"])
+        targets = self._derived_targets.get(ui, []) if ui is not None else []
+        found: list[StepMatch] = []
+        skip_ci = -1
+        for ci, si, test, key_of, first_only in targets:
+            if ci == skip_ci or (test is not None and not test(event)):
+                continue
+            if first_only:
+                skip_ci = ci
+            key = key_of(event)
+            if key is not None:
+                found.append((ci, si, key))
+            elif self.observer is not None:
+                self.observer.unkeyed(event, ci, si)
+        return found
+
+    def submit_derived(self, event: Event) -> None:
+        """Accept a derived event routed from another engine (see `derived_sink`): held in the
+        reorder buffer at its position, like a Falco event, but never late and never moving
+        the watermark (C5). The host must not move this engine's watermark past the progress
+        of the correlations it references (C5)."""
+        matches = self.match_derived(event)
+        if not matches:
+            return
+        item = (event.time_ns, event.seq, (matches[0][0], next(self._item_numbers)), event, matches)
+        heapq.heappush(self._buffer, item)
+        if self.track_changes:
+            for ci, _si, key in matches:
+                self._held.setdefault((ci, key), {})[id(item)] = item
+                self._held_changes.setdefault((ci, key), {})[event.seq] = item
+                self.changed.add((ci, key))
+
+    def _derive(
+        self,
+        fresh: list[tuple[int, KeyTuple, dict[str, Any]]],
+        time_ns: int,
+        parent_seq: int | None,
+        out: list[dict[str, Any]],
+    ) -> None:
+        """Build the derived events of `fresh` records and correlate them in position order:
+        siblings by correlation name then key text, each one's own derived events first."""
+        derived = []
+        for ci, key, record in fresh:
+            if ci not in self._derived_targets:
+                continue
+            event = build_derived_event(
+                self.correlations[ci], key, record, time_ns=time_ns, parent_seq=parent_seq
+            )
+            derived.append(event)
+        derived.sort(key=lambda e: e.seq)
+        for event in derived:
+            self.stats.derived += 1
+            if self.derived_sink is not None:
+                self.derived_sink(event)
+                continue
+            matches = self.match_derived(event)
+            if matches:
+                self._correlate(event, matches, out)
+
+    def _fire_absences(
+        self, first: tuple[int, int, int, KeyTuple], out: list[dict[str, Any]]
+    ) -> None:
+        """Every absence due at one deadline, with chains: an absence before the ones that
+        reference it (an `expect` at the deadline still clears, wherever its position), then by
+        name and key; each one's derived event correlated before the next fires."""
+        deadline = first[0]
+        batch = [first]
+        while self._deadlines and self._deadlines[0][0] == deadline:
+            batch.append(heapq.heappop(self._deadlines))
+        corrs = self.correlations
+        batch.sort(key=lambda d: (self._depth[d[2]], corrs[d[2]].name, key_text(d[3])))
+        for _deadline, seq, ci, key in batch:
+            outer, self._fresh = self._fresh, []
+            try:
+                self._fire_absence(ci, key, seq, deadline, out)
+            finally:
+                fresh, self._fresh = self._fresh, outer
+            if fresh:
+                self._derive(fresh, deadline, None, out)
