@@ -33,9 +33,9 @@ from streams.runtime.records import (
     CorrelateBatch,
     EventRecord,
     MatchRef,
-    destination_partition,
     encode_batch,
 )
+from streams.runtime.routing import Router
 
 __all__ = ["DeadLetter", "IngestBatch", "Ingestor", "SourceMessage", "encode_records"]
 
@@ -91,9 +91,12 @@ class Ingestor:
         self.max_future_skew_ns = max_future_skew_ns
         self.max_event_bytes = max_event_bytes
         self._matcher = Engine(ruleset)
-        self._shadow: Engine | None = None if shadow is None else Engine(shadow)
+        self._router = Router(ruleset.correlations, correlate_partitions)
+        self._shadow: Engine | None = None
+        self._shadow_router: Router | None = None
+        if shadow is not None:
+            self.reload_shadow(shadow)
         self._shadow_failed = False  # the shadow matcher's first failure was logged
-        self._routes: dict[tuple[str, KeyTuple], int] = {}
 
     @property
     def ruleset(self) -> Ruleset:
@@ -105,10 +108,12 @@ class Ingestor:
 
     def reload(self, ruleset: Ruleset) -> None:
         self._matcher = Engine(ruleset)
+        self._router = Router(ruleset.correlations, self.correlate_partitions)
 
     def reload_shadow(self, ruleset: Ruleset) -> None:
         """New shadow rules (only when the worker was started with `app.shadow_rules`)."""
         self._shadow = Engine(ruleset)
+        self._shadow_router = Router(ruleset.correlations, self.correlate_partitions)
         self._shadow_failed = False
 
     def _match_shadow(self, shadow: Engine, event: Event, out: IngestBatch) -> list[StepMatch]:
@@ -202,11 +207,12 @@ class Ingestor:
 
         Shadow matches go by the same function of (correlation, key) as live ones: an event
         whose live and shadow keys land on one partition is carried there once."""
-        by_destination = self._destinations(self._matcher, matches)
+        by_destination = self._destinations(self._matcher, self._router, matches)
         shadow_by: dict[int, list[MatchRef]] = {}
         if shadow_matches:
             assert self._shadow is not None
-            shadow_by = self._destinations(self._shadow, shadow_matches)
+            assert self._shadow_router is not None
+            shadow_by = self._destinations(self._shadow, self._shadow_router, shadow_matches)
             for destination in shadow_by:
                 by_destination.setdefault(destination, [])
         for destination, refs in by_destination.items():
@@ -224,21 +230,18 @@ class Ingestor:
             )
             out.sizes.setdefault(destination, []).append(size)
 
-    def _destinations(self, matcher: Engine, matches: list[StepMatch]) -> dict[int, list[MatchRef]]:
+    @staticmethod
+    def _destinations(
+        matcher: Engine, router: Router, matches: list[StepMatch]
+    ) -> dict[int, list[MatchRef]]:
         correlations = matcher.correlations
         grouped: dict[tuple[int, KeyTuple], list[int]] = {}
         for ci, si, key in matches:
             grouped.setdefault((ci, key), []).append(si)
         by_destination: dict[int, list[MatchRef]] = {}
-        routes = self._routes
         for (ci, key), steps in grouped.items():
             name = correlations[ci].name
-            destination = routes.get((name, key))
-            if destination is None:
-                destination = destination_partition(name, key, self.correlate_partitions)
-                if len(routes) > 100_000:
-                    routes.clear()
-                routes[(name, key)] = destination
+            destination = router.destination(name, key)
             by_destination.setdefault(destination, []).append(MatchRef(name, key, tuple(steps)))
         return by_destination
 

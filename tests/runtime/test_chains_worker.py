@@ -1,0 +1,149 @@
+"""Rule language v2 in the worker's stages (without Kafka): correlations of correlations and
+first-seen terms give replay's records for any batching and partitioning, and after a restart
+from the table. A chain component is correlated on one partition (streams/runtime/routing.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from test_partitions import BASE, Pipeline, S, _ids, _messages, _replay
+
+from streams.core.events import format_time
+from streams.core.loader import load_rules
+from streams.runtime.routing import Router, chain_components
+
+RULES_V2 = """
+- correlation: shell
+  type: count
+  by: [container.id]
+  condition: rule = Shell
+  threshold: 2
+  within: 20s
+- correlation: egress
+  type: sequence
+  by: [container.id]
+  within: 30s
+  steps:
+    - {name: shell, condition: rule = Shell}
+    - {name: out, condition: rule = Egress}
+- correlation: node campaign
+  type: distinct
+  by: [hostname]
+  condition: correlation in (shell, egress)
+  field: correlation
+  threshold: 2
+  within: 2m
+- correlation: escalation
+  type: sequence
+  by: [hostname]
+  within: 2m
+  steps:
+    - {name: foothold, condition: correlation = "node campaign"}
+    - {name: then, condition: rule = Egress}
+- correlation: first destination
+  type: new_term
+  by: [container.id]
+  condition: rule = Egress
+  fields: [fd.sip]
+  within: 1h
+  learn: 15s
+- correlation: quiet
+  type: absence
+  by: [hostname]
+  within: 20s
+  trigger: {condition: rule = Beat}
+  expect: {condition: rule = Beat}
+- correlation: silent after shell
+  type: sequence
+  by: [hostname]
+  within: 2m
+  steps:
+    - {name: shell, condition: correlation = shell and status = new}
+    - {name: silent, condition: correlation = quiet}
+- correlation: burst
+  type: count
+  by: [container.id]
+  condition: rule = Read
+  threshold: 3
+  within: 30s
+"""
+
+
+@pytest.fixture(scope="module")
+def ruleset_v2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    path: Path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    path.write_text(RULES_V2)
+    return load_rules([path])
+
+
+def _stream_v2(seed: int, n: int = 400) -> list[bytes]:
+    rng = random.Random(seed)
+    t = BASE
+    lines = []
+    for i in range(n):
+        t += rng.randint(0, 2) * S
+        disorder = rng.randint(0, 2) * S  # below the 3 s lateness
+        payload = {
+            "rule": rng.choice(["Shell", "Egress", "Read", "Noise", "Beat"]),
+            "priority": rng.choice(["Notice", "Warning", "Critical"]),
+            "hostname": rng.choice(["n1", "n2"]),
+            "uuid": f"u{i}",
+            "time": format_time(t - disorder + i),
+            "output_fields": {
+                "container.id": rng.choice(["c1", "c2", "c3", "c4", None]),
+                "fd.sip": f"10.0.0.{rng.randint(1, 6)}",
+            },
+        }
+        lines.append(orjson.dumps(payload))
+    return lines
+
+
+def test_chain_components_group_what_references_what(ruleset_v2: Any) -> None:
+    components = chain_components(ruleset_v2.correlations)
+    assert components == {
+        "shell": "egress",
+        "egress": "egress",
+        "node campaign": "egress",
+        "escalation": "egress",
+        "quiet": "egress",
+        "silent after shell": "egress",
+    }
+    router = Router(ruleset_v2.correlations, 3)
+    assert len({router.destination(name, ("k",)) for name in components}) == 1
+    # outside any chain: by key, as before
+    assert {router.destination("burst", (f"c{i}",)) for i in range(30)} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_chains_and_new_terms_give_replays_records(ruleset_v2: Any, seed: int) -> None:
+    lines = _stream_v2(seed)
+    expected = _replay(ruleset_v2, lines)
+    fired = {i["correlation"] for i in expected}
+    assert fired >= {"node campaign", "first destination", "escalation", "silent after shell"}
+    pipeline = Pipeline(ruleset_v2, {})
+    got: list[dict[str, Any]] = []
+    messages = _messages(lines)
+    for at in range(0, len(messages), 17):
+        got.extend(pipeline.batch(messages[at : at + 17]))
+    got.extend(pipeline.flush())
+    assert _ids(got) == _ids(expected)
+
+
+@pytest.mark.parametrize("cut", [50, 201, 350])
+def test_a_restart_with_chains_and_new_terms_continues_exactly(ruleset_v2: Any, cut: int) -> None:
+    lines = _stream_v2(7)
+    expected = _replay(ruleset_v2, lines)
+    pipeline = Pipeline(ruleset_v2, {})
+    got: list[dict[str, Any]] = []
+    messages = _messages(lines)
+    for at in range(0, cut, 25):
+        got.extend(pipeline.batch(messages[at : min(at + 25, cut)]))
+    pipeline.restart(ruleset_v2)  # only the table survives
+    for at in range(cut, len(messages), 25):
+        got.extend(pipeline.batch(messages[at : at + 25]))
+    got.extend(pipeline.flush())
+    assert _ids(got) == _ids(expected)
