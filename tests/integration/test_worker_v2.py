@@ -1,0 +1,119 @@
+"""Rule language v2 on the real broker: correlations of correlations (derived events) and
+first-seen terms give replay's records, for one worker and for two workers sharing 3 partitions.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka import ConsumerGroupState
+from worker_harness import (
+    MIXED_RULES,
+    WorkerEnv,
+    comparable,
+    group_members,
+    produce_mixed_stream,
+    replay_incidents,
+)
+
+pytestmark = pytest.mark.integration
+
+CHAINS = """
+- correlation: Two chains on a node
+  type: distinct
+  by: [hostname]
+  condition: >
+    correlation in ("Shell then egress", "Sensitive read burst", "Write below etc and shell")
+  field: correlation
+  threshold: 2
+  within: 5s
+  output: "{{ events|length }} chains on {{ key.hostname }}"
+
+- correlation: Silent after an incident
+  type: sequence
+  by: [hostname]
+  within: 5s
+  steps:
+    - name: incident
+      condition: correlation = "Two chains on a node" and status = new
+    - name: silent
+      condition: correlation = "Sensor silent"
+  output: "silent after {{ steps.incident.rule }}"
+
+- correlation: First file read in a container
+  type: new_term
+  by: [container.id]
+  condition: rule in (sensitive_reads)
+  fields: [fd.name]
+  within: 1h
+  learn: 1s
+  suppress: 1s
+"""
+
+
+def test_chains_and_new_terms_equal_replay_for_one_and_two_workers(
+    worker_env: WorkerEnv,
+) -> None:
+    rules = worker_env.rules_file("v2.yaml", MIXED_RULES + CHAINS)
+    shared = worker_env.settings([rules], partitions=3, lateness="2s")
+    single = worker_env.settings([rules], partitions=3, lateness="2s")
+    pair = [worker_env.worker(shared, name="v2-a"), worker_env.worker(shared, name="v2-b")]
+    alone = worker_env.worker(single, name="v2-single")
+    for w in [*pair, alone]:
+        w.start(wait_ready=False)
+    for w in [*pair, alone]:
+        w.wait_ready()
+    groups = {shared.app_id: f"{shared.app_id}-correlate"}
+    deadline = time.monotonic() + 60
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        seen = {group: group_members(worker_env.admin, group) for group in groups}
+        if all(
+            state == ConsumerGroupState.STABLE
+            and len(members) == 2
+            and all(any(t == groups[group] for t, _ in m) for m in members)
+            for group, (state, members) in seen.items()
+        ) and all(w.http_get("/readyz")[0] == 200 for w in pair):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the correlate group of {shared.app_id} not shared by 2 workers: {seen}")
+
+    to_pair = worker_env.producer(shared)
+    to_single = worker_env.producer(single)
+
+    def send_both(event: dict[str, Any]) -> None:
+        to_pair.send(event)
+        to_single.send(event)
+
+    sent = produce_mixed_stream(random.Random(1414), send_both, slots=150)
+    expected = replay_incidents([rules], sent, worker_env.directory, flush=True)
+    fired = {i["correlation"] for i in expected}
+    assert fired >= {
+        "Two chains on a node",
+        "Silent after an incident",
+        "First file read in a container",
+    }, fired
+
+    readers = {
+        "pair": worker_env.reader(shared.topics.incidents),
+        "single": worker_env.reader(single.topics.incidents),
+    }
+    for reader in readers.values():
+        reader.wait_count(len(expected), timeout=30)
+    for reader in readers.values():
+        reader.drain(1.5)
+    key = lambda i: (i["id"], i["count"])  # noqa: E731
+    want = sorted(map(comparable, expected), key=key)
+    for name, reader in readers.items():
+        got = sorted(map(comparable, reader.values()), key=key)
+        assert got == want, (
+            f"{name}: {len(got)} records, replay {len(want)}; only in the worker: "
+            f"{sorted({i['id'] for i in reader.values()} - {i['id'] for i in expected})[:5]}, "
+            f"only in replay: "
+            f"{sorted({i['id'] for i in expected} - {i['id'] for i in reader.values()})[:5]}"
+        )
+    assert all(w.metric_sum("fc_events_late_total") == 0 for w in [*pair, alone])
