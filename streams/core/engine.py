@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -563,9 +563,3 @@ class Engine(ChainRouting):
     @property
     def buffered(self) -> int:
         return len(self._buffer)
-
-    def submit_many(self, events: Iterable[Event]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for event in events:
-            out.extend(self.submit(event))
-        return out

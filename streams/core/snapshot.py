@@ -56,9 +56,15 @@ def held_to_data(item: HeldItem, ci: int | None, key: KeyTuple) -> list[Any]:
 
 
 def entry_from_data(
-    correlations: dict[str, tuple[int, Correlation]], data: dict[str, Any]
+    correlations: dict[str, tuple[int, Correlation]],
+    data: dict[str, Any],
+    dropped: list[str] | None = None,
 ) -> tuple[int, KeyTuple, EngineEntry] | None:
-    """The entry for the current rules, or None when its correlation is gone or changed type."""
+    """The entry for the current rules, or None when its correlation is gone or changed type.
+
+    A partial match that no longer fits its correlation (its shape changed) is left out of the
+    entry (its suppression anchor and redelivery marks are kept) and said in `dropped`, so the
+    caller counts and logs it: restored state is never dropped silently."""
     if data.get("v") != SNAPSHOT_VERSION:
         return None
     found = correlations.get(data["c"])
@@ -70,8 +76,10 @@ def entry_from_data(
     key = tuple(data["k"])
     try:
         state = None if data["st"] is None else _state_from_data(corr, data["st"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError) as exc:
         state = None  # the correlation's shape changed: its partial state cannot carry over
+        if dropped is not None:
+            dropped.append(f"{corr.name}: {exc!r:.120}")
     if state is not None and not isinstance(state, NewTermState):
         state.newest_ns = max((t for t in _event_times(data["st"])), default=0)
     held: list[HeldItem] = []

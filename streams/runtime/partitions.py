@@ -222,10 +222,11 @@ class PartitionCorrelator:
         part = _Partition(engine, progress, applied=applied, applied_written=dict(applied))
         if shadow_state:
             part.deletes.extend(self._stale_shadow_state(partition, shadow_state))
+        dropped: list[str] = []
         for name, data in entries.items():
             items = held.pop(name, {})
             data["held"] = [item for _, (_, item) in sorted(items.items())]
-            entry = entry_from_data(by_name, data)
+            entry = entry_from_data(by_name, data, dropped)
             if entry is None:
                 unreadable += 1
                 continue
@@ -234,10 +235,26 @@ class PartitionCorrelator:
             restored += 1
         for orphans in held.values():  # held events whose entry is gone: drop them
             part.deletes.extend(store_key for store_key, _ in orphans.values())
-        self._recovered(partition, engine, restored, unreadable)
+        self._recovered(partition, engine, restored, unreadable, dropped)
         return part
 
-    def _recovered(self, partition: int, engine: Engine, restored: int, unreadable: int) -> None:
+    def _recovered(
+        self,
+        partition: int,
+        engine: Engine,
+        restored: int,
+        unreadable: int,
+        dropped: list[str] | None = None,
+    ) -> None:
+        if dropped:
+            log.warning(
+                "%s %d: %d restored entries lost their partial match (their correlation changed "
+                "shape), the first: %s",
+                self._label,
+                partition,
+                len(dropped),
+                dropped[0],
+            )
         if unreadable:
             log.warning(
                 "%s %d: %d state entries could not be read for the current rules "

@@ -171,3 +171,21 @@ def test_state_restored_from_a_snapshot_keeps_its_events_packed(chain: Ruleset) 
     state = restored[2].state
     assert isinstance(state, SequenceState)
     assert isinstance(state.candidates[0][0], PackedEvent)
+
+
+def test_a_partial_match_that_no_longer_fits_is_said_not_dropped_silently(chain: Ruleset) -> None:
+    from streams.core.snapshot import entry_from_data, entry_to_data
+
+    source = Engine(chain, lateness_ns=0, track_changes=True)
+    source.submit(event_from_dict(payload("A", 0, **{"container.id": "c1"}), 0))
+    source.advance_to(10**20)
+    entry = source.entry(0, ("c1",))
+    assert entry is not None
+    data = entry_to_data(chain.correlations[0], ("c1",), entry)
+    data["st"] = {"unexpected": "shape"}
+    dropped: list[str] = []
+    restored = entry_from_data({"chain": (0, chain.correlations[0])}, data, dropped)
+    assert restored is not None
+    assert restored[2].state is None
+    assert len(dropped) == 1
+    assert dropped[0].startswith("chain: ")
