@@ -81,7 +81,7 @@ def entry_from_data(
         if dropped is not None:
             dropped.append(f"{corr.name}: {exc!r:.120}")
     if state is not None and not isinstance(state, NewTermState):
-        state.newest_ns = max((t for t in _event_times(data["st"])), default=0)
+        state.newest_ns = max((e.time_ns for e in state.held()), default=0)
     held: list[HeldItem] = []
     for raw_event, steps in data["held"]:
         event = event_from_data(raw_event)
@@ -94,14 +94,3 @@ def entry_from_data(
         anchor = IncidentAnchor(raw_anchor[0], raw_anchor[1], raw_anchor[2], raw_anchor[3])
     sources = {int(p): int(o) for p, o in data["src"].items()}
     return ci, key, EngineEntry(state=state, held=held, anchor=anchor, sources=sources)
-
-
-def _event_times(data: Any) -> list[int]:
-    """Times of every `[payload, time_ns, seq]` inside a state's data."""
-    if isinstance(data, list):
-        if len(data) in (3, 5) and isinstance(data[0], dict) and isinstance(data[1], int):
-            return [data[1]]
-        return [t for item in data for t in _event_times(item)]
-    if isinstance(data, dict):
-        return [t for value in data.values() for t in _event_times(value)]
-    return []
