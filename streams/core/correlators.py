@@ -74,6 +74,34 @@ class KeyState:
         """Every event the state holds, each once (for observers; not on the hot path)."""
         raise NotImplementedError
 
+    # -- what the engine schedules for this type (defaults: no deadline, windows end at the
+    # -- watermark) --------------------------------------------------------------------------
+
+    @classmethod
+    def inert_steps(cls, corr: Correlation) -> frozenset[int]:
+        """Steps whose events leave a new state of `corr` empty and match nothing (the engine
+        does not create a state for them)."""
+        return frozenset()
+
+    @classmethod
+    def deadline(cls, corr: Correlation, event: Event) -> int | None:
+        """When a match on `event` is not an incident yet but a deadline (absence)."""
+        return None
+
+    def deadlines(self, corr: Correlation) -> list[tuple[int, int]]:
+        """(deadline, event seq) of every pending deadline, to schedule again after a restore."""
+        return []
+
+    def take(self, seq: int) -> Event | None:
+        """The event whose deadline passed, if the state still holds it (absence)."""
+        return None
+
+    @classmethod
+    def suppression_horizon(cls, corr: Correlation, watermark_ns: int) -> int:
+        """Anchors of suppression windows ending at or before this can go: a future match ends
+        at or after the watermark."""
+        return watermark_ns
+
 
 class SequenceState(KeyState):
     __slots__ = ("candidates",)
@@ -87,6 +115,11 @@ class SequenceState(KeyState):
     @classmethod
     def for_correlation(cls, corr: Correlation) -> SequenceState:
         return cls(len(corr.steps))
+
+    @classmethod
+    def inert_steps(cls, corr: Correlation) -> frozenset[int]:
+        # the last step: no chain to complete in a new state
+        return frozenset({len(corr.steps) - 1}) if len(corr.steps) > 1 else frozenset()
 
     def to_data(self) -> dict[str, Any]:
         return {"cands": [[event_to_data(e) for e in c] for c in self.candidates]}
@@ -316,6 +349,22 @@ class AbsenceState(KeyState):
     @classmethod
     def for_correlation(cls, corr: Correlation) -> AbsenceState:
         return cls()
+
+    @classmethod
+    def inert_steps(cls, corr: Correlation) -> frozenset[int]:
+        return frozenset({1})  # an `expect` with no trigger to clear
+
+    @classmethod
+    def deadline(cls, corr: Correlation, event: Event) -> int | None:
+        return event.time_ns + corr.within_ns
+
+    def deadlines(self, corr: Correlation) -> list[tuple[int, int]]:
+        return [(trigger.time_ns + corr.within_ns, trigger.seq) for trigger in self.held()]
+
+    @classmethod
+    def suppression_horizon(cls, corr: Correlation, watermark_ns: int) -> int:
+        # its last event is the trigger, up to `within` older than the watermark when it fires
+        return watermark_ns - corr.within_ns
 
     def to_data(self) -> dict[str, Any]:
         return {

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streams.core._chains import ChainRouting
-from streams.core.correlators import AbsenceState, KeyState, Match
+from streams.core.correlators import KeyState, Match
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
 from streams.core.prefilter import KeyReader, StepTarget, step_index
-from streams.core.rules import Correlation, CorrelationType, Ruleset
+from streams.core.rules import Correlation, Ruleset
 from streams.core.state_types import state_type
 
 if TYPE_CHECKING:
@@ -87,13 +87,8 @@ class EngineEntry:
 
 
 def _inert_steps(corr: Correlation) -> frozenset[int]:
-    """Steps whose events leave a new state of `corr` empty and match nothing: a sequence's
-    last step (no chain to complete) and an absence's `expect` (no trigger to clear)."""
-    if corr.type is CorrelationType.SEQUENCE and len(corr.steps) > 1:
-        return frozenset({len(corr.steps) - 1})
-    if corr.type is CorrelationType.ABSENCE:
-        return frozenset({1})
-    return frozenset()
+    """Steps whose events leave a new state of `corr` empty and match nothing (its type says)."""
+    return state_type(corr.type).inert_steps(corr)
 
 
 class Engine(ChainRouting):
@@ -350,8 +345,8 @@ class Engine(ChainRouting):
                     self._evict_oldest(self._states)
                 self._emit(ci, key, match, event.time_ns, out)
                 continue
-            if corr.type is CorrelationType.ABSENCE:
-                deadline = event.time_ns + corr.within_ns
+            deadline = state.deadline(corr, event)
+            if deadline is not None:  # absence: a trigger, not an incident yet
                 heapq.heappush(self._deadlines, (deadline, event.seq, ci, key))
                 if len(self._states) > self.max_state_entries:
                     self._evict_oldest(self._states)
@@ -363,7 +358,7 @@ class Engine(ChainRouting):
         self, ci: int, key: KeyTuple, seq: int, deadline: int, out: list[dict[str, Any]]
     ) -> None:
         state = self._states.get((ci, key))
-        if not isinstance(state, AbsenceState):
+        if state is None:
             return
         trigger = state.take(seq)
         if trigger is None:
@@ -444,10 +439,6 @@ class Engine(ChainRouting):
         self._next_sweep_ns = wm + max(shortest // 2, 1_000_000_000)
         for (ci, key), state in list(self._states.items()):
             corr = self.correlations[ci]
-            if isinstance(state, AbsenceState):
-                if state.size() == 0:
-                    del self._states[(ci, key)]
-                continue
             # Buffered events are at or after the watermark, so windows start after wm - within.
             before = state.size()
             state.expire(wm - corr.within_ns)
@@ -457,9 +448,7 @@ class Engine(ChainRouting):
                 del self._states[(ci, key)]
         for (ci, key), anchor in list(self._anchors.items()):
             corr = self.correlations[ci]
-            # A future match ends at or after the watermark, except an absence: its last event is
-            # the trigger, which can be up to `within` older than the watermark when it fires.
-            horizon = wm - corr.within_ns if corr.type is CorrelationType.ABSENCE else wm
+            horizon = state_type(corr.type).suppression_horizon(corr, wm)
             if corr.suppress_ns is None or anchor.anchor_ns + corr.suppress_ns <= horizon:
                 del self._anchors[(ci, key)]
                 if self.track_changes:
@@ -524,12 +513,8 @@ class Engine(ChainRouting):
             self._states[(ci, key)] = entry.state
             if len(self._states) > self.max_state_entries:
                 self._evict_oldest(self._states)
-            if isinstance(entry.state, AbsenceState):
-                within = self.correlations[ci].within_ns
-                for trigger in [entry.state.pending, *entry.state.due.values()]:
-                    if trigger is not None:
-                        deadline = trigger.time_ns + within
-                        heapq.heappush(self._deadlines, (deadline, trigger.seq, ci, key))
+            for deadline, seq in entry.state.deadlines(self.correlations[ci]):
+                heapq.heappush(self._deadlines, (deadline, seq, ci, key))
         if entry.anchor is not None:
             self._anchors[(ci, key)] = entry.anchor
             if len(self._anchors) > self.max_state_entries:

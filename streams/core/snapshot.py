@@ -15,7 +15,6 @@ from streams.core._event_data import event_from_data, event_to_data
 from streams.core.correlators import KeyState
 from streams.core.engine import EngineEntry, HeldItem, KeyTuple, StepMatch
 from streams.core.incidents import IncidentAnchor
-from streams.core.new_term import NewTermState
 from streams.core.rules import Correlation
 from streams.core.state_types import state_type
 
@@ -80,8 +79,8 @@ def entry_from_data(
         state = None  # the correlation's shape changed: its partial state cannot carry over
         if dropped is not None:
             dropped.append(f"{corr.name}: {exc!r:.120}")
-    if state is not None and not isinstance(state, NewTermState):
-        state.newest_ns = max((e.time_ns for e in state.held()), default=0)
+    if state is not None:  # a type that keeps times, not events (new_term), restores its own
+        state.newest_ns = max(state.newest_ns, *(e.time_ns for e in state.held()), 0)
     held: list[HeldItem] = []
     for raw_event, steps in data["held"]:
         event = event_from_data(raw_event)

@@ -3,8 +3,9 @@
 Each class owns its behaviour (streams/core/correlators.py, streams/core/new_term.py): creation
 from its correlation (`for_correlation`), events in (`on_event`), what it keeps (`size`,
 `expire`, `held`), whether a match consumes it (`consumes`), and its serialisation (`to_data`,
-`from_data`). The engine and the snapshot code ask the registry, not the type. (Absence
-deadlines and the suppression horizon of absences are still scheduled by the engine.)
+`from_data`), and what the engine schedules for it (`inert_steps`, `deadline`/`deadlines`/`take`
+for absences, `suppression_horizon`). The engine and the snapshot code ask the state or the
+registry, never which type they hold: adding a type is one module plus one line here.
 """
 
 from __future__ import annotations
