@@ -22,7 +22,7 @@ from streams.core._chains import ChainRouting
 from streams.core.correlators import KeyState, Match
 from streams.core.events import Event
 from streams.core.incidents import IncidentAnchor, build_incident, incident_id
-from streams.core.prefilter import KeyReader, StepTarget, step_index
+from streams.core.matcher import KeyTuple, Matcher, StepMatch
 from streams.core.rules import Correlation, Ruleset
 from streams.core.state_types import state_type
 
@@ -52,8 +52,6 @@ PACK_STATE_ABOVE = 10_000
 _NEG_INF = -(2**63)
 _POS_INF = 2**63
 
-KeyTuple = tuple[Any, ...]
-StepMatch = tuple[int, int, KeyTuple]  # (correlation index, step index, key values)
 # A buffered event: (time, arrival, (first correlation index, unique number), event, matches).
 # The third element orders the items of one event restored per key as the original item was
 # correlated (by correlation index) and keeps the heap from ever comparing events.
@@ -126,7 +124,7 @@ class Engine(ChainRouting):
         ] = []  # (deadline, trigger seq, ci, key)
         self._states: dict[tuple[int, KeyTuple], KeyState] = {}
         self._anchors: dict[tuple[int, KeyTuple], IncidentAnchor] = {}
-        self._by_rule, self._any_rule = self._index()
+        self.matcher = Matcher(ruleset)
         self._inert = [_inert_steps(corr) for corr in self.correlations]
         self._state_types = [state_type(corr.type) for corr in self.correlations]
         self._next_sweep_ns = _NEG_INF
@@ -146,29 +144,9 @@ class Engine(ChainRouting):
 
     # -- matching --------------------------------------------------------------------------
 
-    def _index(self) -> tuple[dict[str, list[StepTarget]], list[StepTarget]]:
-        """Steps by the Falco rule names they can match, so an event meets only those, each
-        with its condition specialised for that name (streams/core/prefilter.py)."""
-        return step_index(self.correlations)
-
     def match(self, event: Event) -> list[StepMatch]:
-        """Every (correlation, step, key) the event takes part in."""
-        found: list[StepMatch] = []
-        skip_ci = -1
-        last_reader: KeyReader | None = None
-        key: KeyTuple | None = None
-        for ci, si, test, key_of, first_only in self._by_rule.get(event.rule, self._any_rule):
-            if ci == skip_ci or (test is not None and not test(event)):
-                continue
-            if first_only:
-                skip_ci = ci  # `all`: an event belongs to the first step it matches only
-            if key_of is not last_reader:  # steps with the same `by` share their reader
-                last_reader, key = key_of, key_of(event)
-            if key is not None:
-                found.append((ci, si, key))
-            elif self.observer is not None:
-                self.observer.unkeyed(event, ci, si)
-        return found
+        """Every (correlation, step, key) the event takes part in (`Matcher`)."""
+        return self.matcher.match(event, self.observer)
 
     # -- input -----------------------------------------------------------------------------
 

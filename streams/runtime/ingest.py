@@ -25,8 +25,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streams.core.engine import Engine, KeyTuple, StepMatch
+from streams.core.engine import KeyTuple, StepMatch
 from streams.core.events import MAX_EVENT_BYTES, Event, event_from_bytes, too_far_ahead
+from streams.core.matcher import Matcher
 from streams.core.rules import Ruleset
 from streams.errors import EventError
 from streams.runtime.records import (
@@ -90,9 +91,9 @@ class Ingestor:
         self.correlate_partitions = correlate_partitions
         self.max_future_skew_ns = max_future_skew_ns
         self.max_event_bytes = max_event_bytes
-        self._matcher = Engine(ruleset)
+        self._matcher = Matcher(ruleset)
         self._router = Router(ruleset.correlations, correlate_partitions)
-        self._shadow: Engine | None = None
+        self._shadow: Matcher | None = None
         self._shadow_router: Router | None = None
         if shadow is not None:
             self.reload_shadow(shadow)
@@ -107,16 +108,16 @@ class Ingestor:
         return None if self._shadow is None else self._shadow.ruleset
 
     def reload(self, ruleset: Ruleset) -> None:
-        self._matcher = Engine(ruleset)
+        self._matcher = Matcher(ruleset)
         self._router = Router(ruleset.correlations, self.correlate_partitions)
 
     def reload_shadow(self, ruleset: Ruleset) -> None:
         """New shadow rules (only when the worker was started with `app.shadow_rules`)."""
-        self._shadow = Engine(ruleset)
+        self._shadow = Matcher(ruleset)
         self._shadow_router = Router(ruleset.correlations, self.correlate_partitions)
         self._shadow_failed = False
 
-    def _match_shadow(self, shadow: Engine, event: Event, out: IngestBatch) -> list[StepMatch]:
+    def _match_shadow(self, shadow: Matcher, event: Event, out: IngestBatch) -> list[StepMatch]:
         try:
             return shadow.match(event)
         except Exception as exc:  # a defect of the shadow rules must not touch the live ones
@@ -232,7 +233,7 @@ class Ingestor:
 
     @staticmethod
     def _destinations(
-        matcher: Engine, router: Router, matches: list[StepMatch]
+        matcher: Matcher, router: Router, matches: list[StepMatch]
     ) -> dict[int, list[MatchRef]]:
         correlations = matcher.correlations
         grouped: dict[tuple[int, KeyTuple], list[int]] = {}

@@ -288,8 +288,8 @@ def _disable_index(feed: Feed) -> None:
         for ci, corr in enumerate(engine.correlations)
         for si, step in enumerate(corr.steps)
     ]
-    engine._by_rule = {}  # the index and the prefilters are what this property is about
-    engine._any_rule = every
+    engine.matcher._by_rule = {}  # the index and the prefilters are what this property is about
+    engine.matcher._any_rule = every
 
 
 PROPERTY = settings(

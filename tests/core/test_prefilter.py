@@ -315,11 +315,11 @@ RULES = """\
 
 def test_the_index_leaves_out_steps_that_are_false_for_a_rule(tmp_path: Path) -> None:
     engine = Engine(load(tmp_path, RULES))
-    pool = [(ci, si) for ci, si, *_ in engine._by_rule["Outbound to pool"]]
+    pool = [(ci, si) for ci, si, *_ in engine.matcher._by_rule["Outbound to pool"]]
     assert pool == [(0, 1), (1, 0)]  # the miner step cannot match a pool connection
-    other = [(ci, si, test is None) for ci, si, test, *_ in engine._any_rule]
+    other = [(ci, si, test is None) for ci, si, test, *_ in engine.matcher._any_rule]
     assert other == [(0, 0, False), (1, 0, False)]
-    miner = [(ci, si, test is None) for ci, si, test, *_ in engine._by_rule["Miner binary"]]
+    miner = [(ci, si, test is None) for ci, si, test, *_ in engine.matcher._by_rule["Miner binary"]]
     assert miner == [(0, 0, True), (1, 0, False)]  # no test left: the rule name decides
 
 
