@@ -504,9 +504,11 @@ def build_app(
         on_assigned=on_assigned,
     )
     if config.notifiers:  # notify stage: its own consumer group (streams/runtime/notify.py)
-        from streams.runtime.notify import install_notify
+        from streams.runtime.notify_wiring import NotifyService, build_notify_stage
 
-        install_notify(worker)
+        stage = build_notify_stage(config, registry=metrics.registry)
+        app.add_dependency(NotifyService(stage))
+        worker.ready["notify"] = stage
     return worker
 
 

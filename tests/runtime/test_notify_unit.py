@@ -13,16 +13,11 @@ from streams.errors import ConfigError
 from streams.notifiers import DeliveryFailure
 from streams.runtime.app import build_app
 from streams.runtime.config import AppConfig, StoreKind, WorkerConfig, load_config
+from streams.runtime.dead_letter import NOTIFIER_HEADER, dead_letter_message, dead_letter_record
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.notify import (
-    NOTIFIER_HEADER,
-    NotifySettings,
-    OffsetTracker,
-    dead_letter_message,
-    dead_letter_record,
-    load_notify_parts,
-    parse_notify_settings,
-)
+from streams.runtime.notify_settings import NotifySettings, parse_notify_settings
+from streams.runtime.notify_wiring import load_notify_parts
+from streams.runtime.offsets import OffsetTracker
 
 RULES = Path(__file__).parents[2] / "rules"
 
