@@ -245,3 +245,17 @@ def test_the_assembled_worker_reports_a_bad_notifier_at_start() -> None:
     config = _worker_config(notifiers=[{"name": "x", "type": "pager"}])
     with pytest.raises(ConfigError, match=r"notifiers\[0\]\.type: unknown type 'pager'"):
         assemble_worker(config, load_rules([str(RULES)]))
+
+
+def test_each_notifier_declares_whether_it_needs_the_thread_store() -> None:
+    bot = {"name": "bot", "type": "slack", "slack": {"token": "xoxb-1", "channel": "#sec"}}
+    hook = {"name": "hook", "type": "slack", "slack": {"webhook_url": "https://hooks.example/x"}}
+    config = WorkerConfig(notifiers=[WEBHOOK, hook, bot])
+    _, notifiers, store = load_notify_parts(config, registry=CollectorRegistry())
+
+    assert {n.name: n.needs_thread_store for n in notifiers} == {
+        "soar": False,
+        "hook": False,
+        "bot": True,
+    }
+    assert store is not None
