@@ -250,7 +250,8 @@ def install_trace() -> None:
 def inproc_worker(config_path: str) -> int:
     """The worker in this process: FC_BENCH_PROFILE=<file> profiles it with cProfile,
     FC_BENCH_TRACE=1 times its stalls, FC_BENCH_APP=<file.py> swaps in a prototype build_app
-    (a copy of streams/runtime/app.py kept outside the repo)."""
+    (a copy of streams/runtime/app.py kept outside the repo: `build_app(parts: WorkerParts)`,
+    called by streams/runtime/assembly.py)."""
     import streams.runtime.app as app_module
     from streams.runtime.cli import run_worker
 

@@ -27,7 +27,8 @@ __all__ = [
 
 
 class ThreadStore(Protocol):
-    """Incident id -> the Slack `ts` of its first message. The worker backs it with a table."""
+    """Incident id -> the Slack `ts` of its first message. The worker backs it with a topic
+    (streams/runtime/slack_threads.py) when a notifier `needs_thread_store`."""
 
     def get(self, key: str) -> str | None: ...
 
@@ -95,6 +96,12 @@ class Notifier(Protocol):
 
     name: str
     route: Route
+
+    @property
+    def needs_thread_store(self) -> bool:
+        """Whether it keeps state in `NotifierContext.thread_store`: the worker then backs the
+        store with a topic and runs it with the notify stage (else no store is started)."""
+        ...
 
     async def send(self, incident: Incident) -> DeliveryResult: ...
 

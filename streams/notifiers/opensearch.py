@@ -162,6 +162,7 @@ class SearchIndexNotifier:
     """Indexes incident records into OpenSearch or Elasticsearch (same API for both)."""
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy(concurrency=256)
+    needs_thread_store = False
 
     def __init__(self, spec: NotifierSpec[SearchConfig], context: NotifierContext) -> None:
         self.name = spec.name

@@ -310,6 +310,11 @@ class SlackNotifier:
         self.deliverer = context.deliverer(spec, secrets)
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def needs_thread_store(self) -> bool:
+        """In bot mode updates go to the incident's thread: its `ts` is kept in the store."""
+        return self.config.mode == "bot"
+
     @classmethod
     def parse_options(cls, fields: Fields) -> SlackConfig:
         return _parse_config(fields)

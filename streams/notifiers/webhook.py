@@ -187,6 +187,7 @@ class WebhookNotifier:
     """Sends each incident record as one HTTP request to a configured URL."""
 
     default_policy: ClassVar[DeliveryPolicy] = DeliveryPolicy()
+    needs_thread_store = False
 
     def __init__(self, spec: NotifierSpec[WebhookConfig], context: NotifierContext) -> None:
         self.name = spec.name

@@ -1,6 +1,8 @@
-"""The Faust application: the correlate agent, the ingest service, health and web endpoints.
+"""The Faust application: the correlate agent, the ingest service, the timers and signals.
 
-The only module that builds the Faust app. Design notes (docs/worker.md):
+The only module that builds the Faust app, around parts made from the configuration by
+streams/runtime/assembly.py (which also adds the notify stage); the health checks and web pages
+are streams/runtime/worker_health.py. Design notes (docs/worker.md):
 
 - The hot path does not go through Faust's per-message stream: `IngestService`
   (streams/runtime/ingest_service.py) reads the events topic in batches with confluent-kafka and
@@ -17,14 +19,11 @@ The only module that builds the Faust app. Design notes (docs/worker.md):
   (namespaced entries in the same table) and the same progress; their incidents go to
   `<incidents>-shadow` only: no enrichment, no notifier. A failure of the shadow rules is counted
   (`fc_shadow_errors_total`), logged once per ruleset, and never stops or changes the live rules.
-- `/healthz` fails when the stall watchdog finds a stalled partition, when partitions stay
-  unowned, or when the ingest service died; `/readyz` answers 503 while recovering, rebalancing,
-  before the ingest consumer joined its group, or while a partition is unowned.
+- `/healthz` and `/readyz`: streams/runtime/worker_health.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
@@ -32,46 +31,43 @@ from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import mode
-import orjson
 from faust.streams import _current_event
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.core.rules import Ruleset
 from streams.enrich import EnrichmentPipeline
 from streams.runtime.config import StoreKind, WorkerConfig
-from streams.runtime.health import (
-    Ownership,
-    RecoveryWatchdog,
-    StallWatchdog,
-    describe_group_assignments,
-    describe_tasks,
-    unowned_partitions,
-)
+from streams.runtime.correlate_step import CorrelateStep
+from streams.runtime.health import Ownership, RecoveryWatchdog, StallWatchdog
 from streams.runtime.ingest import Ingestor
-from streams.runtime.ingest_service import IngestService, ingest_group
-from streams.runtime.kafka_options import aiokafka_options, faust_broker_credentials
-from streams.runtime.metrics import LIVE, SHADOW, WorkerMetrics
-from streams.runtime.partitions import BatchOutcome, PartitionCorrelator, ShadowCorrelator
-from streams.runtime.records import (
-    RecordError,
-    decode_batch,
-    shadow_incidents_topic,
+from streams.runtime.ingest_service import IngestService
+from streams.runtime.kafka_options import faust_broker_credentials
+from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.partitions import (
+    PartitionCorrelator,
+    ShadowCorrelator,
+    StateStore,
 )
 from streams.runtime.state import MAX_MESSAGE_BYTES, ChangelogStore, OutputProducer
+from streams.runtime.worker_health import check_health, check_ownership, install_pages
+
+if TYPE_CHECKING:
+    from streams.runtime.notify import NotifyStage
 
 __all__ = [
     "TABLE_NAME",
+    "Correlators",
+    "FaustHandles",
     "WorkerApp",
+    "WorkerParts",
     "build_app",
     "changelog_topic_name",
     "correlate_topic_name",
     "faust_data_dir",
     "internal_topics",
-    "set_ruleset_metric",
 ]
 
 TABLE_NAME = "correlation-state"
@@ -110,6 +106,36 @@ def internal_topics(app_id: str, partitions: int) -> dict[str, tuple[int, dict[s
     }
 
 
+Correlators = tuple[PartitionCorrelator, ShadowCorrelator | None]
+
+
+@dataclass(frozen=True)
+class WorkerParts:
+    """What the Faust app is built around, made from the configuration by
+    streams/runtime/assembly.py. The correlators keep their state in the app's table, so they
+    are made here from the store over it (`correlators(store)`: the live one and, with shadow
+    rules, the shadow one)."""
+
+    config: WorkerConfig
+    ingestor: Ingestor
+    correlators: Callable[[StateStore], Correlators]
+    metrics: WorkerMetrics
+    enrichment: EnrichmentPipeline
+    wall_clock: Callable[[], int] = time.time_ns
+
+
+@dataclass
+class FaustHandles:
+    """What Faust's decorators returned (agents, timers, signal receivers): kept referenced."""
+
+    correlate: Any
+    health: Any
+    ownership: Any
+    on_revoked: Any
+    on_assigned: Any
+    rule_watch: tuple[Any, ...] = ()  # the SIGHUP task and the file-watch timer (cli.py)
+
+
 @dataclass
 class WorkerApp:
     """The Faust app and the stages it drives (exposed for reloads, health and tests)."""
@@ -120,16 +146,17 @@ class WorkerApp:
     correlator: PartitionCorrelator
     metrics: WorkerMetrics
     ingest: IngestService
-    ready: dict[str, Any] = field(default_factory=dict)
+    output: OutputProducer
+    correlate_topic: str
+    watchdog: StallWatchdog
+    recovery_watchdog: RecoveryWatchdog
     enrichment: EnrichmentPipeline = field(default_factory=EnrichmentPipeline)
+    shadow: ShadowCorrelator | None = None  # the shadow rules' correlate stage, if any
+    notify: NotifyStage | None = None  # the notify stage, with `notifiers:` (assembly.py)
+    handles: FaustHandles | None = None
     processed: dict[int, int] = field(default_factory=dict)  # correlate partition -> next offset
-    watchdog: StallWatchdog | None = None
-    recovery_watchdog: RecoveryWatchdog = field(
-        default_factory=lambda: RecoveryWatchdog(stall_timeout_ns=60 * 10**9)
-    )
     ownership: Ownership = field(default_factory=Ownership)
     correlate_waiting_on: str = "starting"
-    shadow: ShadowCorrelator | None = None  # the shadow rules' correlate stage, if any
 
     def reload(self, ruleset: Ruleset) -> None:
         self.ingestor.reload(ruleset)
@@ -161,25 +188,16 @@ class _IngestRunner(mode.Service):
         await self.service.stop()
 
 
-def build_app(
-    config: WorkerConfig,
-    ruleset: Ruleset,
-    *,
-    metrics: WorkerMetrics | None = None,
-    wall_clock: Callable[[], int] = time.time_ns,
-    enrichment: EnrichmentPipeline | None = None,
-    shadow: Ruleset | None = None,
-) -> WorkerApp:
+def _faust_app(config: WorkerConfig) -> faust.App:
     cfg_app, topics = config.app, config.topics
-    partitions = topics.partitions
     store = "rocksdb://" if cfg_app.store is StoreKind.ROCKSDB else "memory://"
-    app = faust.App(
+    return faust.App(
         cfg_app.id,
         broker=[f"kafka://{server}" for server in config.kafka.bootstrap_servers.split(",")],
         broker_credentials=faust_broker_credentials(config.kafka),
         store=store,
         datadir=str(faust_data_dir(config)),
-        topic_partitions=partitions,
+        topic_partitions=topics.partitions,
         topic_replication_factor=topics.replication_factor,
         key_serializer="raw",
         value_serializer="raw",
@@ -199,7 +217,15 @@ def build_app(
         broker_heartbeat_interval=min(3.0, cfg_app.session_timeout_ns / 3e9),
         producer_linger_ms=5,
     )
-    metrics = metrics or WorkerMetrics.create()
+
+
+def build_app(parts: WorkerParts) -> WorkerApp:
+    """The Faust app around `parts`: the correlate topic, table and agent, the ingest service,
+    the health timers and pages. The worker is assembled by streams/runtime/assembly.py."""
+    config, metrics, wall_clock = parts.config, parts.metrics, parts.wall_clock
+    cfg_app, topics = config.app, config.topics
+    partitions = topics.partitions
+    app = _faust_app(config)
     correlate_name = correlate_topic_name(cfg_app.id)
     correlate_topic = app.topic(
         correlate_name,
@@ -212,29 +238,7 @@ def build_app(
     table = app.Table(TABLE_NAME, partitions=partitions, key_type=bytes, value_type=bytes)
     output = OutputProducer(config)
     state_store = ChangelogStore(table, changelog_topic_name(cfg_app.id), output)
-    ingestor = Ingestor(
-        ruleset,
-        partitions,
-        max_future_skew_ns=cfg_app.max_future_skew_ns,
-        max_event_bytes=cfg_app.max_event_bytes,
-        shadow=shadow,
-    )
-
-    def correlator_for(rules: Ruleset, *, is_shadow: bool) -> PartitionCorrelator:
-        return PartitionCorrelator(
-            rules,
-            state_store,
-            lateness_ns=cfg_app.lateness_ns,
-            max_pending=cfg_app.max_pending_per_key,
-            # the global bound is per process: split over the correlate partitions it may own
-            max_state_entries=max(1, cfg_app.max_state_entries // partitions),
-            wall_clock=wall_clock,
-            shadow=is_shadow,
-            discard_shadow_state=shadow is None,
-        )
-
-    correlator = correlator_for(ruleset, is_shadow=False)
-    shadow_topic = shadow_incidents_topic(topics.incidents)
+    correlator, shadow_correlator = parts.correlators(state_store)
     processed: dict[int, int] = {}
 
     def fatal(exc: BaseException) -> None:
@@ -242,7 +246,7 @@ def build_app(
 
     service = IngestService(
         config,
-        ingestor,
+        parts.ingestor,
         metrics,
         correlate_topic=correlate_name,
         faust_group=cfg_app.id,
@@ -254,23 +258,25 @@ def build_app(
     )
     runner = _IngestRunner(service)
     app.add_dependency(runner)
-    worker = WorkerApp(app, config, ingestor, correlator, metrics, service, processed=processed)
-    metrics.register_series(shadow=False)
-    shadow_correlator = None
-    if shadow is not None:
-        shadow_correlator = worker.shadow = ShadowCorrelator(
-            correlator_for(shadow, is_shadow=True),
-            on_error=metrics.shadow_errors.labels("correlate").inc,
-        )
-        metrics.register_series(shadow=True)
-        set_ruleset_metric(metrics, shadow, shadow=True)
-    worker.watchdog = StallWatchdog(
-        cfg_app.stall_timeout_ns, fresh_within_ns=3 * cfg_app.tick_interval_ns + 10 * 10**9
+    worker = WorkerApp(
+        app,
+        config,
+        parts.ingestor,
+        correlator,
+        metrics,
+        service,
+        output,
+        correlate_name,
+        watchdog=StallWatchdog(
+            cfg_app.stall_timeout_ns, fresh_within_ns=3 * cfg_app.tick_interval_ns + 10 * 10**9
+        ),
+        recovery_watchdog=RecoveryWatchdog(cfg_app.stall_timeout_ns),
+        enrichment=parts.enrichment,
+        shadow=shadow_correlator,
+        processed=processed,
     )
-    worker.recovery_watchdog = RecoveryWatchdog(cfg_app.stall_timeout_ns)
-    if enrichment is not None:
-        worker.enrichment = enrichment
-    set_ruleset_metric(metrics, ruleset)
+
+    step = CorrelateStep(worker, wall_clock)
 
     @app.agent(correlate_topic, name="correlate", concurrency=1)
     async def correlate(stream: Any) -> None:
@@ -282,7 +288,7 @@ def build_app(
             for event in events:
                 message = event.message
                 try:
-                    incidents.extend(_correlate_record(event, shadow_incidents))
+                    incidents.extend(step.record(event, shadow_incidents))
                 except Exception as exc:
                     # a defect, not bad input (records are ours and decoded above): say where,
                     # count it and go on — a dead agent would stall every partition silently
@@ -306,9 +312,9 @@ def build_app(
                 processed[partition] = event.message.offset + 1
             if incidents:
                 worker.correlate_waiting_on = "enrichment of incidents"
-                await _emit(incidents)
+                await step.emit(incidents)
             if shadow_incidents:
-                _emit_shadow(shadow_incidents)
+                step.emit_shadow(shadow_incidents)
             metrics.stage_seconds.labels("correlate").observe(time.perf_counter() - started)
             worker.correlate_waiting_on = f"next record of {correlate_name} (Faust stream)"
 
@@ -320,127 +326,13 @@ def build_app(
 
     _flush_before_commits(app, flush_outputs)
 
-    def _correlate_record(event: Any, shadow_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        message = event.message
-        partition, offset = message.partition, message.offset
-        worker.correlate_waiting_on = f"processing {correlate_name}/{partition}@{offset}"
-        try:
-            batch = decode_batch(message.key, message.value)
-        except RecordError as exc:
-            metrics.records_invalid.inc()
-            log.error(
-                "skipped correlate record %s/%d/%d: %s", correlate_name, partition, offset, exc
-            )
-            return []
-        outcome = worker.correlator.on_batch(partition, offset, batch, persist=False)
-        if outcome.events:
-            metrics.batch_size.labels("correlate").observe(outcome.events)
-        if outcome.produced_ms:
-            now_s = wall_clock() / 1e9
-            for produced in outcome.produced_ms:
-                metrics.latency.observe(max(now_s - produced / 1000, 0.0))
-        _count(partition, outcome, LIVE)
-        if outcome.late and outcome.first_late is not None:
-            source_partition, source_offset, time_ns, watermark = outcome.first_late
-            log.warning(
-                "%d late event(s) in %s/%d/%d, the first from %s/%d/%d: %.3f s behind "
-                "the watermark",
-                outcome.late,
-                correlate_name,
-                partition,
-                offset,
-                topics.events,
-                source_partition,
-                source_offset,
-                (watermark - time_ns) / 1e9,
-            )
-        if shadow_correlator is not None:  # after the live rules, isolated from them
-            shadow_outcome = shadow_correlator.on_batch(partition, offset, batch)
-            if shadow_outcome is not None:
-                _count(partition, shadow_outcome, SHADOW)
-                shadow_out.extend(shadow_outcome.incidents)
-        return outcome.incidents
-
-    def _count(partition: int, outcome: BatchOutcome, shadow_label: str) -> None:
-        if outcome.events:
-            metrics.records.labels(str(partition), shadow_label).inc(outcome.events)
-        if outcome.late:
-            metrics.late.labels("correlate", shadow_label).inc(outcome.late)
-        if outcome.duplicates:
-            metrics.duplicates.labels(shadow_label).inc(outcome.duplicates)
-
-    async def _emit(incidents: list[dict[str, Any]]) -> None:
-        # enrichment of a batch's incidents runs concurrently, each bounded by the deadline
-        await asyncio.gather(*(worker.enrichment.enrich(incident) for incident in incidents))
-        for incident in incidents:
-            _count_incident(incident, LIVE)
-            output.produce(
-                topics.incidents,
-                incident["id"].encode(),
-                orjson.dumps(incident),
-                -1,
-                changelog=False,
-            )
-            log.info(
-                "incident %s %s %s key=%s count=%d",
-                incident["id"],
-                incident["status"],
-                incident["correlation"],
-                incident["key"],
-                incident["count"],
-            )
-
-    def _count_incident(incident: dict[str, Any], shadow_label: str) -> None:
-        metrics.incidents.labels(
-            incident["correlation"],
-            incident["status"],
-            str(incident.get("severity")),
-            shadow_label,
-        ).inc()
-        metrics.matches.labels(incident["correlation"], shadow_label).inc()
-
-    def _emit_shadow(incidents: list[dict[str, Any]]) -> None:
-        """The shadow rules' incidents: to `<incidents>-shadow` only, as `replay` gives them
-        (no enrichment: enrichers call external services; no notifier reads this topic)."""
-        for incident in incidents:
-            _count_incident(incident, SHADOW)
-            output.produce(
-                shadow_topic, incident["id"].encode(), orjson.dumps(incident), -1, changelog=False
-            )
-            log.info(
-                "shadow incident %s %s %s key=%s count=%d",
-                incident["id"],
-                incident["status"],
-                incident["correlation"],
-                incident["key"],
-                incident["count"],
-            )
-
     @app.timer(interval=cfg_app.tick_interval_ns / 1e9, name="health")
     async def health() -> None:
-        now = wall_clock()
-        _update_gauges(worker, now)
-        _raise_counter(metrics.refused, output.refused, worker.ready, "refused")
-        checked = {f"{topics.events}/{p}": h for p, h in service.source_health.items()}
-        checked.update({f"{correlate_name}/{p}": h for p, h in service.correlate_health.items()})
-        assert worker.watchdog is not None
-        worker.watchdog.check(checked, now, lambda: describe_tasks(_waiting_on(worker)))
-        metrics.stalled.set(len(worker.watchdog.stalled))
-        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-        restart = worker.recovery_watchdog.check(
-            _recovering(app),
-            (app.consumer_generation_id, tuple(sorted(recovery.active_offsets.items()))),
-            now,
-            lambda: _recovery_context(app) + "\n" + describe_tasks(_waiting_on(worker)),
-        )
-        if restart and recovery.in_recovery:
-            # Faust's own path for "another rebalance started": the recovery loop starts over
-            # (flush, high-water marks, seek, resume fetching) for the same assignment.
-            recovery.signal_recovery_start.set()
+        check_health(worker, wall_clock())
 
     @app.timer(interval=5.0, name="ownership")
     async def ownership() -> None:
-        await _check_ownership(worker, correlate_name)
+        await check_ownership(worker)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -460,75 +352,12 @@ def build_app(
         mine = sorted(tp.partition for tp in assigned if tp.topic == correlate_name)
         log.info("correlate partitions assigned: %s", mine)
         _forget_read_offsets(app)
-        app.loop.create_task(_check_ownership(worker, correlate_name, delay=2.0))
+        app.loop.create_task(check_ownership(worker, delay=2.0))
 
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        problems = _health_problems(worker, wall_clock())
-        if problems:
-            return web.json({"status": "unhealthy", "problems": problems}, status=503)
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        if _recovering(app):
-            return web.json({"status": "recovering or rebalancing"}, status=503)
-        if not service.joined.is_set():
-            return web.json({"status": "ingest consumer not in its group yet"}, status=503)
-        if worker.ownership.unowned:
-            return web.json(
-                {
-                    "status": "partitions not owned by any worker",
-                    "partitions": worker.ownership.unowned,
-                },
-                status=503,
-            )
-        body = {"status": "ready", "ruleset": worker.ingestor.ruleset.digest}
-        shadow_rules = worker.ingestor.shadow_ruleset
-        if shadow_rules is not None:
-            body["shadow_ruleset"] = shadow_rules.digest
-        return web.json(body)
-
-    @app.page("/metrics")
-    async def prometheus(web: Any, request: Any) -> Any:
-        # aiohttp wants the charset apart from the content type
-        content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return web.bytes(generate_latest(metrics.registry), content_type=content_type)
-
+    install_pages(worker, wall_clock)
     # keep references so Faust's decorators' results are not garbage collected or unused
-    worker.ready.update(
-        correlate=correlate,
-        health=health,
-        ownership=ownership,
-        on_revoked=on_revoked,
-        on_assigned=on_assigned,
-    )
-    if config.notifiers:  # notify stage: its own consumer group (streams/runtime/notify.py)
-        from streams.runtime.notify import install_notify
-
-        install_notify(worker)
+    worker.handles = FaustHandles(correlate, health, ownership, on_revoked, on_assigned)
     return worker
-
-
-def _waiting_on(worker: WorkerApp) -> dict[str, str]:
-    return {
-        "ingest": worker.ingest.waiting_on,
-        "correlate agent": worker.correlate_waiting_on,
-    }
-
-
-def _recovering(app: faust.App) -> bool:
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    return bool(app.rebalancing or recovery.in_recovery or not recovery.completed.is_set())
-
-
-def _recovery_context(app: faust.App) -> str:
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    return (
-        f"recovery: in_recovery={recovery.in_recovery} "
-        f"completed={recovery.completed.is_set()} rebalancing={app.rebalancing} "
-        f"offsets={dict(recovery.active_offsets)} highwaters={dict(recovery.active_highwaters)}"
-    )
 
 
 def _forget_read_offsets(app: faust.App) -> None:
@@ -547,62 +376,6 @@ def _forget_read_offsets(app: faust.App) -> None:
     changelogs = app.tables.changelog_topics
     for tp in [tp for tp in read_offsets if tp.topic in changelogs]:
         read_offsets.pop(tp, None)
-
-
-def _health_problems(worker: WorkerApp, now_ns: int) -> list[str]:
-    problems = []
-    if worker.recovery_watchdog.stuck:
-        problems.append(
-            "table recovery or rebalance made no progress for "
-            f"{worker.recovery_watchdog.stuck_for_ns / 1e9:.0f} s"
-        )
-    if worker.ingest.failed is not None:
-        problems.append(f"ingest stopped: {worker.ingest.failed!r:.200}")
-    if worker.watchdog is not None and worker.watchdog.stalled:
-        problems.append("stalled partitions: " + ", ".join(worker.watchdog.stalled))
-    own = worker.ownership
-    if own.unowned and now_ns - own.since_ns >= worker.config.app.stall_timeout_ns:
-        problems.append("unowned partitions: " + ", ".join(own.unowned))
-    return problems
-
-
-async def _check_ownership(worker: WorkerApp, correlate_name: str, *, delay: float = 0) -> None:
-    """Every partition of the events topic owned in the ingest group, and every correlate
-    partition in the Faust group; readiness fails (and the log says so) while one is not."""
-    if delay:
-        await asyncio.sleep(delay)
-    service = worker.ingest
-    if service.admin is None or not service.joined.is_set():
-        return
-    app_id = worker.config.app.id
-    source_count = service.source_partitions
-    try:
-        members = await describe_group_assignments(
-            aiokafka_options(worker.config), [ingest_group(app_id), app_id]
-        )
-    except Exception as exc:  # a broker outage: keep the last verdict
-        log.warning("cannot describe the consumer groups: %r", exc)
-        return
-    unowned = unowned_partitions(
-        {worker.config.topics.events: source_count}, members[ingest_group(app_id)]
-    )
-    unowned += unowned_partitions(
-        {correlate_name: worker.config.topics.partitions}, members[app_id]
-    )
-    own = worker.ownership
-    if unowned and not own.unowned:
-        own.since_ns = time.time_ns()
-    if unowned and unowned != own.unowned:
-        log.error(
-            "partitions owned by no member of the group: %s; /readyz answers 503 "
-            "(were the topics created after the group formed?)",
-            ", ".join(unowned),
-        )
-    elif own.unowned and not unowned:
-        log.info("every partition is owned again")
-    own.unowned = unowned
-    own.checked = True
-    worker.metrics.unowned.set(len(unowned))
 
 
 def _flush_before_commits(app: faust.App, flush: Callable[[], Any]) -> None:
@@ -632,64 +405,3 @@ def _current(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
-
-
-def set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset, *, shadow: bool = False) -> None:
-    label = SHADOW if shadow else LIVE
-    for digest, shadow_label in list(_ruleset_series(metrics)):
-        if shadow_label == label:
-            metrics.ruleset.remove(digest, shadow_label)
-    metrics.ruleset.labels(ruleset.digest, label).set(1)
-    metrics.reload_success.labels(label).set(1)
-
-
-def _ruleset_series(metrics: WorkerMetrics) -> list[tuple[str, str]]:
-    return [
-        (sample.labels["digest"], sample.labels["shadow"])
-        for family in metrics.ruleset.collect()
-        for sample in family.samples
-    ]
-
-
-def _update_gauges(worker: WorkerApp, now_ns: int) -> None:
-    _update_correlator_gauges(worker, worker.correlator, now_ns, LIVE)
-    if worker.shadow is not None:
-        _update_correlator_gauges(worker, worker.shadow, now_ns, SHADOW)
-
-
-def _update_correlator_gauges(
-    worker: WorkerApp,
-    correlator: PartitionCorrelator | ShadowCorrelator,
-    now_ns: int,
-    shadow_label: str,
-) -> None:
-    metrics = worker.metrics
-    template_errors = evicted = keys_evicted = 0
-    for partition, engine in correlator.partitions().items():
-        label = str(partition)
-        metrics.state_entries.labels(label, shadow_label).set(engine.state_entries)
-        metrics.held_events.labels(label, shadow_label).set(engine.buffered)
-        if engine.watermark_ns > -(2**63):
-            metrics.watermark_lag.labels(label, shadow_label).set(
-                (now_ns - engine.watermark_ns) / 1e9
-            )
-        template_errors += engine.stats.template_errors
-        evicted += engine.stats.evicted
-        keys_evicted += engine.stats.evicted_keys
-    seen = worker.ready
-    tag = "" if shadow_label == LIVE else ":shadow"
-    _raise_counter(
-        metrics.template_errors.labels(shadow_label), template_errors, seen, "template_errors" + tag
-    )
-    _raise_counter(
-        metrics.keys_evicted.labels(shadow_label), keys_evicted, seen, "keys_evicted" + tag
-    )
-    _raise_counter(metrics.evicted.labels(shadow_label), evicted, seen, "evicted" + tag)
-
-
-def _raise_counter(counter: Any, total: int, seen: dict[str, Any], name: str) -> None:
-    """Counters only go up: add what the engines counted since the last look."""
-    previous = seen.get(name, 0)
-    if total > previous:
-        counter.inc(total - previous)
-    seen[name] = max(total, previous)

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -18,6 +18,9 @@ from streams.core.loader import load_rules, rule_files
 from streams.core.rules import Ruleset
 from streams.errors import ConfigError, RuleLoadError
 from streams.runtime.config import LogFormat, WorkerConfig, load_config
+
+if TYPE_CHECKING:
+    from streams.runtime.app import WorkerApp
 
 __all__ = ["RulesWatcher", "run_worker", "setup_logging"]
 
@@ -87,8 +90,8 @@ class RulesWatcher:
         return False
 
     def reload(self, reason: str) -> bool:
-        from streams.runtime.app import WorkerApp, set_ruleset_metric
-        from streams.runtime.metrics import LIVE, SHADOW
+        from streams.runtime.app import WorkerApp
+        from streams.runtime.metrics import LIVE, SHADOW, set_ruleset_metric
 
         assert isinstance(self.worker, WorkerApp)
         metrics = self.worker.metrics
@@ -151,7 +154,7 @@ def _load_rulesets(config: WorkerConfig) -> tuple[Ruleset, Ruleset | None] | int
     return ruleset, shadow
 
 
-def _watch_rules(worker_app: Any, config: WorkerConfig, shadow: Ruleset | None) -> None:
+def _watch_rules(worker_app: WorkerApp, config: WorkerConfig, shadow: Ruleset | None) -> None:
     """Reload on SIGHUP and on a change of a rule file: the live and the shadow rules each."""
     watchers = [RulesWatcher(config.app.rules, worker_app, worker_app.metrics)]
     if shadow is not None:
@@ -175,7 +178,9 @@ def _watch_rules(worker_app: Any, config: WorkerConfig, shadow: Ruleset | None) 
             if watcher.changed():
                 watcher.reload("file change")
 
-    worker_app.ready.update(install_sighup=install_sighup, watch_rules=watch_rules)
+    # keep references so Faust's decorators' results are not garbage collected or unused
+    assert worker_app.handles is not None
+    worker_app.handles.rule_watch = (install_sighup, watch_rules)
 
 
 def run_worker(
@@ -213,23 +218,15 @@ def run_worker(
         print(f"cannot check local state against the changelog: {exc}", file=sys.stderr)
         return 3
 
-    from streams.enrich import EnrichmentMetrics, load_enrichment
-    from streams.runtime.metrics import WorkerMetrics
+    import faust
 
-    metrics = WorkerMetrics.create()
+    from streams.runtime.assembly import assemble_worker
+
     try:
-        enrichment = load_enrichment(
-            config.enrichment, env=os.environ, metrics=EnrichmentMetrics.shared(metrics.registry)
-        )
+        worker_app = assemble_worker(config, ruleset, shadow=shadow, env=os.environ)
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
-
-    import faust
-
-    from streams.runtime.app import build_app
-
-    worker_app = build_app(config, ruleset, metrics=metrics, enrichment=enrichment, shadow=shadow)
     _watch_rules(worker_app, config, shadow)
     app = worker_app.app
 

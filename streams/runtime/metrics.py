@@ -7,11 +7,15 @@ same series as the live one. Dashboards and alerts about live results select `sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LIVE", "SHADOW", "WorkerMetrics"]
+if TYPE_CHECKING:
+    from streams.core.rules import Ruleset
+
+__all__ = ["LIVE", "SHADOW", "WorkerMetrics", "set_ruleset_metric"]
 
 LIVE = "false"  # the `shadow` label of the live rules' series
 SHADOW = "true"
@@ -51,6 +55,8 @@ class WorkerMetrics:
     refused: Counter
     keys_evicted: Counter
     shadow_errors: Counter
+    #: what of the totals the engines and producers count themselves was added to the counters
+    counted: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -210,3 +216,30 @@ class WorkerMetrics:
         if shadow:
             for stage in ("ingest", "correlate"):
                 self.shadow_errors.labels(stage)
+
+    def raise_to(self, counter: Counter, total: int, name: str) -> None:
+        """Counters only go up: add what a stage counted (its running `total`, under `name`)
+        since the last look."""
+        previous = self.counted.get(name, 0)
+        if total > previous:
+            counter.inc(total - previous)
+        self.counted[name] = max(total, previous)
+
+
+def set_ruleset_metric(metrics: WorkerMetrics, ruleset: Ruleset, *, shadow: bool = False) -> None:
+    """`ruleset{digest,shadow}` names the rules in use (one series per label) after a start or
+    a reload; `reload_success` says the last reload worked."""
+    label = SHADOW if shadow else LIVE
+    for digest, shadow_label in list(_ruleset_series(metrics)):
+        if shadow_label == label:
+            metrics.ruleset.remove(digest, shadow_label)
+    metrics.ruleset.labels(ruleset.digest, label).set(1)
+    metrics.reload_success.labels(label).set(1)
+
+
+def _ruleset_series(metrics: WorkerMetrics) -> list[tuple[str, str]]:
+    return [
+        (sample.labels["digest"], sample.labels["shadow"])
+        for family in metrics.ruleset.collect()
+        for sample in family.samples
+    ]

@@ -15,152 +15,38 @@ offset is committed and pause only the partitions whose window is full (docs/not
 - The committed offset of a partition is the lowest offset still in flight (`OffsetTracker`).
 - Slack threads live in a compacted topic (`KafkaThreadStore`), read at start and on every
   assignment, written on set and flushed before the incident's offset can be committed.
+
+Its other parts: the `delivery:` settings (notify_settings.py), the dead-letter record
+(dead_letter.py), the commit bookkeeping (offsets.py), and its wiring from the worker config
+and in the Faust app (notify_wiring.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streams._metrics import PerRegistry
 from streams.core.incident_record import Incident, incident_problem, read_incident
-from streams.notifiers import (
-    DeliveryFailure,
-    Dispatcher,
-    Notifier,
-    NotifierContext,
-    NotifierMetrics,
-    load_notifiers,
-)
-from streams.notifiers.slack import SlackNotifier
-from streams.runtime._slack_threads import KafkaThreadStore, retry_forever
+from streams.notifiers import DeliveryFailure, Dispatcher, NotifierMetrics
 from streams.runtime.config import WorkerConfig
+from streams.runtime.dead_letter import dead_letter_message, dead_letter_record
 from streams.runtime.kafka_options import aiokafka_options
-from streams.runtime.notify_settings import NotifySettings, parse_notify_settings
+from streams.runtime.notify_settings import NotifySettings
+from streams.runtime.offsets import OffsetTracker
+from streams.runtime.slack_threads import KafkaThreadStore, retry_forever
 
-if TYPE_CHECKING:
-    from streams.runtime.app import WorkerApp
-
-__all__ = [
-    "NOTIFIER_HEADER",
-    "KafkaThreadStore",
-    "NotifySettings",
-    "NotifyStage",
-    "OffsetTracker",
-    "aiokafka_options",
-    "build_notify_stage",
-    "dead_letter_message",
-    "dead_letter_record",
-    "install_notify",
-    "load_notify_parts",
-    "parse_notify_settings",
-    "thread_topic_name",
-]
+__all__ = ["NotifyStage"]
 
 log = logging.getLogger("streams.notify")
-
-NOTIFIER_HEADER = "fc-notifier"
-
-
-def thread_topic_name(app_id: str) -> str:
-    return f"{app_id}-slack-threads"
-
-
-# --- pure parts ----------------------------------------------------------------------------------
-
-
-def _iso(seconds: float) -> str:
-    moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def dead_letter_record(
-    incident: Mapping[str, Any],
-    failure: DeliveryFailure,
-    *,
-    failed_at: float,
-    source: tuple[str, int, int] | None = None,
-    previous: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The JSON value of a notify dead-letter record. `previous` is the record a redelivery
-    failed again: its attempts add up and its origin is kept."""
-    record: dict[str, Any] = {
-        "notifier": failure.notifier,
-        "incident": dict(incident),
-        "last_error": failure.last_error,
-        "reason": failure.reason,
-        "permanent": failure.permanent,
-        "attempts": failure.attempts,
-        "failed_at": _iso(failed_at),
-        "redeliveries": 0,
-    }
-    if source is not None:
-        topic, partition, offset = source
-        record["source"] = {"topic": topic, "partition": partition, "offset": offset}
-    if previous is not None:
-        attempts, redeliveries = previous.get("attempts"), previous.get("redeliveries")
-        if isinstance(attempts, int):
-            record["attempts"] += attempts
-        record["redeliveries"] = (redeliveries if isinstance(redeliveries, int) else 0) + 1
-        if "source" in previous:
-            record["source"] = previous["source"]
-    return record
-
-
-def dead_letter_message(record: Mapping[str, Any]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """Key (the incident id), value and headers (the notifier name) of a dead-letter record."""
-    incident = record.get("incident")
-    incident_id = incident.get("id") if isinstance(incident, Mapping) else None
-    key = str(incident_id or "").encode()
-    headers = [(NOTIFIER_HEADER, str(record["notifier"]).encode())]
-    return key, orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS), headers
-
-
-class OffsetTracker:
-    """Commit bookkeeping of one partition: offsets start and finish in any order; the offset
-    to commit (Kafka's "next offset to read") is the lowest one still in flight, or one past
-    the highest started when nothing is."""
-
-    def __init__(self) -> None:
-        self._pending: set[int] = set()
-        self._next: int | None = None
-        self._committed: int | None = None
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
-    def start(self, offset: int) -> None:
-        self._pending.add(offset)
-        self._next = offset + 1 if self._next is None else max(self._next, offset + 1)
-
-    def done(self, offset: int) -> None:
-        self._pending.discard(offset)
-
-    def committable(self) -> int | None:
-        """The offset to commit now, or None when it would not move the committed position."""
-        if self._next is None:
-            return None
-        candidate = min(self._pending) if self._pending else self._next
-        if self._committed is not None and candidate <= self._committed:
-            return None
-        return candidate
-
-    def committed(self, offset: int) -> None:
-        self._committed = offset if self._committed is None else max(self._committed, offset)
-
-
-# --- the stage ---------------------------------------------------------------------------------
 
 
 class _StageMetrics(PerRegistry):
@@ -183,7 +69,9 @@ class _StageMetrics(PerRegistry):
         )
 
 
-class _Partition:
+class _InFlightPartition:
+    """What the stage holds for one incidents partition it owns: offsets, per-key tails, tasks."""
+
     def __init__(self) -> None:
         self.tracker = OffsetTracker()
         self.tails: dict[bytes | None, asyncio.Task[None]] = {}
@@ -226,7 +114,7 @@ class NotifyStage:
         self.wall_clock = wall_clock
         self.group_id = f"{config.app.id}-notify"
         self.stage_metrics = _StageMetrics.shared(metrics.registry)
-        self._partitions: dict[Any, _Partition] = {}
+        self._partitions: dict[Any, _InFlightPartition] = {}
         self._paused: set[Any] = set()
         self._stopping = asyncio.Event()
         self._failure: BaseException | None = None
@@ -292,7 +180,7 @@ class NotifyStage:
             await self._producer.stop()
         await self.dispatcher.close()
 
-    def _submit(self, tp: Any, part: _Partition, record: Any) -> None:
+    def _submit(self, tp: Any, part: _InFlightPartition, record: Any) -> None:
         self.stage_metrics.records.inc()
         part.tracker.start(record.offset)
         previous = part.tails.get(record.key)
@@ -366,7 +254,7 @@ class NotifyStage:
                 self._paused.discard(tp)
             self.stage_metrics.in_flight.labels(str(tp.partition)).set(part.tracker.in_flight)
 
-    async def _commit(self, parts: Mapping[Any, _Partition]) -> None:
+    async def _commit(self, parts: Mapping[Any, _InFlightPartition]) -> None:
         offsets = {}
         for tp, part in parts.items():
             offset = part.tracker.committable()
@@ -383,7 +271,7 @@ class NotifyStage:
         for tp, offset in offsets.items():
             parts[tp].tracker.committed(offset)
 
-    async def _drain(self, parts: Iterable[_Partition]) -> None:
+    async def _drain(self, parts: Iterable[_InFlightPartition]) -> None:
         tasks = [task for part in parts for task in part.tasks]
         if not tasks:
             return
@@ -402,74 +290,6 @@ class NotifyStage:
 
     async def _assign(self, assigned: Collection[Any]) -> None:
         for tp in assigned:
-            self._partitions[tp] = _Partition()
+            self._partitions[tp] = _InFlightPartition()
         if self.threads is not None:
             await self.threads.catch_up()
-
-
-# --- wiring ------------------------------------------------------------------------------------
-
-
-def load_notify_parts(
-    config: WorkerConfig,
-    *,
-    registry: CollectorRegistry | None = None,
-    env: Mapping[str, str] | None = None,
-) -> tuple[NotifySettings, list[Notifier], KafkaThreadStore | None]:
-    """Settings, notifiers and (when a Slack bot needs it) the thread store; ConfigError names
-    the key. Notifier metrics go to `registry` (the worker's, served on /metrics)."""
-    settings = parse_notify_settings(config.delivery)
-    threads = KafkaThreadStore(config, thread_topic_name(config.app.id), settings.thread_retention)
-    metrics = NotifierMetrics.shared(REGISTRY if registry is None else registry)
-    kinds = config.enrichment.kinds if config.enrichment is not None else {}
-    context = NotifierContext(metrics=metrics, thread_store=threads, enricher_kinds=kinds)
-    notifiers = load_notifiers(config.notifiers, context, env=env)
-    bot = any(isinstance(n, SlackNotifier) and n.config.mode == "bot" for n in notifiers)
-    return settings, notifiers, threads if bot else None
-
-
-def build_notify_stage(
-    config: WorkerConfig,
-    *,
-    registry: CollectorRegistry | None = None,
-    env: Mapping[str, str] | None = None,
-) -> NotifyStage:
-    settings, notifiers, threads = load_notify_parts(config, registry=registry, env=env)
-    metrics = NotifierMetrics.shared(REGISTRY if registry is None else registry)
-    return NotifyStage(
-        config, Dispatcher(notifiers), settings=settings, metrics=metrics, threads=threads
-    )
-
-
-class _NotifyService(mode.Service):
-    """Runs the stage with the Faust app; a stage error crashes the worker (it restarts and
-    re-sends from the last commit) rather than leaving notifications silently stopped."""
-
-    def __init__(self, stage: NotifyStage) -> None:
-        super().__init__()
-        self.stage = stage
-        self._runner: asyncio.Task[None] | None = None
-
-    async def on_start(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(self.stage.run())
-        self._runner.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None and not self.should_stop:
-            error = task.exception()
-            assert error is not None
-            log.error("notify stage failed: %r", error)
-            asyncio.get_running_loop().create_task(self.crash(error))
-
-    async def on_stop(self) -> None:
-        self.stage.stop()
-        if self._runner is not None:
-            await asyncio.wait([self._runner])
-
-
-def install_notify(worker: WorkerApp) -> NotifyStage:
-    """Validate the `notifiers:`/`delivery:` sections and start the stage with the app."""
-    stage = build_notify_stage(worker.config, registry=worker.metrics.registry)
-    worker.app.add_dependency(_NotifyService(stage))
-    worker.ready["notify"] = stage
-    return stage

@@ -35,14 +35,10 @@ from streams.core.incident_record import read_incident
 from streams.errors import ConfigError
 from streams.notifiers import DeliveryFailure, Notifier, NotifierMetrics
 from streams.runtime.config import WorkerConfig, load_config
+from streams.runtime.dead_letter import NOTIFIER_HEADER, dead_letter_message, dead_letter_record
 from streams.runtime.kafka_options import aiokafka_options
-from streams.runtime.notify import (
-    NOTIFIER_HEADER,
-    KafkaThreadStore,
-    dead_letter_message,
-    dead_letter_record,
-    load_notify_parts,
-)
+from streams.runtime.notify_wiring import load_notify_parts
+from streams.runtime.slack_threads import KafkaThreadStore
 
 __all__ = ["RedeliverSummary", "redeliver", "run_redeliver"]
 

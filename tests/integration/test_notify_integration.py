@@ -32,7 +32,9 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry
 
 from streams.runtime.config import AppConfig, KafkaConfig, TopicsConfig, WorkerConfig
-from streams.runtime.notify import NOTIFIER_HEADER, NotifyStage, build_notify_stage
+from streams.runtime.dead_letter import NOTIFIER_HEADER
+from streams.runtime.notify import NotifyStage
+from streams.runtime.notify_wiring import build_notify_stage
 
 # The real local servers of the notifier tests; tests/integration is not a package, so they are
 # imported as pytest itself names them when it collects tests/notifiers (`notifiers.<module>`).

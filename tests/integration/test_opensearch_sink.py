@@ -29,7 +29,9 @@ from streams.notifiers import (
     load_notifiers,
 )
 from streams.runtime.config import AppConfig, KafkaConfig, TopicsConfig, WorkerConfig
-from streams.runtime.notify import NOTIFIER_HEADER, NotifyStage, build_notify_stage
+from streams.runtime.dead_letter import NOTIFIER_HEADER
+from streams.runtime.notify import NotifyStage
+from streams.runtime.notify_wiring import build_notify_stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from notifiers.servers import make_incident

@@ -69,6 +69,7 @@ def test_only_the_id_is_required() -> None:
 class _Recorder:
     name = "recorder"
     route = Route()
+    needs_thread_store = False
 
     def __init__(self) -> None:
         self.sent: list[Any] = []

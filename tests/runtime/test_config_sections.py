@@ -14,7 +14,7 @@ from streams.enrich.offline import read_enrichment_section
 from streams.errors import ConfigError
 from streams.notifiers.slack import SlackNotifier
 from streams.runtime.config import load_config
-from streams.runtime.notify import load_notify_parts
+from streams.runtime.notify_wiring import load_notify_parts
 
 
 def write(tmp_path: Path, text: str) -> str:

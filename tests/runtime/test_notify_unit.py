@@ -11,18 +11,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from streams.core.loader import load_rules
 from streams.errors import ConfigError
 from streams.notifiers import DeliveryFailure
-from streams.runtime.app import build_app
+from streams.runtime.assembly import assemble_worker
 from streams.runtime.config import AppConfig, StoreKind, WorkerConfig, load_config
+from streams.runtime.dead_letter import NOTIFIER_HEADER, dead_letter_message, dead_letter_record
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.notify import (
-    NOTIFIER_HEADER,
-    NotifySettings,
-    OffsetTracker,
-    dead_letter_message,
-    dead_letter_record,
-    load_notify_parts,
-    parse_notify_settings,
-)
+from streams.runtime.notify_settings import NotifySettings, parse_notify_settings
+from streams.runtime.notify_wiring import load_notify_parts
+from streams.runtime.offsets import OffsetTracker
 
 RULES = Path(__file__).parents[2] / "rules"
 
@@ -226,13 +221,14 @@ def _worker_config(**changes: object) -> WorkerConfig:
     return WorkerConfig(app=app, **changes)  # type: ignore[arg-type]
 
 
-def test_build_app_installs_the_stage_with_the_workers_metrics_registry() -> None:
+def test_the_assembled_worker_installs_the_stage_with_the_workers_metrics_registry() -> None:
     metrics = WorkerMetrics.create()
-    worker = build_app(
+    worker = assemble_worker(
         _worker_config(notifiers=[WEBHOOK]), load_rules([str(RULES)]), metrics=metrics
     )
 
-    stage = worker.ready["notify"]
+    stage = worker.notify
+    assert stage is not None
     assert stage.group_id == "fc-unit-notify"
     assert stage.metrics.registry is metrics.registry
     exposition = generate_latest(metrics.registry).decode()
@@ -240,12 +236,26 @@ def test_build_app_installs_the_stage_with_the_workers_metrics_registry() -> Non
     assert "falco_correlator_notify_records_total" in exposition
 
 
-def test_build_app_without_notifiers_installs_no_stage() -> None:
-    worker = build_app(_worker_config(), load_rules([str(RULES)]))
-    assert "notify" not in worker.ready
+def test_the_assembled_worker_without_notifiers_installs_no_stage() -> None:
+    worker = assemble_worker(_worker_config(), load_rules([str(RULES)]))
+    assert worker.notify is None
 
 
-def test_build_app_reports_a_bad_notifier_at_start() -> None:
+def test_the_assembled_worker_reports_a_bad_notifier_at_start() -> None:
     config = _worker_config(notifiers=[{"name": "x", "type": "pager"}])
     with pytest.raises(ConfigError, match=r"notifiers\[0\]\.type: unknown type 'pager'"):
-        build_app(config, load_rules([str(RULES)]))
+        assemble_worker(config, load_rules([str(RULES)]))
+
+
+def test_each_notifier_declares_whether_it_needs_the_thread_store() -> None:
+    bot = {"name": "bot", "type": "slack", "slack": {"token": "xoxb-1", "channel": "#sec"}}
+    hook = {"name": "hook", "type": "slack", "slack": {"webhook_url": "https://hooks.example/x"}}
+    config = WorkerConfig(notifiers=[WEBHOOK, hook, bot])
+    _, notifiers, store = load_notify_parts(config, registry=CollectorRegistry())
+
+    assert {n.name: n.needs_thread_store for n in notifiers} == {
+        "soar": False,
+        "hook": False,
+        "bot": True,
+    }
+    assert store is not None

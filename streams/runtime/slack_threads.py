@@ -1,7 +1,7 @@
 """Slack bot threads (incident id -> first message `ts`) in a compacted Kafka topic.
 
 The notify stage runs outside Faust (streams/runtime/notify.py), so this store is a topic of
-its own rather than a Faust table.
+its own rather than a Faust table. The stage runs it when a notifier `needs_thread_store`.
 """
 
 from __future__ import annotations
