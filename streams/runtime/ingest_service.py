@@ -17,11 +17,15 @@ workers own). Beyond that the source partitions are paused (the consumer keeps p
 membership and rebalances go on) until the correlate stage catches up: a backlog never delays
 correlation of what was already read, and memory stays bounded.
 
-Every `tick_interval` the service asks the brokers for the end offsets of its source partitions
-and of the correlate partitions (one ListOffsets request each), confirms caught-up partitions to
-`SourceProgress`, publishes consumer lag, and sends a tick (a record without events, carrying the
-progress) to every correlate partition. Records and ticks go through one idempotent producer, so a
-tick never overtakes the events whose progress it reports.
+Every `tick_interval` the service reads the end offsets, publishes lag and sends a tick (a record
+without events, carrying the progress) to every correlate partition: streams/runtime/
+ingest_progress.py. Records, dead letters and ticks go through one idempotent producer
+(streams/runtime/ingest_produce.py), so a tick never overtakes the events whose progress it
+reports.
+
+Modules: this one (lifecycle, rebalances, the consume loop, backpressure), `ingest_produce` (a
+batch to records, producing, acknowledged-prefix commit tracking), `ingest_progress` (ticks, end
+offsets, lag, broker outages).
 """
 
 from __future__ import annotations
@@ -30,56 +34,28 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from streams.runtime.config import WorkerConfig
-from streams.runtime.ingest import Ingestor, SourceMessage, encode_records
+from streams.runtime.ingest import Ingestor
+from streams.runtime.ingest_produce import PROGRESS_EVERY_NS, _Offsets, _Pending
+from streams.runtime.ingest_progress import PartitionHealth, ProgressReporting
 from streams.runtime.kafka_options import confluent_config
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.progress import OUTAGE_GRACE_NS, SourceProgress
-from streams.runtime.records import BATCH_KEY
+from streams.runtime.progress import SourceProgress
 
 __all__ = ["IngestService", "PartitionHealth", "ingest_group"]
 
 log = logging.getLogger("streams.worker.ingest")
 
 _T = TypeVar("_T")
-_MAX_RECORD_BYTES = 512 * 1024
-_PROGRESS_EVERY_NS = 100_000_000  # progress reaches partitions without events at most this often
-_MAX_HOST_LABELS = 1000  # distinct hostname labels of fc_events_future_total, then "<other>"
-_MAX_UNACKED_BATCHES = 16  # batches produced and not yet acknowledged before ingest waits
-
-
-def _stale_leader_epoch(exc: BaseException) -> bool:
-    error: Any = exc.args[0] if exc.args else None
-    name = error.name() if hasattr(error, "name") else ""
-    return name in {"FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "NOT_LEADER_OR_FOLLOWER"}
 
 
 def ingest_group(app_id: str) -> str:
     return f"{app_id}-ingest"
-
-
-@dataclass
-class PartitionHealth:
-    """Lag and progress of one partition, as the watchdog sees it."""
-
-    lag: int = 0
-    position: int = -1
-    progressed_wall_ns: int = 0  # wall time of the last change of position (or of lag 0)
-    checked_wall_ns: int = 0
-
-
-@dataclass
-class _Pending:
-    """A batch whose records are produced but not all acknowledged yet."""
-
-    offsets: dict[int, int]  # source partition -> next offset, committable once acknowledged
-    outstanding: int = 0
-    issued: bool = False  # every record of the batch was produced
 
 
 @dataclass
@@ -88,16 +64,7 @@ class _Rebalance:
     revoked: bool = False
 
 
-@dataclass
-class _Offsets:
-    """What the service knows of the correlate partitions."""
-
-    produced_end: dict[int, int] = field(default_factory=dict)  # next offset after our records
-    committed: dict[int, int] = field(default_factory=dict)  # the Faust group's commits
-    end: dict[int, int] = field(default_factory=dict)  # log end offsets, as last asked
-
-
-class IngestService:
+class IngestService(ProgressReporting):
     def __init__(
         self,
         config: WorkerConfig,
@@ -351,101 +318,8 @@ class IngestService:
             self._apply_rebalance()
             if messages:
                 await self._handle(messages)
-            elif self.wall_clock() - self._last_progress_ns >= _PROGRESS_EVERY_NS:
+            elif self.wall_clock() - self._last_progress_ns >= PROGRESS_EVERY_NS:
                 await self._send_progress(flush=False)
-
-    async def _handle(self, messages: Sequence[Any]) -> None:
-        started = time.perf_counter()
-        wall = self.wall_clock()
-        source: list[SourceMessage] = []
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() != -191:  # _PARTITION_EOF is not an error
-                    log.warning("consume error on %s: %s", self.events_topic, error)
-                continue
-            kind, stamp = message.timestamp()
-            source.append(
-                SourceMessage(
-                    message.partition(),
-                    message.offset(),
-                    message.value(),
-                    message.key(),
-                    float(stamp) if kind != 0 else None,
-                )
-            )
-        if not source:
-            return
-        self.waiting_on = "ingest (decode, validate, match)"
-        batch = self.ingestor.process(source, wall, self.seeds)
-        if self.seeds:
-            for message in source:
-                if self.seeds.get(message.partition) == message.offset:
-                    del self.seeds[message.partition]
-        for partition, time_ns in batch.observed:
-            self.progress.observe(partition, time_ns, wall)
-        progress_due = wall - self._last_progress_ns >= _PROGRESS_EVERY_NS
-        shadow = self.ingestor.shadow_ruleset
-        records = encode_records(
-            batch,
-            digest=self.ingestor.ruleset.digest,
-            shadow_digest="" if shadow is None else shadow.digest,
-            source_partitions=self.source_partitions,
-            progress=self.progress.contributions(),
-            wall_ns=wall,
-            max_record_bytes=_MAX_RECORD_BYTES,
-            all_partitions=range(self.correlate_partitions) if progress_due else (),
-        )
-        if progress_due:
-            self._last_progress_ns = wall
-        self.waiting_on = "produce"
-        pending = _Pending(dict(batch.next_offsets))
-        self._unacked.append(pending)
-        for destination, value, _count in records:
-            pending.outstanding += 1
-            self._produce(
-                self.correlate_topic, value, BATCH_KEY, destination, self._delivery(pending)
-            )
-        for dead in batch.dead_letters:
-            pending.outstanding += 1
-            self._dead_letter(dead.message, dead.reason, self._delivery(pending))
-        pending.issued = True
-        now = self.wall_clock()
-        for partition, next_offset in batch.next_offsets.items():
-            self.positions[partition] = next_offset
-            health = self.source_health.get(partition)
-            if health is not None:
-                health.position = next_offset
-                health.progressed_wall_ns = now
-        self._producer.poll(0)
-        if self._delivery_errors:
-            self._raise_delivery_errors()
-        while len(self._unacked) > _MAX_UNACKED_BATCHES:
-            self.waiting_on = "flush (broker acknowledgement of earlier batches)"
-            await self._in_io(self._producer.flush, 1.0)
-            self._take_committable()
-            if self._delivery_errors:
-                self._raise_delivery_errors()
-        self._account(batch, records, time.perf_counter() - started)
-
-    def _account(self, batch: Any, records: list[tuple[int, bytes, int]], seconds: float) -> None:
-        metrics = self.metrics
-        for partition, count in batch.consumed.items():
-            metrics.events.labels(self.events_topic, str(partition)).inc(count)
-        if batch.dead_letters:
-            metrics.invalid.inc(len(batch.dead_letters))
-        if batch.shadow_errors:
-            metrics.shadow_errors.labels("ingest").inc(batch.shadow_errors)
-        for hostname, count in batch.future.items():
-            # hostnames come from the events (attacker-controlled): bound the label set
-            label = hostname[:64]
-            if label not in self._future_hosts and len(self._future_hosts) >= _MAX_HOST_LABELS:
-                label = "<other>"
-            else:
-                self._future_hosts.add(label)
-            metrics.future.labels(label).inc(count)
-        metrics.batch_size.labels("ingest").observe(sum(batch.consumed.values()))
-        metrics.stage_seconds.labels("ingest").observe(seconds)
 
     def _commit_and_consume(self, commit: dict[int, int], timeout: float) -> list[Any]:
         """On the consumer thread: commit what was acknowledged, then read the next batch."""
@@ -456,93 +330,6 @@ class IngestService:
             self._consumer.commit(offsets=offsets, asynchronous=True)
         messages: list[Any] = self._consumer.consume(self.batch_size, timeout)
         return messages
-
-    def _delivery(self, pending: _Pending) -> Callable[[Any, Any], None]:
-        def delivered(err: Any, message: Any) -> None:
-            pending.outstanding -= 1
-            if err is not None:
-                self._delivery_errors.append(str(err))
-            elif message.topic() == self.correlate_topic:
-                self._on_record(None, message)
-
-        return delivered
-
-    def _take_committable(self) -> dict[int, int]:
-        """Offsets of the acknowledged prefix of batches (in order: a later batch is never
-        committed before an earlier one), newly committable since the last call."""
-        newly: dict[int, int] = {}
-        while self._unacked and self._unacked[0].issued and self._unacked[0].outstanding <= 0:
-            newly.update(self._unacked.popleft().offsets)
-        self._committable.update(newly)
-        return newly
-
-    def _raise_delivery_errors(self) -> None:
-        errors, self._delivery_errors = self._delivery_errors, []
-        raise RuntimeError(
-            f"{len(errors)} record(s) could not be delivered: {errors[0]}; the worker stops "
-            "and restarts from the last committed offsets"
-        )
-
-    def _produce(
-        self,
-        topic: str,
-        value: bytes,
-        key: bytes | None,
-        partition: int,
-        callback: Any,
-        *,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    partition=partition,
-                    headers=headers,
-                    on_delivery=callback,
-                )
-                return
-            except BufferError:  # the local queue is full: serve deliveries, then retry
-                self._producer.poll(0.1)
-
-    def _on_record(self, err: Any, message: Any) -> None:
-        if err is not None:
-            self._delivery_errors.append(str(err))
-            return
-        partition, offset = message.partition(), message.offset()
-        if offset is None:
-            # Delivered, but librdkafka could not tell the offset (it may say -1001, which
-            # confluent-kafka reports as None). A callback must never raise: confluent-kafka
-            # 2.16 on Python 3.11 re-raises it as a SystemError (or crashes) from poll/flush.
-            return
-        if offset + 1 > self.offsets.produced_end.get(partition, 0):
-            self.offsets.produced_end[partition] = offset + 1
-
-    def _dead_letter(
-        self, message: SourceMessage, reason: str, callback: Callable[[Any, Any], None]
-    ) -> None:
-        log.warning(
-            "invalid event at %s/%d/%d: %s",
-            self.events_topic,
-            message.partition,
-            message.offset,
-            reason,
-        )
-        self._produce(
-            self.config.topics.dead_letter,
-            message.value or b"",
-            message.key,
-            -1,
-            callback,
-            headers=[
-                ("fc-reason", reason.encode()),
-                ("fc-source-topic", self.events_topic.encode()),
-                ("fc-source-partition", str(message.partition).encode()),
-                ("fc-source-offset", str(message.offset).encode()),
-            ],
-        )
 
     # -- backpressure ---------------------------------------------------------------------------
 
@@ -587,158 +374,3 @@ class IngestService:
         else:
             self._consumer.resume(assignment)
         self._paused = pause
-
-    # -- ticks, end offsets, lag ----------------------------------------------------------------
-
-    async def _tick_loop(self) -> None:
-        interval = self.config.app.tick_interval_ns / 1e9
-        while not self._stopping:
-            await asyncio.sleep(interval)
-            query_wall = self.wall_clock()
-            try:
-                await self._refresh_ends()
-            except Exception as exc:  # a broker outage: keep the last figures
-                log.warning("cannot read end offsets: %s", exc)
-                if self._unreachable_since is None:
-                    self._unreachable_since = self._ends_ok_wall or query_wall
-                    # producers buffer meanwhile: see SourceProgress (broker outages)
-                    self.progress.brokers_down(self._unreachable_since)
-                if _stale_leader_epoch(exc):
-                    self._renew_admin()
-            else:
-                if self._unreachable_since is not None:
-                    self.progress.brokers_back(query_wall)
-                    log.info(
-                        "brokers answer again after %.1f s; the watermark holds for %.0f s "
-                        "more (events the producers buffered meanwhile)",
-                        (query_wall - self._unreachable_since) / 1e9,
-                        OUTAGE_GRACE_NS / 1e9,
-                    )
-                    self._unreachable_since = None
-                self._ends_ok_wall = query_wall
-            await self._refresh_committed()
-            self.progress.prune(self.wall_clock())
-            if self.progress.assigned:
-                await self._send_progress(flush=False)
-
-    async def _send_progress(self, *, flush: bool) -> None:
-        if not self.progress.assigned or self.source_partitions == 0:
-            return
-        wall = self.wall_clock()
-        empty = self.ingestor.process((), wall)
-        for destination, value, _ in encode_records(
-            empty,
-            digest=self.ingestor.ruleset.digest,
-            source_partitions=self.source_partitions,
-            progress=self.progress.contributions(),
-            wall_ns=wall,
-            max_record_bytes=_MAX_RECORD_BYTES,
-            all_partitions=range(self.correlate_partitions),
-        ):
-            self._produce(self.correlate_topic, value, BATCH_KEY, destination, self._on_record)
-        self._last_progress_ns = wall
-        if flush:
-            await self._in_io(self._producer.flush, 5.0)
-        else:
-            self._producer.poll(0)
-
-    async def _refresh_source_partitions(self) -> None:
-        def count() -> int:
-            metadata = self._admin.list_topics(self.events_topic, timeout=30)
-            topic = metadata.topics.get(self.events_topic)
-            return len(topic.partitions) if topic is not None and topic.error is None else 0
-
-        self.source_partitions = await self._in_io(count)
-
-    async def _refresh_ends(self) -> None:
-        from confluent_kafka import TopicPartition
-        from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
-
-        latest_spec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        earliest_spec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-        assigned = sorted(self.progress.assigned)
-        request = {TopicPartition(self.events_topic, p): latest_spec for p in assigned}
-        for p in range(self.correlate_partitions):
-            request[TopicPartition(self.correlate_topic, p)] = latest_spec
-        unknown = [p for p in assigned if p not in self.positions]
-        query_wall = self.wall_clock()
-
-        def ask() -> tuple[dict[tuple[str, int], int], dict[int, int]]:
-            futures = self._admin.list_offsets(request, request_timeout=10)
-            ends = {
-                (tp.topic, tp.partition): future.result(timeout=15).offset
-                for tp, future in futures.items()
-            }
-            earliest: dict[int, int] = {}
-            if unknown:
-                low = self._admin.list_offsets(
-                    {TopicPartition(self.events_topic, p): earliest_spec for p in unknown},
-                    request_timeout=10,
-                )
-                earliest = {tp.partition: f.result(timeout=15).offset for tp, f in low.items()}
-            return ends, earliest
-
-        ends, earliest = await self._in_io(ask)
-        now = self.wall_clock()
-        for partition in assigned:
-            end = ends.get((self.events_topic, partition))
-            if end is None:
-                continue
-            position = self.positions.get(partition)
-            if position is None and earliest.get(partition) == end:
-                position = end  # nothing to read (empty, or everything expired)
-            health = self.source_health.setdefault(partition, PartitionHealth())
-            low = earliest.get(partition, 0)
-            lag = max(end - low, 0) if position is None else end - position
-            self._note(health, lag, position if position is not None else -1, now)
-            self.metrics.consumer_lag.labels(self.events_topic, str(partition)).set(lag)
-            if position is not None and position >= end:
-                self.progress.confirm_caught_up(partition, query_wall)
-        local = self.local_positions()
-        for partition in range(self.correlate_partitions):
-            end = ends.get((self.correlate_topic, partition))
-            if end is None:
-                continue
-            self.offsets.end[partition] = end
-            if partition in local:
-                health = self.correlate_health.setdefault(partition, PartitionHealth())
-                lag = max(end - local[partition], 0)
-                self._note(health, lag, local[partition], now)
-                self.metrics.consumer_lag.labels(self.correlate_topic, str(partition)).set(lag)
-        for partition in set(self.correlate_health) - set(local):
-            del self.correlate_health[partition]
-
-    def _renew_admin(self) -> None:
-        """A new AdminClient: after a broker restart (leader epochs bumped) librdkafka's
-        AdminClient keeps sending ListOffsets with the leader epochs it cached and fails with
-        FENCED_LEADER_EPOCH for good (librdkafka 2.16); a new client asks for fresh metadata.
-        Without end offsets no source partition is confirmed caught up, so an idle stream's
-        watermark would never move again: held events and absences wait for new events."""
-        from confluent_kafka.admin import AdminClient
-
-        log.info("renewing the admin client (stale partition leader epochs)")
-        self._admin = AdminClient(confluent_config(self.config.kafka))
-
-    @staticmethod
-    def _note(health: PartitionHealth, lag: int, position: int, now: int) -> None:
-        if position != health.position or lag == 0 or health.progressed_wall_ns == 0:
-            health.progressed_wall_ns = now
-        health.lag, health.position, health.checked_wall_ns = lag, position, now
-
-    async def _refresh_committed(self) -> None:
-        """The Faust group's committed offsets; on a failure (a broker outage) the last ones
-        stay, and the caller goes on (backpressure waits, ticks keep going)."""
-        from confluent_kafka import TopicPartition
-
-        request = [
-            TopicPartition(self.correlate_topic, p) for p in range(self.correlate_partitions)
-        ]
-
-        def ask() -> dict[int, int]:
-            result = self._group_offsets.committed(request, timeout=10)
-            return {tp.partition: tp.offset for tp in result if tp.offset >= 0}
-
-        try:
-            self.offsets.committed.update(await self._in_io(ask))
-        except Exception as exc:  # KafkaException: timed out, coordinator not available
-            log.warning("cannot read the committed offsets of group %s: %s", self.faust_group, exc)

@@ -1,0 +1,221 @@
+"""The correlate stage's recovery: a partition's engine rebuilt from the store on its first
+record (state entries, held events, the meta entry), and rule reloads, which move each engine's
+entries to an engine of the new rules.
+
+The live correlator of a worker without shadow rules also deletes the shadow state it finds
+while recovering. `PartitionCorrelator` (streams/runtime/partitions.py) is built on
+`PartitionRecovery`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from streams.core.engine import Engine
+from streams.core.rules import Correlation, Ruleset
+from streams.core.snapshot import entry_from_data, entry_to_data
+from streams.runtime.partition_persist import _HELD, PartitionPersistence, _Partition
+from streams.runtime.progress import MergedProgress
+from streams.runtime.records import SHADOW_PREFIX, entry_key, meta_key
+
+log = logging.getLogger("streams.runtime.partitions")
+
+
+def _applied_from_data(data: Any) -> dict[int, int]:
+    """The meta entry's `applied` map ({source partition: offset}); older metas have none."""
+    if not isinstance(data, dict):
+        return {}
+    out: dict[int, int] = {}
+    for key, value in data.items():
+        if isinstance(key, str) and key.isdigit() and isinstance(value, int):
+            out[int(key)] = value
+    return out
+
+
+def _partition_of(value: bytes) -> int | None:
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return data.get("p") if isinstance(data, dict) else None
+
+
+class PartitionRecovery(PartitionPersistence):
+    """Engines built, restored and reloaded; the state is set up by `PartitionCorrelator`."""
+
+    ruleset: Ruleset
+    discard_shadow_state: bool
+    lateness_ns: int
+    max_pending: int
+    max_state_entries: int | None
+    wall_clock: Callable[[], int]
+    _label: str
+    _partitions: dict[int, _Partition]
+    _pending_ruleset: Ruleset | None
+    _by_name_for: Ruleset | None
+    _by_name_cache: dict[str, tuple[int, Correlation]]
+
+    def _new_engine(self) -> Engine:
+        extra: dict[str, Any] = {}
+        if self.max_state_entries is not None:
+            extra["max_state_entries"] = self.max_state_entries
+        return Engine(
+            self.ruleset,
+            lateness_ns=self.lateness_ns,
+            max_pending=self.max_pending,
+            clock=self.wall_clock,
+            track_changes=True,
+            **extra,
+        )
+
+    def _by_name(self) -> dict[str, tuple[int, Correlation]]:
+        if self._by_name_for is not self.ruleset:
+            self._by_name_cache = {c.name: (i, c) for i, c in enumerate(self.ruleset.correlations)}
+            self._by_name_for = self.ruleset
+        return self._by_name_cache
+
+    def _recover(self, partition: int) -> _Partition:
+        engine = self._new_engine()
+        progress = MergedProgress()
+        by_name = self._by_name()
+        restored = unreadable = 0
+        entries: dict[bytes, dict[str, Any]] = {}
+        held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
+        namespace = self.namespace
+        own_meta = namespace + meta_key(partition)
+        shadow_state: list[tuple[bytes, bytes]] = []
+        applied: dict[int, int] = {}
+        for key, value in list(self._iter_store()):
+            if namespace and not key.startswith(namespace):
+                continue
+            if key == own_meta:
+                meta = orjson.loads(value)
+                engine.restore_clock(meta["max"], meta["wm"])
+                progress = MergedProgress.from_data(meta.get("progress"))
+                applied = _applied_from_data(meta.get("applied"))
+                continue
+            if key.startswith(b"\x00", len(namespace)):  # meta entries (and shadow state)
+                if self.discard_shadow_state and key.startswith(SHADOW_PREFIX):
+                    shadow_state.append((key, value))
+                continue
+            try:
+                data = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                unreadable += 1
+                continue
+            if not isinstance(data, dict) or data.get("p") != partition:
+                continue
+            if "h" in data:  # one held event of an entry
+                name, _, seq = key.rpartition(_HELD)
+                held.setdefault(name, {})[int(seq)] = (key, data["h"])
+            else:
+                entries[key] = data
+        part = _Partition(engine, progress, applied=applied, applied_written=dict(applied))
+        if shadow_state:
+            part.deletes.extend(self._stale_shadow_state(partition, shadow_state))
+        dropped: list[str] = []
+        for name, data in entries.items():
+            items = held.pop(name, {})
+            data["held"] = [item for _, (_, item) in sorted(items.items())]
+            entry = entry_from_data(by_name, data, dropped)
+            if entry is None:
+                unreadable += 1
+                continue
+            engine.restore(*entry)
+            part.held_written[name] = {seq: store_key for seq, (store_key, _) in items.items()}
+            restored += 1
+        for orphans in held.values():  # held events whose entry is gone: drop them
+            part.deletes.extend(store_key for store_key, _ in orphans.values())
+        self._recovered(partition, engine, restored, unreadable, dropped)
+        return part
+
+    def _recovered(
+        self,
+        partition: int,
+        engine: Engine,
+        restored: int,
+        unreadable: int,
+        dropped: list[str] | None = None,
+    ) -> None:
+        if dropped:
+            log.warning(
+                "%s %d: %d restored entries lost their partial match (their correlation changed "
+                "shape), the first: %s",
+                self._label,
+                partition,
+                len(dropped),
+                dropped[0],
+            )
+        if unreadable:
+            log.warning(
+                "%s %d: %d state entries could not be read for the current rules "
+                "(corrupt, or their correlation was removed or changed type); skipped",
+                self._label,
+                partition,
+                unreadable,
+            )
+        if restored:
+            log.info("%s %d: restored %d state entries", self._label, partition, restored)
+            # Without a meta entry (or with an older one), the restored events themselves say
+            # how far event time got.
+            newest = engine.newest_event_ns()
+            if newest > engine.max_time_ns:
+                engine.restore_clock(newest, newest - self.lateness_ns)
+
+    def _stale_shadow_state(self, partition: int, found: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """The partition's shadow state, to delete (this worker runs no shadow rules)."""
+        shadow_meta = SHADOW_PREFIX + meta_key(partition)
+        stale = [
+            key for key, value in found if key == shadow_meta or _partition_of(value) == partition
+        ]
+        if stale:
+            log.info(
+                "partition %d: deleting %d state entries of shadow rules (this worker runs none)",
+                partition,
+                len(stale),
+            )
+        return stale
+
+    def _iter_store(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.store.items():
+            if value is not None:
+                yield key, value
+
+    def _apply_reload(self) -> None:
+        ruleset, self._pending_ruleset = self._pending_ruleset, None
+        assert ruleset is not None
+        old_parts = self._partitions
+        old_rules = self.ruleset
+        self.ruleset = ruleset
+        self._partitions = {}
+        by_name = self._by_name()
+        for partition, part in old_parts.items():
+            engine = self._new_engine()
+            deletes = part.deletes
+            for ci, key in part.engine.entry_keys():
+                entry = part.engine.entry(ci, key)
+                if entry is None:
+                    continue
+                data = entry_to_data(old_rules.correlations[ci], key, entry)
+                moved = entry_from_data(by_name, data)
+                name = self.namespace + entry_key(old_rules.correlations[ci].name, key)
+                if moved is not None:
+                    engine.restore(*moved)
+                    engine.changed.add((moved[0], moved[1]))
+                else:
+                    deletes.append(name)
+                    deletes.extend(part.held_written.pop(name, {}).values())
+            engine.restore_clock(part.engine.max_time_ns, part.engine.watermark_ns)
+            self._partitions[partition] = _Partition(
+                engine,
+                part.progress,
+                reports=part.reports,
+                held_written=part.held_written,
+                deletes=deletes,
+                applied=part.applied,
+                applied_written=part.applied_written,
+            )
