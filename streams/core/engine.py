@@ -82,6 +82,9 @@ class EngineEntry:
     held: list[HeldItem]
     anchor: IncidentAnchor | None
     sources: dict[int, int]
+    # (time, seq) of the last event released from the key's held events: a held event at or
+    # before it is in `state` already (its deletion may not have been written, see `restore`)
+    released: tuple[int, int] | None = None
 
 
 def _inert_steps(corr: Correlation) -> frozenset[int]:
@@ -140,6 +143,9 @@ class Engine(ChainRouting):
         self._held: dict[tuple[int, KeyTuple], dict[int, HeldItem]] = {}
         self._held_changes: dict[tuple[int, KeyTuple], dict[int, HeldItem | None]] = {}
         self._sources: dict[tuple[int, KeyTuple], dict[int, int]] = {}
+        # per key, the seqs of the held events restored from a snapshot (see `restore`)
+        self._restored_seqs: dict[tuple[int, KeyTuple], set[int]] = {}
+        self._released: dict[tuple[int, KeyTuple], tuple[int, int]] = {}
         self._init_chains()
 
     # -- matching --------------------------------------------------------------------------
@@ -169,7 +175,7 @@ class Engine(ChainRouting):
         if source is not None and matches:
             # a redelivered copy (after a crash or a rebalance) is a duplicate, not late: keys
             # that applied it already drop it before the lateness check
-            matches = self._first_delivery(matches, source)
+            matches = self._first_delivery(matches, source, event.seq)
             if not matches:
                 return []
             source = None
@@ -181,7 +187,7 @@ class Engine(ChainRouting):
         if matches is None:
             matches = self.match(event)
         if source is not None and matches:
-            matches = self._first_delivery(matches, source)
+            matches = self._first_delivery(matches, source, event.seq)
         if matches:
             self.stats.matched += 1
             order = (matches[0][0], next(self._item_numbers))
@@ -206,11 +212,19 @@ class Engine(ChainRouting):
             return self._release(time_ns - self.lateness_ns)
         return []
 
-    def _first_delivery(self, matches: list[StepMatch], source: tuple[int, int]) -> list[StepMatch]:
+    def _first_delivery(
+        self, matches: list[StepMatch], source: tuple[int, int], seq: int
+    ) -> list[StepMatch]:
         partition, offset = source
         fresh: set[tuple[int, KeyTuple]] = set()
+        restored = self._restored_seqs
         for ci, _si, key in matches:
             if (ci, key) in fresh:
+                continue
+            if restored and seq in restored.get((ci, key), ()):
+                # the same record again (its held copy was restored, its key's marks were not
+                # written yet when the host stopped)
+                self.stats.duplicates += 1
                 continue
             seen = self._sources.setdefault((ci, key), {})
             if seen.get(partition, -1) >= offset:
@@ -438,6 +452,9 @@ class Engine(ChainRouting):
         for ci, _si, key in item[4]:
             held = self._held.get((ci, key))
             if held is not None:
+                if type(item[1]) is int:  # releases go in (time, seq) order
+                    self._released[(ci, key)] = (item[0], item[1])
+                    self.changed.add((ci, key))
                 held.pop(id(item), None)
                 if not held:
                     del self._held[(ci, key)]
@@ -468,9 +485,11 @@ class Engine(ChainRouting):
             else [],
             anchor=self._anchors.get((ci, key)),
             sources=self._sources.get((ci, key), {}),
+            released=self._released.get((ci, key)),
         )
         if entry.state is None and not items and entry.anchor is None:
             self._sources.pop((ci, key), None)
+            self._released.pop((ci, key), None)
             return None
         return entry
 
@@ -499,10 +518,18 @@ class Engine(ChainRouting):
                 self._evict_oldest(self._anchors)
         if entry.sources:
             self._sources[(ci, key)] = dict(entry.sources)
+        released = entry.released
+        if released is not None:
+            self._released[(ci, key)] = released
         for time_ns, seq, _, event, matches in entry.held:
+            if released is not None and (time_ns, seq) <= released:
+                continue  # released into `state` before the host stopped
             item = (time_ns, seq, (ci, next(self._item_numbers)), event, matches)
             heapq.heappush(self._buffer, item)
             self._held.setdefault((ci, key), {})[id(item)] = item
+            # A host writes a held event before the entry that marks its source as applied: a
+            # restore can hold the event without the mark, and then the record comes again.
+            self._restored_seqs.setdefault((ci, key), set()).add(seq)
 
     def newest_event_ns(self) -> int:
         """The latest event time the engine holds (buffered or in state), or -inf."""

@@ -44,6 +44,7 @@ def entry_to_data(corr: Correlation, key: KeyTuple, entry: EngineEntry) -> dict[
         if anchor is None
         else [anchor.id, anchor.anchor_ns, anchor.first_seen_ns, anchor.count],
         "src": {str(p): o for p, o in entry.sources.items()},
+        "rel": None if entry.released is None else list(entry.released),
     }
 
 
@@ -92,4 +93,10 @@ def entry_from_data(
     if raw_anchor is not None:
         anchor = IncidentAnchor(raw_anchor[0], raw_anchor[1], raw_anchor[2], raw_anchor[3])
     sources = {int(p): int(o) for p, o in data["src"].items()}
-    return ci, key, EngineEntry(state=state, held=held, anchor=anchor, sources=sources)
+    rel = data.get("rel")  # older entries have none
+    released = (int(rel[0]), int(rel[1])) if isinstance(rel, list) and len(rel) == 2 else None
+    return (
+        ci,
+        key,
+        EngineEntry(state=state, held=held, anchor=anchor, sources=sources, released=released),
+    )

@@ -87,6 +87,17 @@ class PartitionPersistence:
                     self._delete(store_key)
                 part.held_written.pop(name, None)
                 continue
+            # Order matters when the writes stop part-way (a crash: the changelog keeps a
+            # prefix): a newly held event before the entry whose redelivery marks cover it, and a
+            # released one deleted after the entry whose state took it in. Otherwise a restore
+            # could find the mark without the event and drop its redelivered copy as a duplicate.
+            changes = held_changes.pop((ci, key), {})
+            for seq, item in changes.items():
+                if item is not None and seq not in written:
+                    store_key = held_key(name, seq)
+                    held = held_to_data(item, ci, key)
+                    self.store[store_key] = orjson.dumps({"p": partition, "h": held})
+                    written[seq] = store_key
             data = entry_to_data(corr, key, entry)
             data["p"] = partition
             value = orjson.dumps(data)
@@ -94,15 +105,9 @@ class PartitionPersistence:
             if part.entry_hash.get(name) != digest:
                 self.store[name] = value
                 part.entry_hash[name] = digest
-            for seq, item in held_changes.pop((ci, key), {}).items():
-                if item is None:
-                    if seq in written:
-                        self._delete(written.pop(seq))
-                elif seq not in written:
-                    store_key = held_key(name, seq)
-                    held = held_to_data(item, ci, key)
-                    self.store[store_key] = orjson.dumps({"p": partition, "h": held})
-                    written[seq] = store_key
+            for seq, item in changes.items():
+                if item is None and seq in written:
+                    self._delete(written.pop(seq))
             if written:
                 part.held_written[name] = written
             else:

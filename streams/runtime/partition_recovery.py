@@ -160,11 +160,10 @@ class PartitionRecovery(PartitionPersistence):
             )
         if restored:
             log.info("%s %d: restored %d state entries", self._label, partition, restored)
-            # Without a meta entry (or with an older one), the restored events themselves say
-            # how far event time got.
-            newest = engine.newest_event_ns()
-            if newest > engine.max_time_ns:
-                engine.restore_clock(newest, newest - self.lateness_ns)
+            # The clock comes from the meta entry only (or, without one, from the next progress
+            # reports): the restored events' own times are no watermark — an event of a fast
+            # source partition is ahead of the slowest one, and a clock set from it made the
+            # next events of slow partitions late after a crash that lost the meta entry.
 
     def _stale_shadow_state(self, partition: int, found: list[tuple[bytes, bytes]]) -> list[bytes]:
         """The partition's shadow state, to delete (this worker runs no shadow rules)."""
