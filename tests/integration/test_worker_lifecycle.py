@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import ConsumerGroupState
 from worker_harness import (
     EGRESS,
     MIXED_RULES,
@@ -30,6 +29,7 @@ from worker_harness import (
     message_json,
     produce_mixed_stream,
     replay_incidents,
+    wait_groups_shared,
 )
 
 pytestmark = pytest.mark.integration
@@ -127,15 +127,6 @@ def test_sigkill_then_restart_recovers_state_from_the_changelog(worker_env: Work
 # --- 5. two workers, one group -----------------------------------------------------------------
 
 
-def _group_members(env: WorkerEnv, group: str) -> tuple[Any, list[set[tuple[str, int]]]]:
-    description = env.admin.describe_consumer_groups([group])[group].result(timeout=10)
-    members = [
-        {(tp.topic, tp.partition) for tp in (m.assignment.topic_partitions if m.assignment else [])}
-        for m in description.members
-    ]
-    return description.state, members
-
-
 def test_two_workers_share_partitions_and_emit_what_one_worker_does(
     worker_env: WorkerEnv,
 ) -> None:
@@ -151,22 +142,7 @@ def test_two_workers_share_partitions_and_emit_what_one_worker_does(
 
     # Both groups (Faust's, which owns the correlate topic, and the ingest consumers', which own
     # the events topic) must be stable with both members owning partitions before we produce.
-    correlate = f"{shared.app_id}-correlate"
-    groups = {shared.app_id: correlate, f"{shared.app_id}-ingest": shared.topics.events}
-    deadline = time.monotonic() + 60
-    seen: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        seen = {group: _group_members(worker_env, group) for group in groups}
-        if all(
-            state == ConsumerGroupState.STABLE
-            and len(members) == 2
-            and all(any(t == groups[group] for t, _ in m) for m in members)
-            for group, (state, members) in seen.items()
-        ) and all(w.http_get("/readyz")[0] == 200 for w in pair):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"groups of {shared.app_id} not shared by 2 workers: {seen}")
+    seen = wait_groups_shared(worker_env.admin, shared, pair)
     print(f"groups of {shared.app_id}: {seen}")
 
     to_pair = worker_env.producer(shared)

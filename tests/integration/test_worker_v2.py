@@ -5,18 +5,16 @@ first-seen terms give replay's records, for one worker and for two workers shari
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import pytest
-from confluent_kafka import ConsumerGroupState
 from worker_harness import (
     MIXED_RULES,
     WorkerEnv,
     comparable,
-    group_members,
     produce_mixed_stream,
     replay_incidents,
+    wait_groups_shared,
 )
 
 pytestmark = pytest.mark.integration
@@ -66,21 +64,7 @@ def test_chains_and_new_terms_equal_replay_for_one_and_two_workers(
         w.start(wait_ready=False)
     for w in [*pair, alone]:
         w.wait_ready()
-    groups = {shared.app_id: f"{shared.app_id}-correlate"}
-    deadline = time.monotonic() + 60
-    seen: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        seen = {group: group_members(worker_env.admin, group) for group in groups}
-        if all(
-            state == ConsumerGroupState.STABLE
-            and len(members) == 2
-            and all(any(t == groups[group] for t, _ in m) for m in members)
-            for group, (state, members) in seen.items()
-        ) and all(w.http_get("/readyz")[0] == 200 for w in pair):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the correlate group of {shared.app_id} not shared by 2 workers: {seen}")
+    wait_groups_shared(worker_env.admin, shared, pair)
 
     to_pair = worker_env.producer(shared)
     to_single = worker_env.producer(single)
