@@ -15,9 +15,11 @@ from typing import Any
 
 import orjson
 
+from streams.core._event_data import event_from_data
 from streams.core.engine import Engine
 from streams.core.rules import Correlation, Ruleset
 from streams.core.snapshot import entry_from_data, entry_to_data
+from streams.runtime.partition_chains import ChainState, PartitionChains
 from streams.runtime.partition_persist import _HELD, PartitionPersistence, _Partition
 from streams.runtime.progress import MergedProgress
 from streams.runtime.records import SHADOW_PREFIX, entry_key, meta_key
@@ -44,7 +46,7 @@ def _partition_of(value: bytes) -> int | None:
     return data.get("p") if isinstance(data, dict) else None
 
 
-class PartitionRecovery(PartitionPersistence):
+class PartitionRecovery(PartitionPersistence, PartitionChains):
     """Engines built, restored and reloaded; the state is set up by `PartitionCorrelator`."""
 
     ruleset: Ruleset
@@ -78,8 +80,17 @@ class PartitionRecovery(PartitionPersistence):
             self._by_name_for = self.ruleset
         return self._by_name_cache
 
+    def _chain_state(self, partition: int, engine: Engine) -> ChainState | None:
+        """With routed chains, the partition's side of the exchange, its engine routed."""
+        if not self._routes_chains():
+            return None
+        chain = ChainState()
+        self._route(partition, engine, chain)
+        return chain
+
     def _recover(self, partition: int) -> _Partition:
         engine = self._new_engine()
+        chain = self._chain_state(partition, engine)
         progress = MergedProgress()
         by_name = self._by_name()
         restored = unreadable = 0
@@ -97,6 +108,9 @@ class PartitionRecovery(PartitionPersistence):
                 engine.restore_clock(meta["max"], meta["wm"])
                 progress = MergedProgress.from_data(meta.get("progress"))
                 applied = _applied_from_data(meta.get("applied"))
+                if chain is not None:
+                    chain.restore(engine, meta.get("chain"))
+                    self._set_floors(partition, engine, chain)
                 continue
             if key.startswith(b"\x00", len(namespace)):  # meta entries (and shadow state)
                 if self.discard_shadow_state and key.startswith(SHADOW_PREFIX):
@@ -110,17 +124,24 @@ class PartitionRecovery(PartitionPersistence):
             if not isinstance(data, dict) or data.get("p") != partition:
                 continue
             if "h" in data:  # one held event of an entry
-                name, _, seq = key.rpartition(_HELD)
-                held.setdefault(name, {})[int(seq)] = (key, data["h"])
+                name = key.partition(_HELD)[0]
+                try:
+                    seq = event_from_data(data["h"][0]).seq
+                except (TypeError, ValueError, IndexError, KeyError):
+                    unreadable += 1
+                    continue
+                held.setdefault(name, {})[seq] = (key, data["h"])
             else:
                 entries[key] = data
-        part = _Partition(engine, progress, applied=applied, applied_written=dict(applied))
+        part = _Partition(
+            engine, progress, applied=applied, applied_written=dict(applied), chain=chain
+        )
         if shadow_state:
             part.deletes.extend(self._stale_shadow_state(partition, shadow_state))
         dropped: list[str] = []
         for name, data in entries.items():
             items = held.pop(name, {})
-            data["held"] = [item for _, (_, item) in sorted(items.items())]
+            data["held"] = [item for _, item in items.values()]
             entry = entry_from_data(by_name, data, dropped)
             if entry is None:
                 unreadable += 1
@@ -190,11 +211,20 @@ class PartitionRecovery(PartitionPersistence):
         old_parts = self._partitions
         old_rules = self.ruleset
         self.ruleset = ruleset
+        self._make_router()
         self._partitions = {}
         by_name = self._by_name()
         for partition, part in old_parts.items():
             engine = self._new_engine()
             deletes = part.deletes
+            chain = self._chain_state(partition, engine)
+            if chain is not None and part.chain is not None:
+                # the exchange goes on: what the others reported and what was taken from them
+                chain.reported, chain.received = part.chain.reported, part.chain.received
+                marks = part.engine.level_watermarks
+                for level in range(1, min(engine.levels, len(marks))):
+                    engine.level_watermarks[level] = marks[level]
+                self._set_floors(partition, engine, chain)
             for ci, key in part.engine.entry_keys():
                 entry = part.engine.entry(ci, key)
                 if entry is None:
@@ -217,4 +247,5 @@ class PartitionRecovery(PartitionPersistence):
                 deletes=deletes,
                 applied=part.applied,
                 applied_written=part.applied_written,
+                chain=chain,
             )

@@ -1,6 +1,7 @@
 """Rule language v2 in the worker's stages (without Kafka): correlations of correlations and
-first-seen terms give replay's records for any batching and partitioning, and after a restart
-from the table. A chain component is correlated on one partition (streams/runtime/routing.py)."""
+first-seen terms give replay's records for any batching, partitioning and order in which the
+partitions' chain records arrive, and after a restart from the table. Derived events go to their
+dependent key's partition in chain records (streams/runtime/partition_chains.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from typing import Any
 
 import orjson
 import pytest
-from test_partitions import BASE, Pipeline, S, _ids, _messages, _replay
+from test_partitions import BASE, LATENESS, PARTITIONS, Pipeline, S, _ids, _messages, _replay
 
 from streams.core.events import format_time
 from streams.core.loader import load_rules
+from streams.runtime.chain_records import CHAIN_KEY, decode_chain
+from streams.runtime.ingest import SourceMessage
+from streams.runtime.partition_chains import REPORT_INTERVAL_NS
+from streams.runtime.partitions import PartitionCorrelator
 from streams.runtime.routing import Router, chain_components
 
 RULES_V2 = """
@@ -112,10 +117,62 @@ def test_chain_components_group_what_references_what(ruleset_v2: Any) -> None:
         "quiet": "egress",
         "silent after shell": "egress",
     }
-    router = Router(ruleset_v2.correlations, 3)
+    router = Router(ruleset_v2.correlations, 3, pin_chains=True)
     assert len({router.destination(name, ("k",)) for name in components}) == 1
     # outside any chain: by key, as before
     assert {router.destination("burst", (f"c{i}",)) for i in range(30)} == {0, 1, 2}
+
+
+class RoutedPipeline(Pipeline):
+    """`Pipeline` with the worker's routed chains: after each ingest batch, the chain records
+    the partitions send are delivered — per destination in the order they were sent (one
+    Kafka partition), across senders in an order `rng` picks — until none is left."""
+
+    def __init__(self, ruleset: Any, table: dict[bytes, bytes], rng: random.Random) -> None:
+        self.rng = rng
+        self.inbox: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
+        self.chain_records = 0
+        self.clock = 0
+        super().__init__(ruleset, table)
+
+    def _correlator(self, ruleset: Any) -> PartitionCorrelator:
+        return PartitionCorrelator(
+            ruleset,
+            self.table,
+            lateness_ns=LATENESS,
+            max_pending=1000,
+            wall_clock=lambda: 0,
+            correlate_partitions=PARTITIONS,
+            route_chains=True,
+        )
+
+    def batch(self, messages: list[SourceMessage], *, ticks: bool = False) -> list[dict[str, Any]]:
+        out = super().batch(messages, ticks=ticks)
+        while True:
+            self.clock += REPORT_INTERVAL_NS
+            for sender in range(PARTITIONS):
+                for destination, value in self.correlator.chain_records(sender, self.clock):
+                    self.inbox[destination].append(value)
+            waiting = [p for p, values in self.inbox.items() if values]
+            if not waiting:
+                return out
+            destination = self.rng.choice(waiting)
+            # a few records at a time: a partition may run ahead of the others
+            for _ in range(self.rng.randint(1, 3)):
+                if not self.inbox[destination]:
+                    break
+                value = self.inbox[destination].pop(0)
+                offset = self.offsets[destination]
+                self.offsets[destination] += 1
+                self.chain_records += 1
+                record = decode_chain(value)
+                outcome = self.correlator.on_chain(destination, offset, record)
+                out.extend(outcome.incidents)
+                self.duplicates += outcome.duplicates
+
+
+def test_chain_records_round_trip() -> None:
+    assert CHAIN_KEY.startswith(b"\x00")
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -124,7 +181,7 @@ def test_chains_and_new_terms_give_replays_records(ruleset_v2: Any, seed: int) -
     expected = _replay(ruleset_v2, lines)
     fired = {i["correlation"] for i in expected}
     assert fired >= {"node campaign", "first destination", "escalation", "silent after shell"}
-    pipeline = Pipeline(ruleset_v2, {})
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(seed))
     got: list[dict[str, Any]] = []
     messages = _messages(lines)
     for at in range(0, len(messages), 17):
@@ -137,7 +194,7 @@ def test_chains_and_new_terms_give_replays_records(ruleset_v2: Any, seed: int) -
 def test_a_restart_with_chains_and_new_terms_continues_exactly(ruleset_v2: Any, cut: int) -> None:
     lines = _stream_v2(7)
     expected = _replay(ruleset_v2, lines)
-    pipeline = Pipeline(ruleset_v2, {})
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(cut))
     got: list[dict[str, Any]] = []
     messages = _messages(lines)
     for at in range(0, cut, 25):
