@@ -291,8 +291,7 @@ class Engine(ChainRouting):
             self._release_level(self._buffer, self._deadlines, wm, release_all, out)
             for level in range(1, len(marks)):
                 limit = min(wm, min(floors[level], marks[level - 1]) - 1)
-                if limit > marks[level]:
-                    marks[level] = limit
+                marks[level] = max(marks[level], limit)
                 self._release_level(
                     self._level_buffers[level],
                     self._level_deadlines[level],

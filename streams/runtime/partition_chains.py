@@ -26,7 +26,7 @@ late, C5). Both marks are kept in the partition's meta entry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.core.derived import DerivedSeq, position_tail
 from streams.core.engine import Engine, KeyTuple, StepMatch
@@ -91,7 +91,9 @@ class PartitionChains:
     correlate_partitions: int
     router: Router | None
 
-    def _by_name(self) -> dict[str, tuple[int, Correlation]]: ...  # PartitionRecovery
+    if TYPE_CHECKING:
+
+        def _by_name(self) -> dict[str, tuple[int, Correlation]]: ...  # PartitionRecovery
 
     def _routes_chains(self) -> bool:
         return self.router is not None and any(c.references for c in self.ruleset.correlations)

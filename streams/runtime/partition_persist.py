@@ -129,9 +129,13 @@ class PartitionPersistence:
                     self._delete(written.pop(seq))
             if not written:
                 part.held_written.pop(name, None)
-        # Written when the partition's clock moved (the merged progress goes with it): not for
-        # every progress report, which would write the changelog once a second per partition
-        # on a silent stream. A restart may then restore older progress: conservative only.
+        self._write_meta(partition, part)
+
+    def _write_meta(self, partition: int, part: _Partition) -> None:
+        """Written when the partition's clock moved (the merged progress goes with it): not for
+        every progress report, which would write the changelog once a second per partition
+        on a silent stream. A restart may then restore older progress: conservative only."""
+        engine = part.engine
         clock = (engine.max_time_ns, engine.watermark_ns)
         chain = None if part.chain is None else part.chain.to_data(engine)
         if (

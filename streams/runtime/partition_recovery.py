@@ -38,6 +38,17 @@ def _applied_from_data(data: Any) -> dict[int, int]:
     return out
 
 
+def _add_held(held: dict[bytes, dict[int, tuple[bytes, list[Any]]]], key: bytes, item: Any) -> bool:
+    """One held event's store entry, under its entry's key and its seq (a derived event's seq
+    is its position, streams/runtime/partition_persist.py `held_key`)."""
+    try:
+        seq = event_from_data(item[0]).seq
+    except (TypeError, ValueError, IndexError, KeyError):
+        return False
+    held.setdefault(key.partition(_HELD)[0], {})[seq] = (key, item)
+    return True
+
+
 def _partition_of(value: bytes) -> int | None:
     try:
         data = orjson.loads(value)
@@ -74,6 +85,9 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
             **extra,
         )
 
+    def _make_router(self) -> None:
+        """The router of routed chains for the current rules (`PartitionCorrelator`)."""
+
     def _by_name(self) -> dict[str, tuple[int, Correlation]]:
         if self._by_name_for is not self.ruleset:
             self._by_name_cache = {c.name: (i, c) for i, c in enumerate(self.ruleset.correlations)}
@@ -104,13 +118,7 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
             if namespace and not key.startswith(namespace):
                 continue
             if key == own_meta:
-                meta = orjson.loads(value)
-                engine.restore_clock(meta["max"], meta["wm"])
-                progress = MergedProgress.from_data(meta.get("progress"))
-                applied = _applied_from_data(meta.get("applied"))
-                if chain is not None:
-                    chain.restore(engine, meta.get("chain"))
-                    self._set_floors(partition, engine, chain)
+                progress, applied = self._restore_meta(partition, engine, chain, value)
                 continue
             if key.startswith(b"\x00", len(namespace)):  # meta entries (and shadow state)
                 if self.discard_shadow_state and key.startswith(SHADOW_PREFIX):
@@ -124,13 +132,8 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
             if not isinstance(data, dict) or data.get("p") != partition:
                 continue
             if "h" in data:  # one held event of an entry
-                name = key.partition(_HELD)[0]
-                try:
-                    seq = event_from_data(data["h"][0]).seq
-                except (TypeError, ValueError, IndexError, KeyError):
+                if not _add_held(held, key, data["h"]):
                     unreadable += 1
-                    continue
-                held.setdefault(name, {})[seq] = (key, data["h"])
             else:
                 entries[key] = data
         part = _Partition(
@@ -153,6 +156,20 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
             part.deletes.extend(store_key for store_key, _ in orphans.values())
         self._recovered(partition, engine, restored, unreadable, dropped)
         return part
+
+    def _restore_meta(
+        self, partition: int, engine: Engine, chain: ChainState | None, value: bytes
+    ) -> tuple[MergedProgress, dict[int, int]]:
+        """The meta entry: the clock, the merged progress, the `applied` marks and (routed
+        chains) the level watermarks and what the other partitions reported and sent."""
+        meta = orjson.loads(value)
+        engine.restore_clock(meta["max"], meta["wm"])
+        if chain is not None:
+            chain.restore(engine, meta.get("chain"))
+            self._set_floors(partition, engine, chain)
+        return MergedProgress.from_data(meta.get("progress")), _applied_from_data(
+            meta.get("applied")
+        )
 
     def _recovered(
         self,
