@@ -13,12 +13,14 @@ import orjson
 import pytest
 from test_partitions import BASE, LATENESS, PARTITIONS, Pipeline, S, _ids, _messages, _replay
 
-from streams.core.events import format_time
+from streams.core.derived import DerivedSeq
+from streams.core.events import Event, format_time
 from streams.core.loader import load_rules
-from streams.runtime.chain_records import CHAIN_KEY, decode_chain
+from streams.runtime.chain_records import CHAIN_KEY, ChainRecord, decode_chain, encode_chain
 from streams.runtime.ingest import SourceMessage
 from streams.runtime.partition_chains import REPORT_INTERVAL_NS
 from streams.runtime.partitions import PartitionCorrelator
+from streams.runtime.records import BATCH_KEY, MatchRef, RecordError
 from streams.runtime.routing import Router, chain_components
 
 RULES_V2 = """
@@ -128,8 +130,16 @@ class RoutedPipeline(Pipeline):
     the partitions send are delivered — per destination in the order they were sent (one
     Kafka partition), across senders in an order `rng` picks — until none is left."""
 
-    def __init__(self, ruleset: Any, table: dict[bytes, bytes], rng: random.Random) -> None:
+    def __init__(
+        self,
+        ruleset: Any,
+        table: dict[bytes, bytes],
+        rng: random.Random,
+        *,
+        again: float = 0.0,
+    ) -> None:
         self.rng = rng
+        self.again = again  # the share of chain records delivered a second time, later
         self.inbox: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
         self.chain_records = 0
         self.clock = 0
@@ -162,6 +172,8 @@ class RoutedPipeline(Pipeline):
                 if not self.inbox[destination]:
                     break
                 value = self.inbox[destination].pop(0)
+                if self.rng.random() < self.again:  # read again (a reader that restarted)
+                    self.inbox[destination].insert(self.rng.randint(0, 2), value)
                 offset = self.offsets[destination]
                 self.offsets[destination] += 1
                 self.chain_records += 1
@@ -171,8 +183,88 @@ class RoutedPipeline(Pipeline):
                 self.duplicates += outcome.duplicates
 
 
-def test_chain_records_round_trip() -> None:
-    assert CHAIN_KEY.startswith(b"\x00")
+def test_chain_records_round_trip_and_are_not_batches() -> None:
+    engine_event = Event(
+        {"rule": "x"},
+        BASE,
+        DerivedSeq(5 << 20, ("up", "k")),
+        {"correlation": "up", "status": "new", "count": 1},
+    )
+    record = ChainRecord(
+        2, "digest", (BASE, BASE - S), ((engine_event, (MatchRef("down", ("k",), (0,)),)),)
+    )
+    back = decode_chain(encode_chain(record))
+    assert (back.sender, back.levels, back.digest) == (2, (BASE, BASE - S), "digest")
+    ((event, refs),) = back.events
+    assert (event.time_ns, event.seq, event.derived) == (
+        BASE,
+        engine_event.seq,
+        engine_event.derived,
+    )
+    assert event.seq.tail == ("up", "k")
+    assert refs == (MatchRef("down", ("k",), (0,)),)
+    assert CHAIN_KEY != BATCH_KEY
+    with pytest.raises(RecordError, match="chain record"):
+        decode_chain(b'{"v": 99}')
+    with pytest.raises(RecordError, match="malformed"):
+        decode_chain(b'{"v": 1, "from": 0}')
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_chain_records_read_again_are_dropped_as_duplicates(ruleset_v2: Any, seed: int) -> None:
+    lines = _stream_v2(seed)
+    expected = _replay(ruleset_v2, lines)
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(seed), again=0.3)
+    got: list[dict[str, Any]] = []
+    messages = _messages(lines)
+    for at in range(0, len(messages), 11):
+        got.extend(pipeline.batch(messages[at : at + 11]))
+    got.extend(pipeline.flush())
+    assert pipeline.duplicates > 0
+    assert _ids(got) == _ids(expected)
+
+
+def test_a_partition_that_never_reports_holds_only_the_chains_back(ruleset_v2: Any) -> None:
+    """A dependent waits for its upstreams on every partition (C5); correlations that
+    reference nothing go on, and the held chains complete once the partition reports."""
+    lines = _stream_v2(9)
+    expected = _replay(ruleset_v2, lines)
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(9))
+    silent = 1
+    held: list[tuple[int, bytes]] = []
+    original = pipeline.correlator.chain_records
+
+    def muted(partition: int, now_ns: int, *, report: bool = True) -> list[tuple[int, bytes]]:
+        out = original(partition, now_ns, report=report)
+        if partition == silent:
+            held.extend(out)  # delivered later, in the order sent
+            return []
+        return out
+
+    pipeline.correlator.chain_records = muted  # type: ignore[method-assign]
+    got: list[dict[str, Any]] = []
+    got.extend(pipeline.batch(_messages(lines)))
+    got.extend(pipeline.flush())
+    fired = {i["correlation"] for i in got}
+    assert {"burst", "shell", "egress", "first destination"} <= fired  # level 0: not held
+    # dependents wait for partition 1's upstream records, except on partition 1 itself (it
+    # hears how far the others got; what it derives for its own keys is held there at once)
+    router = Router(ruleset_v2.correlations, PARTITIONS)
+    dependents = {"node campaign", "escalation", "silent after shell"}
+    elsewhere = [
+        i
+        for i in got
+        if i["correlation"] in dependents
+        and router.destination(i["correlation"], tuple(i["key"].values())) != silent
+    ]
+    assert elsewhere == []
+    assert any(i["correlation"] in dependents for i in expected)
+    assert held
+    pipeline.correlator.chain_records = original  # type: ignore[method-assign]
+    for destination, value in held:
+        pipeline.inbox[destination].append(value)
+    got.extend(pipeline.flush())
+    assert _ids(got) == _ids(expected)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
