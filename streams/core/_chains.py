@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ChainRouting"]
 
+_NEG_INF = -(2**63)
+_POS_INF = 2**63
+
 
 class ChainRouting:
     """Mixin of `Engine` (which sets the attributes below before `_init_chains`)."""
@@ -40,7 +43,19 @@ class ChainRouting:
     _held: dict[tuple[int, KeyTuple], dict[int, HeldItem]]
     _held_changes: dict[tuple[int, KeyTuple], dict[int, HeldItem | None]]
 
+    watermark_ns: int
+    _routed: bool
+    _level_of: list[int]
+    _level_buffers: list[list[HeldItem]]
+    _level_deadlines: list[list[tuple[int, int, int, KeyTuple]]]
+    level_watermarks: list[int]
+    upstream_floors: list[int]
+
     if TYPE_CHECKING:
+
+        def _hold(self, buffer: list[HeldItem], event: Event, matches: list[StepMatch]) -> None: ...
+
+        def _hold_by_level(self, event: Event, matches: list[StepMatch]) -> None: ...
 
         def _correlate(
             self, event: Event, matches: list[StepMatch], out: list[dict[str, Any]]
@@ -109,21 +124,50 @@ class ChainRouting:
                 self.observer.unkeyed(event, ci, si)
         return found
 
-    def submit_derived(self, event: Event) -> None:
-        """Accept a derived event routed from another engine (see `derived_sink`): held in the
-        reorder buffer at its position, like a Falco event, but never late and never moving
-        the watermark (C5). The host must not move this engine's watermark past the progress
-        of the correlations it references (C5)."""
-        matches = self.match_derived(event)
-        if not matches:
+    def route_derived(self, sink: Callable[[Event], None], *, alone: bool = False) -> None:
+        """Hand every derived event to `sink` instead of correlating it here (the worker: a
+        dependent's key is its own `by`, so its derived events go to the partition of that
+        key, maybe this one, back through `submit_derived`).
+
+        Each level (a correlation's depth: 0 references nothing, 1 references only level 0,
+        ...) then has a reorder buffer and a watermark of its own: level L is released up to
+        min(watermark, min(`upstream_floors[L]`, level L-1's watermark) - 1), so it takes
+        position p only when every upstream has emitted all records before p (C5). The host
+        sets `upstream_floors[L]` to the lowest level L-1 watermark the other partitions
+        reported (`alone`: there are none); until it does, levels >= 1 wait."""
+        self.derived_sink = sink
+        if not self._chains:
             return
-        item = (event.time_ns, event.seq, (matches[0][0], next(self._item_numbers)), event, matches)
-        heapq.heappush(self._buffer, item)
-        if self.track_changes:
-            for ci, _si, key in matches:
-                self._held.setdefault((ci, key), {})[id(item)] = item
-                self._held_changes.setdefault((ci, key), {})[event.seq] = item
-                self.changed.add((ci, key))
+        levels = 1 + max(self._depth.values(), default=0)
+        self._routed = True
+        self._level_of = [self._depth[ci] for ci in range(len(self.correlations))]
+        self._level_buffers = [self._buffer] + [[] for _ in range(1, levels)]
+        self._level_deadlines = [self._deadlines] + [[] for _ in range(1, levels)]
+        self.level_watermarks = [self.watermark_ns] + [_NEG_INF] * (levels - 1)
+        floor = _POS_INF if alone else _NEG_INF
+        self.upstream_floors = [_POS_INF] + [floor] * (levels - 1)
+
+    @property
+    def levels(self) -> int:
+        return len(self.level_watermarks)
+
+    def level_of(self, ci: int) -> int:
+        return self._depth.get(ci, 0)
+
+    def submit_derived(self, event: Event, matches: list[StepMatch] | None = None) -> bool:
+        """Accept a derived event routed from another engine (see `route_derived`): held in
+        the reorder buffer of its level at its position, like a Falco event, but never late and
+        never moving the watermark (C5). `matches` skips matching (the sender matched it).
+        False when it matched nothing here."""
+        if matches is None:
+            matches = self.match_derived(event)
+        if not matches:
+            return False
+        if self._routed:
+            self._hold_by_level(event, matches)
+        else:
+            self._hold(self._buffer, event, matches)
+        return True
 
     def _derive(
         self,
@@ -153,15 +197,18 @@ class ChainRouting:
                 self._correlate(event, matches, out)
 
     def _fire_absences(
-        self, first: tuple[int, int, int, KeyTuple], out: list[dict[str, Any]]
+        self,
+        first: tuple[int, int, int, KeyTuple],
+        deadlines: list[tuple[int, int, int, KeyTuple]],
+        out: list[dict[str, Any]],
     ) -> None:
         """Every absence due at one deadline, with chains: an absence before the ones that
         reference it (an `expect` at the deadline still clears, wherever its position), then by
         name and key; each one's derived event correlated before the next fires."""
         deadline = first[0]
         batch = [first]
-        while self._deadlines and self._deadlines[0][0] == deadline:
-            batch.append(heapq.heappop(self._deadlines))
+        while deadlines and deadlines[0][0] == deadline:
+            batch.append(heapq.heappop(deadlines))
         corrs = self.correlations
         batch.sort(key=lambda d: (self._depth[d[2]], corrs[d[2]].name, key_text(d[3])))
         for _deadline, seq, ci, key in batch:

@@ -146,6 +146,18 @@ class Engine(ChainRouting):
         # per key, the seqs of the held events restored from a snapshot (see `restore`)
         self._restored_seqs: dict[tuple[int, KeyTuple], set[int]] = {}
         self._released: dict[tuple[int, KeyTuple], tuple[int, int]] = {}
+        # Routed chains (`route_derived`, the worker): one reorder buffer and deadline heap per
+        # level (a correlation's depth in the reference graph), each released up to its own
+        # watermark; without them level 0 is all there is.
+        self._routed = False
+        self._level_of: list[int] = []
+        self._level_buffers: list[list[HeldItem]] = [self._buffer]
+        self._level_deadlines: list[list[tuple[int, int, int, KeyTuple]]] = [self._deadlines]
+        #: per level, the watermark it was released to (level 0: `watermark_ns`)
+        self.level_watermarks: list[int] = [_NEG_INF]
+        #: per level >= 1, set by the host: the lowest level-1-below watermark reported by the
+        #: other partitions (`route_derived`)
+        self.upstream_floors: list[int] = [_POS_INF]
         self._init_chains()
 
     # -- matching --------------------------------------------------------------------------
@@ -190,20 +202,39 @@ class Engine(ChainRouting):
             matches = self._first_delivery(matches, source, event.seq)
         if matches:
             self.stats.matched += 1
-            order = (matches[0][0], next(self._item_numbers))
-            item = (event.time_ns, event.seq, order, event, matches)
-            heapq.heappush(self._buffer, item)
-            if self.track_changes:
-                for ci, _si, key in matches:
-                    self._held.setdefault((ci, key), {})[id(item)] = item
-                    self._held_changes.setdefault((ci, key), {})[event.seq] = item
-                    self.changed.add((ci, key))
+            if self._routed:
+                self._hold_by_level(event, matches)
+            else:
+                self._hold(self._buffer, event, matches)
         # `observe`, inlined: this runs for every event.
         time_ns = event.time_ns
         if observe and time_ns > self.max_time_ns:
             self.max_time_ns = time_ns
             return self._release(time_ns - self.lateness_ns)
         return []
+
+    def _hold(self, buffer: list[HeldItem], event: Event, matches: list[StepMatch]) -> None:
+        """Put an event in a reorder buffer until the watermark reaches it."""
+        item = (event.time_ns, event.seq, (matches[0][0], next(self._item_numbers)), event, matches)
+        heapq.heappush(buffer, item)
+        if self.track_changes:
+            for ci, _si, key in matches:
+                self._held.setdefault((ci, key), {})[id(item)] = item
+                self._held_changes.setdefault((ci, key), {})[event.seq] = item
+                self.changed.add((ci, key))
+
+    def _hold_by_level(self, event: Event, matches: list[StepMatch]) -> None:
+        """Routed chains: one item per level the event's matches are at."""
+        level_of = self._level_of
+        first = level_of[matches[0][0]]
+        if all(level_of[m[0]] == first for m in matches):
+            self._hold(self._level_buffers[first], event, matches)
+            return
+        by_level: dict[int, list[StepMatch]] = {}
+        for match in matches:
+            by_level.setdefault(level_of[match[0]], []).append(match)
+        for level, level_matches in by_level.items():
+            self._hold(self._level_buffers[level], event, level_matches)
 
     def observe(self, time_ns: int) -> list[dict[str, Any]]:
         """Take a time as seen (an event's, or a high-water mark carried from upstream)."""
@@ -250,7 +281,39 @@ class Engine(ChainRouting):
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
         wm = self.watermark_ns
         out: list[dict[str, Any]] = []
-        buffer, deadlines = self._buffer, self._deadlines
+        if not self._routed:
+            self._release_level(self._buffer, self._deadlines, wm, release_all, out)
+        else:
+            # Level by level: a level's watermark stays below what its upstream levels have
+            # released everywhere (C5): every derived event it can still get is later.
+            marks, floors = self.level_watermarks, self.upstream_floors
+            marks[0] = wm
+            self._release_level(self._buffer, self._deadlines, wm, release_all, out)
+            for level in range(1, len(marks)):
+                limit = min(wm, min(floors[level], marks[level - 1]) - 1)
+                marks[level] = max(marks[level], limit)
+                self._release_level(
+                    self._level_buffers[level],
+                    self._level_deadlines[level],
+                    marks[level],
+                    release_all,
+                    out,
+                )
+        # Sweep when event time moved on by half the shortest window, but not more often than
+        # every 1000 events: sparse streams with large time gaps would otherwise sweep per event.
+        if wm >= self._next_sweep_ns and wm > _NEG_INF and self.stats.events >= self._sweep_after:
+            self._sweep_after = self.stats.events + 1000
+            self._sweep(wm)
+        return out
+
+    def _release_level(
+        self,
+        buffer: list[HeldItem],
+        deadlines: list[tuple[int, int, int, KeyTuple]],
+        wm: int,
+        release_all: bool,
+        out: list[dict[str, Any]],
+    ) -> None:
         pop, track = heapq.heappop, self.track_changes
         while True:
             # The earliest of the next event and the next deadline, events first on a tie.
@@ -274,16 +337,10 @@ class Engine(ChainRouting):
                 break
             due = pop(deadlines)
             if self._chains:
-                self._fire_absences(due, out)
+                self._fire_absences(due, deadlines, out)
                 continue
             deadline, seq, ci, key = due
             self._fire_absence(ci, key, seq, deadline, out)
-        # Sweep when event time moved on by half the shortest window, but not more often than
-        # every 1000 events: sparse streams with large time gaps would otherwise sweep per event.
-        if wm >= self._next_sweep_ns and wm > _NEG_INF and self.stats.events >= self._sweep_after:
-            self._sweep_after = self.stats.events + 1000
-            self._sweep(wm)
-        return out
 
     def _correlate(self, event: Event, matches: list[StepMatch], out: list[dict[str, Any]]) -> None:
         if not self._chains:
@@ -339,7 +396,7 @@ class Engine(ChainRouting):
                 continue
             deadline = state.deadline(corr, event)
             if deadline is not None:  # absence: a trigger, not an incident yet
-                heapq.heappush(self._deadlines, (deadline, event.seq, ci, key))
+                heapq.heappush(self._deadlines_of(ci), (deadline, event.seq, ci, key))
                 if len(self._states) > self.max_state_entries:
                     self._evict_oldest(self._states)
                 continue
@@ -429,18 +486,21 @@ class Engine(ChainRouting):
         """Drop state no window or suppression can use any more."""
         shortest = min((c.within_ns for c in self.correlations), default=0)
         self._next_sweep_ns = wm + max(shortest // 2, 1_000_000_000)
+        routed, level_of, marks = self._routed, self._level_of, self.level_watermarks
         for (ci, key), state in list(self._states.items()):
             corr = self.correlations[ci]
             # Buffered events are at or after the watermark, so windows start after wm - within.
+            at = marks[level_of[ci]] if routed else wm
             before = state.size()
-            state.expire(wm - corr.within_ns)
+            state.expire(at - corr.within_ns)
             if state.size() != before and self.track_changes:
                 self.changed.add((ci, key))
             if state.size() == 0:
                 del self._states[(ci, key)]
         for (ci, key), anchor in list(self._anchors.items()):
             corr = self.correlations[ci]
-            horizon = state_type(corr.type).suppression_horizon(corr, wm)
+            at = marks[level_of[ci]] if routed else wm
+            horizon = state_type(corr.type).suppression_horizon(corr, at)
             if corr.suppress_ns is None or anchor.anchor_ns + corr.suppress_ns <= horizon:
                 del self._anchors[(ci, key)]
                 if self.track_changes:
@@ -511,7 +571,7 @@ class Engine(ChainRouting):
             if len(self._states) > self.max_state_entries:
                 self._evict_oldest(self._states)
             for deadline, seq in entry.state.deadlines(self.correlations[ci]):
-                heapq.heappush(self._deadlines, (deadline, seq, ci, key))
+                heapq.heappush(self._deadlines_of(ci), (deadline, seq, ci, key))
         if entry.anchor is not None:
             self._anchors[(ci, key)] = entry.anchor
             if len(self._anchors) > self.max_state_entries:
@@ -525,15 +585,23 @@ class Engine(ChainRouting):
             if released is not None and (time_ns, seq) <= released:
                 continue  # released into `state` before the host stopped
             item = (time_ns, seq, (ci, next(self._item_numbers)), event, matches)
-            heapq.heappush(self._buffer, item)
+            heapq.heappush(self._buffer_of(ci), item)
             self._held.setdefault((ci, key), {})[id(item)] = item
             # A host writes a held event before the entry that marks its source as applied: a
             # restore can hold the event without the mark, and then the record comes again.
             self._restored_seqs.setdefault((ci, key), set()).add(seq)
 
+    def _buffer_of(self, ci: int) -> list[HeldItem]:
+        return self._level_buffers[self._level_of[ci]] if self._routed else self._buffer
+
+    def _deadlines_of(self, ci: int) -> list[tuple[int, int, int, KeyTuple]]:
+        return self._level_deadlines[self._level_of[ci]] if self._routed else self._deadlines
+
     def newest_event_ns(self) -> int:
         """The latest event time the engine holds (buffered or in state), or -inf."""
-        newest = max((item[0] for item in self._buffer), default=_NEG_INF)
+        newest = max(
+            (item[0] for buffer in self._level_buffers for item in buffer), default=_NEG_INF
+        )
         for state in self._states.values():
             newest = max(newest, state.newest_ns)
         return newest
@@ -552,4 +620,4 @@ class Engine(ChainRouting):
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return sum(len(buffer) for buffer in self._level_buffers)

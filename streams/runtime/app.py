@@ -46,6 +46,7 @@ from streams.runtime.ingest import Ingestor
 from streams.runtime.ingest_service import IngestService
 from streams.runtime.kafka_options import faust_broker_credentials
 from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.partition_chains import REPORT_INTERVAL_NS
 from streams.runtime.partitions import (
     PartitionCorrelator,
     ShadowCorrelator,
@@ -133,6 +134,7 @@ class FaustHandles:
     ownership: Any
     on_revoked: Any
     on_assigned: Any
+    chain_reports: Any = None
     rule_watch: tuple[Any, ...] = ()  # the SIGHUP task and the file-watch timer (cli.py)
 
 
@@ -301,6 +303,9 @@ def build_app(parts: WorkerParts) -> WorkerApp:
                         exc,
                     )
                 last_of[message.partition] = event
+            # Derived events for other partitions first, then the state that emitted them: a
+            # crash between the two then re-derives them rather than losing them.
+            step.send_chains(last_of, report=True)
             # Each changed entry is written once per group of records, under an event of its
             # partition: the store (RocksDB) and the changelog take the current event's
             # partition. A key changed by several records of the group is written once.
@@ -330,6 +335,12 @@ def build_app(parts: WorkerParts) -> WorkerApp:
     async def health() -> None:
         check_health(worker, wall_clock())
 
+    @app.timer(interval=REPORT_INTERVAL_NS / 1e9, name="chain-reports")
+    async def chain_reports() -> None:
+        """Level watermarks that moved, to the other partitions (routed chains only)."""
+        if worker.correlator.router is not None:
+            step.send_chains(list(worker.correlator.partitions()), report=True)
+
     @app.timer(interval=5.0, name="ownership")
     async def ownership() -> None:
         await check_ownership(worker)
@@ -356,7 +367,9 @@ def build_app(parts: WorkerParts) -> WorkerApp:
 
     install_pages(worker, wall_clock)
     # keep references so Faust's decorators' results are not garbage collected or unused
-    worker.handles = FaustHandles(correlate, health, ownership, on_revoked, on_assigned)
+    worker.handles = FaustHandles(
+        correlate, health, ownership, on_revoked, on_assigned, chain_reports=chain_reports
+    )
     return worker
 
 

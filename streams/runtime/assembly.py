@@ -87,6 +87,9 @@ def _correlators(
             wall_clock=wall_clock,
             shadow=is_shadow,
             discard_shadow_state=shadow is None,
+            # the live rules' chains: derived events to their dependent key's partition
+            correlate_partitions=partitions,
+            route_chains=not is_shadow,
         )
 
     def make(store: StateStore) -> Correlators:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from streams.runtime.chain_records import CHAIN_KEY, decode_chain
 from streams.runtime.metrics import LIVE, SHADOW
 from streams.runtime.partitions import BatchOutcome
 from streams.runtime.records import RecordError, decode_batch, shadow_incidents_topic
@@ -44,6 +45,8 @@ class CorrelateStep:
         message = event.message
         partition, offset = message.partition, message.offset
         worker.correlate_waiting_on = f"processing {correlate_name}/{partition}@{offset}"
+        if message.key == CHAIN_KEY:
+            return self._chain(partition, offset, message.value)
         try:
             batch = decode_batch(message.key, message.value)
         except RecordError as exc:
@@ -81,6 +84,37 @@ class CorrelateStep:
                 self._count(partition, shadow_outcome, SHADOW)
                 shadow_out.extend(shadow_outcome.incidents)
         return outcome.incidents
+
+    def _chain(self, partition: int, offset: int, value: bytes | None) -> list[dict[str, Any]]:
+        """A chain record from another partition (streams/runtime/partition_chains.py)."""
+        try:
+            record = decode_chain(value)
+        except RecordError as exc:
+            self.metrics.records_invalid.inc()
+            log.error(
+                "skipped chain record %s/%d/%d: %s", self.correlate_name, partition, offset, exc
+            )
+            return []
+        outcome = self.worker.correlator.on_chain(partition, offset, record, persist=False)
+        self.metrics.chain_records.labels("received").inc()
+        if outcome.events:
+            self.metrics.derived_events.labels("received").inc(outcome.events)
+        if outcome.duplicates:
+            self.metrics.duplicates.labels(LIVE).inc(outcome.duplicates)
+        return outcome.incidents
+
+    def send_chains(self, partitions: Any, *, report: bool) -> None:
+        """The chain records of `partitions` (derived events for other partitions, and with
+        `report` their level watermarks when they moved): produced before the state is written,
+        and flushed with it before the offsets are committed."""
+        correlator, metrics = self.worker.correlator, self.metrics
+        now = self.wall_clock()
+        for partition in partitions:
+            for destination, value in correlator.chain_records(partition, now, report=report):
+                self.output.produce(
+                    self.correlate_name, CHAIN_KEY, value, destination, changelog=False
+                )
+                metrics.chain_records.labels("sent").inc()
 
     def _count(self, partition: int, outcome: BatchOutcome, shadow_label: str) -> None:
         metrics = self.metrics

@@ -114,7 +114,9 @@ class Ingestor:
     def reload_shadow(self, ruleset: Ruleset) -> None:
         """New shadow rules (only when the worker was started with `app.shadow_rules`)."""
         self._shadow = Matcher(ruleset)
-        self._shadow_router = Router(ruleset.correlations, self.correlate_partitions)
+        self._shadow_router = Router(
+            ruleset.correlations, self.correlate_partitions, pin_chains=True
+        )
         self._shadow_failed = False
 
     def _match_shadow(self, shadow: Matcher, event: Event, out: IngestBatch) -> list[StepMatch]:

@@ -55,6 +55,9 @@ class WorkerMetrics:
     refused: Counter
     keys_evicted: Counter
     shadow_errors: Counter
+    chain_records: Counter
+    derived_events: Counter
+    level_lag: Gauge
     #: what of the totals the engines and producers count themselves was added to the counters
     counted: dict[str, int] = field(default_factory=dict)
 
@@ -192,6 +195,26 @@ class WorkerMetrics:
                 "Events (ingest) or records (correlate) the shadow rules failed on; the live "
                 "rules are not affected",
                 ["stage"],
+                registry=reg,
+            ),
+            chain_records=Counter(
+                "fc_chain_records",
+                "Chain records (derived events and level progress) between correlate partitions",
+                ["direction"],
+                registry=reg,
+            ),
+            derived_events=Counter(
+                "fc_derived_events",
+                "Derived events taken from other partitions' chain records",
+                ["direction"],
+                registry=reg,
+            ),
+            level_lag=Gauge(
+                "fc_chain_level_lag_seconds",
+                "How far a chain level's watermark is behind the partition's watermark (a "
+                "correlation's level is its depth among references; it waits for its upstreams "
+                "on every partition)",
+                ["partition", "level"],
                 registry=reg,
             ),
             refused=Counter(

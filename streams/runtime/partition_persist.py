@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from streams.core.derived import DerivedSeq
 from streams.core.engine import Engine
 from streams.core.snapshot import entry_to_data, held_to_data
+from streams.runtime.partition_chains import ChainState
 from streams.runtime.progress import NEG_INF, MergedProgress
 from streams.runtime.records import entry_key, meta_key
 
@@ -50,13 +52,20 @@ class _Partition:
     # can never make a new event be dropped.
     applied: dict[int, int] = field(default_factory=dict)
     applied_written: dict[int, int] = field(default_factory=dict)
+    # routed chains (streams/runtime/partition_chains.py): None when the rules have none
+    chain: ChainState | None = None
+    chain_written: dict[str, Any] | None = None
 
 
 _HELD = b"\x1e"  # entry key + _HELD + seq: one event held in the reorder buffer for that entry
 
 
 def held_key(name: bytes, seq: int) -> bytes:
-    return name + _HELD + str(seq).encode()
+    """A held event's store key; a derived event's seq is a position (base and tail, JSON: no
+    raw control character, so the first `_HELD` of a key always ends the entry key)."""
+    if isinstance(seq, DerivedSeq):
+        return name + _HELD + b"%d:" % int(seq) + orjson.dumps(list(seq.tail))
+    return name + _HELD + str(int(seq)).encode()
 
 
 class PartitionPersistence:
@@ -120,23 +129,34 @@ class PartitionPersistence:
                     self._delete(written.pop(seq))
             if not written:
                 part.held_written.pop(name, None)
-        # Written when the partition's clock moved (the merged progress goes with it): not for
-        # every progress report, which would write the changelog once a second per partition
-        # on a silent stream. A restart may then restore older progress: conservative only.
+        self._write_meta(partition, part)
+
+    def _write_meta(self, partition: int, part: _Partition) -> None:
+        """Written when the partition's clock moved (the merged progress goes with it): not for
+        every progress report, which would write the changelog once a second per partition
+        on a silent stream. A restart may then restore older progress: conservative only."""
+        engine = part.engine
         clock = (engine.max_time_ns, engine.watermark_ns)
-        if clock != part.meta_written or part.applied != part.applied_written:
+        chain = None if part.chain is None else part.chain.to_data(engine)
+        if (
+            clock != part.meta_written
+            or part.applied != part.applied_written
+            or chain != part.chain_written
+        ):
             # once per batch at most: persist() follows a batch
             part.meta_written = clock
             part.applied_written = dict(part.applied)
-            self.store[self.namespace + meta_key(partition)] = orjson.dumps(
-                {
-                    "max": engine.max_time_ns,
-                    "wm": engine.watermark_ns,
-                    "p": partition,
-                    "progress": part.progress.to_data(),
-                    "applied": {str(k): v for k, v in part.applied.items()},
-                }
-            )
+            part.chain_written = chain
+            meta: dict[str, Any] = {
+                "max": engine.max_time_ns,
+                "wm": engine.watermark_ns,
+                "p": partition,
+                "progress": part.progress.to_data(),
+                "applied": {str(k): v for k, v in part.applied.items()},
+            }
+            if chain is not None:
+                meta["chain"] = chain
+            self.store[self.namespace + meta_key(partition)] = orjson.dumps(meta)
 
     def _delete(self, name: bytes) -> None:
         if name in self.store:

@@ -15,9 +15,11 @@ from typing import Any
 
 import orjson
 
+from streams.core._event_data import event_from_data
 from streams.core.engine import Engine
 from streams.core.rules import Correlation, Ruleset
 from streams.core.snapshot import entry_from_data, entry_to_data
+from streams.runtime.partition_chains import ChainState, PartitionChains
 from streams.runtime.partition_persist import _HELD, PartitionPersistence, _Partition
 from streams.runtime.progress import MergedProgress
 from streams.runtime.records import SHADOW_PREFIX, entry_key, meta_key
@@ -36,6 +38,17 @@ def _applied_from_data(data: Any) -> dict[int, int]:
     return out
 
 
+def _add_held(held: dict[bytes, dict[int, tuple[bytes, list[Any]]]], key: bytes, item: Any) -> bool:
+    """One held event's store entry, under its entry's key and its seq (a derived event's seq
+    is its position, streams/runtime/partition_persist.py `held_key`)."""
+    try:
+        seq = event_from_data(item[0]).seq
+    except (TypeError, ValueError, IndexError, KeyError):
+        return False
+    held.setdefault(key.partition(_HELD)[0], {})[seq] = (key, item)
+    return True
+
+
 def _partition_of(value: bytes) -> int | None:
     try:
         data = orjson.loads(value)
@@ -44,7 +57,7 @@ def _partition_of(value: bytes) -> int | None:
     return data.get("p") if isinstance(data, dict) else None
 
 
-class PartitionRecovery(PartitionPersistence):
+class PartitionRecovery(PartitionPersistence, PartitionChains):
     """Engines built, restored and reloaded; the state is set up by `PartitionCorrelator`."""
 
     ruleset: Ruleset
@@ -72,14 +85,26 @@ class PartitionRecovery(PartitionPersistence):
             **extra,
         )
 
+    def _make_router(self) -> None:
+        """The router of routed chains for the current rules (`PartitionCorrelator`)."""
+
     def _by_name(self) -> dict[str, tuple[int, Correlation]]:
         if self._by_name_for is not self.ruleset:
             self._by_name_cache = {c.name: (i, c) for i, c in enumerate(self.ruleset.correlations)}
             self._by_name_for = self.ruleset
         return self._by_name_cache
 
+    def _chain_state(self, partition: int, engine: Engine) -> ChainState | None:
+        """With routed chains, the partition's side of the exchange, its engine routed."""
+        if not self._routes_chains():
+            return None
+        chain = ChainState()
+        self._route(partition, engine, chain)
+        return chain
+
     def _recover(self, partition: int) -> _Partition:
         engine = self._new_engine()
+        chain = self._chain_state(partition, engine)
         progress = MergedProgress()
         by_name = self._by_name()
         restored = unreadable = 0
@@ -93,10 +118,7 @@ class PartitionRecovery(PartitionPersistence):
             if namespace and not key.startswith(namespace):
                 continue
             if key == own_meta:
-                meta = orjson.loads(value)
-                engine.restore_clock(meta["max"], meta["wm"])
-                progress = MergedProgress.from_data(meta.get("progress"))
-                applied = _applied_from_data(meta.get("applied"))
+                progress, applied = self._restore_meta(partition, engine, chain, value)
                 continue
             if key.startswith(b"\x00", len(namespace)):  # meta entries (and shadow state)
                 if self.discard_shadow_state and key.startswith(SHADOW_PREFIX):
@@ -110,17 +132,19 @@ class PartitionRecovery(PartitionPersistence):
             if not isinstance(data, dict) or data.get("p") != partition:
                 continue
             if "h" in data:  # one held event of an entry
-                name, _, seq = key.rpartition(_HELD)
-                held.setdefault(name, {})[int(seq)] = (key, data["h"])
+                if not _add_held(held, key, data["h"]):
+                    unreadable += 1
             else:
                 entries[key] = data
-        part = _Partition(engine, progress, applied=applied, applied_written=dict(applied))
+        part = _Partition(
+            engine, progress, applied=applied, applied_written=dict(applied), chain=chain
+        )
         if shadow_state:
             part.deletes.extend(self._stale_shadow_state(partition, shadow_state))
         dropped: list[str] = []
         for name, data in entries.items():
             items = held.pop(name, {})
-            data["held"] = [item for _, (_, item) in sorted(items.items())]
+            data["held"] = [item for _, item in items.values()]
             entry = entry_from_data(by_name, data, dropped)
             if entry is None:
                 unreadable += 1
@@ -132,6 +156,20 @@ class PartitionRecovery(PartitionPersistence):
             part.deletes.extend(store_key for store_key, _ in orphans.values())
         self._recovered(partition, engine, restored, unreadable, dropped)
         return part
+
+    def _restore_meta(
+        self, partition: int, engine: Engine, chain: ChainState | None, value: bytes
+    ) -> tuple[MergedProgress, dict[int, int]]:
+        """The meta entry: the clock, the merged progress, the `applied` marks and (routed
+        chains) the level watermarks and what the other partitions reported and sent."""
+        meta = orjson.loads(value)
+        engine.restore_clock(meta["max"], meta["wm"])
+        if chain is not None:
+            chain.restore(engine, meta.get("chain"))
+            self._set_floors(partition, engine, chain)
+        return MergedProgress.from_data(meta.get("progress")), _applied_from_data(
+            meta.get("applied")
+        )
 
     def _recovered(
         self,
@@ -190,11 +228,20 @@ class PartitionRecovery(PartitionPersistence):
         old_parts = self._partitions
         old_rules = self.ruleset
         self.ruleset = ruleset
+        self._make_router()
         self._partitions = {}
         by_name = self._by_name()
         for partition, part in old_parts.items():
             engine = self._new_engine()
             deletes = part.deletes
+            chain = self._chain_state(partition, engine)
+            if chain is not None and part.chain is not None:
+                # the exchange goes on: what the others reported and what was taken from them
+                chain.reported, chain.received = part.chain.reported, part.chain.received
+                marks = part.engine.level_watermarks
+                for level in range(1, min(engine.levels, len(marks))):
+                    engine.level_watermarks[level] = marks[level]
+                self._set_floors(partition, engine, chain)
             for ci, key in part.engine.entry_keys():
                 entry = part.engine.entry(ci, key)
                 if entry is None:
@@ -217,4 +264,5 @@ class PartitionRecovery(PartitionPersistence):
                 deletes=deletes,
                 applied=part.applied,
                 applied_written=part.applied_written,
+                chain=chain,
             )

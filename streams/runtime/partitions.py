@@ -30,16 +30,22 @@ from typing import Any
 from streams.core.engine import Engine, KeyTuple, StepMatch
 from streams.core.events import Event
 from streams.core.rules import Correlation, Ruleset
+from streams.runtime.chain_records import ChainRecord
 from streams.runtime.partition_persist import StateStore, _Partition
 from streams.runtime.partition_recovery import PartitionRecovery
 from streams.runtime.progress import NEG_INF
 from streams.runtime.records import SHADOW_PREFIX, CorrelateBatch
+from streams.runtime.routing import Router
 
 __all__ = ["BatchOutcome", "PartitionCorrelator", "ShadowCorrelator", "StateStore"]
 
 log = logging.getLogger(__name__)  # partition_recovery logs under this name too
 
-_SEQ_SHIFT = 20  # an event's tie-breaking sequence: record offset << 20 | index in the record
+# An event's tie-breaking sequence (its arrival, for events of the same time): source offset
+# << 20 | source partition — the same on every correlate partition the event is sent to, so a
+# derived event (positioned after the event that completed its match, C4) sorts against the
+# Falco events of another partition exactly as on the partition that derived it.
+_SEQ_SHIFT = 20
 
 
 @dataclass
@@ -65,9 +71,18 @@ class PartitionCorrelator(PartitionRecovery):
         wall_clock: Callable[[], int] = time.time_ns,
         shadow: bool = False,
         discard_shadow_state: bool = False,
+        correlate_partitions: int = 1,
+        route_chains: bool = False,
     ) -> None:
         self.ruleset = ruleset
         self.shadow = shadow
+        # Routed chains (streams/runtime/partition_chains.py): the live rules of the worker;
+        # without them (the shadow rules, tests of one partition) chains are correlated in one
+        # engine (their events pinned to one partition by the ingest's Router)
+        self.correlate_partitions = correlate_partitions
+        self.route_chains = route_chains and not shadow
+        self.router: Router | None = None
+        self._make_router()
         # prefix of every store key of this correlator: the live one's keys are as they always
         # were; the shadow one's never collide with them (and start with NUL: skipped by live)
         self.namespace = SHADOW_PREFIX if shadow else b""
@@ -98,6 +113,13 @@ class PartitionCorrelator(PartitionRecovery):
 
     def partitions(self) -> dict[int, Engine]:
         return {p: part.engine for p, part in self._partitions.items()}
+
+    def _make_router(self) -> None:
+        self.router = (
+            Router(self.ruleset.correlations, self.correlate_partitions)
+            if self.route_chains
+            else None
+        )
 
     def high_water(self, partition: int) -> int:
         part = self._partitions.get(partition)
@@ -150,12 +172,12 @@ class PartitionCorrelator(PartitionRecovery):
         shadow = self.shadow
         digest = batch.shadow_digest if shadow else batch.digest
         same_rules = digest == self.ruleset.digest
-        base = offset << _SEQ_SHIFT
-        for index, record in enumerate(batch.events):
+        for record in batch.events:
             refs = record.shadow_matches if shadow else record.matches
             if not refs:  # matched only the other set (live or shadow)
                 continue
-            event = Event(record.payload, record.time_ns, base + index)
+            seq = (record.source_offset << _SEQ_SHIFT) | record.source_partition
+            event = Event(record.payload, record.time_ns, seq)
             matches: list[StepMatch] = []
             rematched: list[StepMatch] | None = None
             for ref in refs:
@@ -187,6 +209,36 @@ class PartitionCorrelator(PartitionRecovery):
             outcome.incidents.extend(engine.submit(event, matches, source=source, observe=False))
             if outcome.first_late is None and stats.late != late_before:
                 outcome.first_late = (*source, record.time_ns, engine.watermark_ns)
+
+    def on_chain(
+        self, partition: int, offset: int, record: ChainRecord, *, persist: bool = True
+    ) -> BatchOutcome:
+        """Apply one chain record (streams/runtime/partition_chains.py): the sender's level
+        watermarks and the derived events it sent here; then release what they allow."""
+        if self._pending_ruleset is not None:
+            self._apply_reload()
+        part = self._partition(partition)
+        outcome = BatchOutcome()
+        chain = part.chain
+        if chain is None:  # no chains in these rules (a reload removed them): nothing to do
+            return outcome
+        engine = part.engine
+        duplicates = chain.duplicates
+        outcome.events = self._take_chain(partition, engine, chain, record)
+        outcome.duplicates = chain.duplicates - duplicates
+        outcome.incidents.extend(engine.advance_to(engine.watermark_ns))
+        if persist:
+            self._persist(partition, part)
+        return outcome
+
+    def chain_records(
+        self, partition: int, now_ns: int, *, report: bool = True
+    ) -> list[tuple[int, bytes]]:
+        """(destination partition, value) of the chain records this partition sends now."""
+        part = self._partitions.get(partition)
+        if part is None or part.chain is None:
+            return []
+        return self._chain_records(partition, part.engine, part.chain, now_ns, report=report)
 
     def persist(self, partition: int) -> None:
         """Write the entries changed since the last write of this partition to the store."""

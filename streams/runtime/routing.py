@@ -1,12 +1,15 @@
 """Which correlate partition owns a (correlation, group key).
 
-A correlation on its own is spread over the correlate partitions by its group key (CRC-32 of
-the entry key, `streams/runtime/records.py`). Correlations joined by references (RULES-SPEC
-section 7, C3: a correlation that receives another's records as derived events) form a chain
-component, and a whole component is correlated on one partition: the upstream's records become
-derived events in the same engine, at once and depth first, exactly as in `replay` (C4, C5),
-whatever the partitioning and the number of workers. The price is that a component's events
-are correlated by one partition; correlations outside any chain are not affected.
+Every correlation is spread over the correlate partitions by its group key (CRC-32 of the entry
+key, `streams/runtime/records.py`), also one that references another (RULES-SPEC section 7,
+C3): its key is its own `by`, and the derived events it takes are sent to the partition of that
+key in chain records (streams/runtime/chain_records.py, streams/runtime/partition_chains.py).
+
+`pin_chains=True` keeps the older layout, used by the shadow rules (whose correlator exchanges
+no chain records): correlations joined by references form a chain component, and a whole
+component is correlated on one partition, where the upstream's records become derived events
+in the same engine, at once and depth first, exactly as in `replay`. Its price is that a
+component's events are correlated by one partition.
 """
 
 from __future__ import annotations
@@ -52,12 +55,18 @@ def chain_components(correlations: Iterable[_Referencing]) -> dict[str, str]:
 class Router:
     """The destination partition of each (correlation, key), for one ruleset."""
 
-    def __init__(self, correlations: Iterable[_Referencing], partitions: int) -> None:
+    def __init__(
+        self, correlations: Iterable[_Referencing], partitions: int, *, pin_chains: bool = False
+    ) -> None:
         self.partitions = partitions
-        self.pinned = {
-            name: zlib.crc32(b"\x00chain\x1f" + label.encode()) % partitions
-            for name, label in chain_components(correlations).items()
-        }
+        self.pinned = (
+            {
+                name: zlib.crc32(b"\x00chain\x1f" + label.encode()) % partitions
+                for name, label in chain_components(correlations).items()
+            }
+            if pin_chains
+            else {}
+        )
         self._routes: dict[tuple[str, KeyTuple], int] = {}
 
     def destination(self, name: str, key: KeyTuple) -> int:

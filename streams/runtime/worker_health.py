@@ -192,6 +192,12 @@ def _update_correlator_gauges(
             metrics.watermark_lag.labels(label, shadow_label).set(
                 (now_ns - engine.watermark_ns) / 1e9
             )
+            if shadow_label == LIVE:
+                for level in range(1, engine.levels):
+                    mark = engine.level_watermarks[level]
+                    metrics.level_lag.labels(label, str(level)).set(
+                        (engine.watermark_ns - mark) / 1e9 if mark > -(2**63) else float("inf")
+                    )
         template_errors += engine.stats.template_errors
         evicted += engine.stats.evicted
         keys_evicted += engine.stats.evicted_keys

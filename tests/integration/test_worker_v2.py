@@ -101,3 +101,8 @@ def test_chains_and_new_terms_equal_replay_for_one_and_two_workers(
             f"{sorted({i['id'] for i in expected} - {i['id'] for i in reader.values()})[:5]}"
         )
     assert all(w.metric_sum("fc_events_late_total") == 0 for w in [*pair, alone])
+    # the chains were correlated across partitions: derived events went to the dependent
+    # keys' partitions in chain records, also between the two workers
+    for w in [*pair, alone]:
+        assert w.metric_sum("fc_derived_events_total") > 0, w.name
+        assert w.metric_sum("fc_chain_records_total") > 0, w.name

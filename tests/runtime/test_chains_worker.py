@@ -1,6 +1,7 @@
 """Rule language v2 in the worker's stages (without Kafka): correlations of correlations and
-first-seen terms give replay's records for any batching and partitioning, and after a restart
-from the table. A chain component is correlated on one partition (streams/runtime/routing.py)."""
+first-seen terms give replay's records for any batching, partitioning and order in which the
+partitions' chain records arrive, and after a restart from the table. Derived events go to their
+dependent key's partition in chain records (streams/runtime/partition_chains.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from typing import Any
 
 import orjson
 import pytest
-from test_partitions import BASE, Pipeline, S, _ids, _messages, _replay
+from test_partitions import BASE, LATENESS, PARTITIONS, Pipeline, S, _ids, _messages, _replay
 
-from streams.core.events import format_time
+from streams.core.derived import DerivedSeq
+from streams.core.events import Event, format_time
 from streams.core.loader import load_rules
+from streams.runtime.chain_records import CHAIN_KEY, ChainRecord, decode_chain, encode_chain
+from streams.runtime.ingest import SourceMessage
+from streams.runtime.partition_chains import REPORT_INTERVAL_NS
+from streams.runtime.partitions import PartitionCorrelator
+from streams.runtime.records import BATCH_KEY, MatchRef, RecordError
 from streams.runtime.routing import Router, chain_components
 
 RULES_V2 = """
@@ -112,10 +119,152 @@ def test_chain_components_group_what_references_what(ruleset_v2: Any) -> None:
         "quiet": "egress",
         "silent after shell": "egress",
     }
-    router = Router(ruleset_v2.correlations, 3)
+    router = Router(ruleset_v2.correlations, 3, pin_chains=True)
     assert len({router.destination(name, ("k",)) for name in components}) == 1
     # outside any chain: by key, as before
     assert {router.destination("burst", (f"c{i}",)) for i in range(30)} == {0, 1, 2}
+
+
+class RoutedPipeline(Pipeline):
+    """`Pipeline` with the worker's routed chains: after each ingest batch, the chain records
+    the partitions send are delivered — per destination in the order they were sent (one
+    Kafka partition), across senders in an order `rng` picks — until none is left."""
+
+    def __init__(
+        self,
+        ruleset: Any,
+        table: dict[bytes, bytes],
+        rng: random.Random,
+        *,
+        again: float = 0.0,
+    ) -> None:
+        self.rng = rng
+        self.again = again  # the share of chain records delivered a second time, later
+        self.inbox: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
+        self.chain_records = 0
+        self.clock = 0
+        super().__init__(ruleset, table)
+
+    def _correlator(self, ruleset: Any) -> PartitionCorrelator:
+        return PartitionCorrelator(
+            ruleset,
+            self.table,
+            lateness_ns=LATENESS,
+            max_pending=1000,
+            wall_clock=lambda: 0,
+            correlate_partitions=PARTITIONS,
+            route_chains=True,
+        )
+
+    def batch(self, messages: list[SourceMessage], *, ticks: bool = False) -> list[dict[str, Any]]:
+        out = super().batch(messages, ticks=ticks)
+        while True:
+            self.clock += REPORT_INTERVAL_NS
+            for sender in range(PARTITIONS):
+                for destination, value in self.correlator.chain_records(sender, self.clock):
+                    self.inbox[destination].append(value)
+            waiting = [p for p, values in self.inbox.items() if values]
+            if not waiting:
+                return out
+            destination = self.rng.choice(waiting)
+            # a few records at a time: a partition may run ahead of the others
+            for _ in range(self.rng.randint(1, 3)):
+                if not self.inbox[destination]:
+                    break
+                value = self.inbox[destination].pop(0)
+                if self.rng.random() < self.again:  # read again (a reader that restarted)
+                    self.inbox[destination].insert(self.rng.randint(0, 2), value)
+                offset = self.offsets[destination]
+                self.offsets[destination] += 1
+                self.chain_records += 1
+                record = decode_chain(value)
+                outcome = self.correlator.on_chain(destination, offset, record)
+                out.extend(outcome.incidents)
+                self.duplicates += outcome.duplicates
+
+
+def test_chain_records_round_trip_and_are_not_batches() -> None:
+    engine_event = Event(
+        {"rule": "x"},
+        BASE,
+        DerivedSeq(5 << 20, ("up", "k")),
+        {"correlation": "up", "status": "new", "count": 1},
+    )
+    record = ChainRecord(
+        2, "digest", (BASE, BASE - S), ((engine_event, (MatchRef("down", ("k",), (0,)),)),)
+    )
+    back = decode_chain(encode_chain(record))
+    assert (back.sender, back.levels, back.digest) == (2, (BASE, BASE - S), "digest")
+    ((event, refs),) = back.events
+    assert (event.time_ns, event.seq, event.derived) == (
+        BASE,
+        engine_event.seq,
+        engine_event.derived,
+    )
+    assert event.seq.tail == ("up", "k")
+    assert refs == (MatchRef("down", ("k",), (0,)),)
+    assert CHAIN_KEY != BATCH_KEY
+    with pytest.raises(RecordError, match="chain record"):
+        decode_chain(b'{"v": 99}')
+    with pytest.raises(RecordError, match="malformed"):
+        decode_chain(b'{"v": 1, "from": 0}')
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_chain_records_read_again_are_dropped_as_duplicates(ruleset_v2: Any, seed: int) -> None:
+    lines = _stream_v2(seed)
+    expected = _replay(ruleset_v2, lines)
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(seed), again=0.3)
+    got: list[dict[str, Any]] = []
+    messages = _messages(lines)
+    for at in range(0, len(messages), 11):
+        got.extend(pipeline.batch(messages[at : at + 11]))
+    got.extend(pipeline.flush())
+    assert pipeline.duplicates > 0
+    assert _ids(got) == _ids(expected)
+
+
+def test_a_partition_that_never_reports_holds_only_the_chains_back(ruleset_v2: Any) -> None:
+    """A dependent waits for its upstreams on every partition (C5); correlations that
+    reference nothing go on, and the held chains complete once the partition reports."""
+    lines = _stream_v2(9)
+    expected = _replay(ruleset_v2, lines)
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(9))
+    silent = 1
+    held: list[tuple[int, bytes]] = []
+    original = pipeline.correlator.chain_records
+
+    def muted(partition: int, now_ns: int, *, report: bool = True) -> list[tuple[int, bytes]]:
+        out = original(partition, now_ns, report=report)
+        if partition == silent:
+            held.extend(out)  # delivered later, in the order sent
+            return []
+        return out
+
+    pipeline.correlator.chain_records = muted  # type: ignore[method-assign]
+    got: list[dict[str, Any]] = []
+    got.extend(pipeline.batch(_messages(lines)))
+    got.extend(pipeline.flush())
+    fired = {i["correlation"] for i in got}
+    assert {"burst", "shell", "egress", "first destination"} <= fired  # level 0: not held
+    # dependents wait for partition 1's upstream records, except on partition 1 itself (it
+    # hears how far the others got; what it derives for its own keys is held there at once)
+    router = Router(ruleset_v2.correlations, PARTITIONS)
+    dependents = {"node campaign", "escalation", "silent after shell"}
+    elsewhere = [
+        i
+        for i in got
+        if i["correlation"] in dependents
+        and router.destination(i["correlation"], tuple(i["key"].values())) != silent
+    ]
+    assert elsewhere == []
+    assert any(i["correlation"] in dependents for i in expected)
+    assert held
+    pipeline.correlator.chain_records = original  # type: ignore[method-assign]
+    for destination, value in held:
+        pipeline.inbox[destination].append(value)
+    got.extend(pipeline.flush())
+    assert _ids(got) == _ids(expected)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -124,7 +273,7 @@ def test_chains_and_new_terms_give_replays_records(ruleset_v2: Any, seed: int) -
     expected = _replay(ruleset_v2, lines)
     fired = {i["correlation"] for i in expected}
     assert fired >= {"node campaign", "first destination", "escalation", "silent after shell"}
-    pipeline = Pipeline(ruleset_v2, {})
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(seed))
     got: list[dict[str, Any]] = []
     messages = _messages(lines)
     for at in range(0, len(messages), 17):
@@ -137,7 +286,7 @@ def test_chains_and_new_terms_give_replays_records(ruleset_v2: Any, seed: int) -
 def test_a_restart_with_chains_and_new_terms_continues_exactly(ruleset_v2: Any, cut: int) -> None:
     lines = _stream_v2(7)
     expected = _replay(ruleset_v2, lines)
-    pipeline = Pipeline(ruleset_v2, {})
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(cut))
     got: list[dict[str, Any]] = []
     messages = _messages(lines)
     for at in range(0, cut, 25):
