@@ -103,18 +103,22 @@ class CorrelateStep:
             self.metrics.duplicates.labels(LIVE).inc(outcome.duplicates)
         return outcome.incidents
 
-    def send_chains(self, partitions: Any, *, report: bool) -> None:
-        """The chain records of `partitions` (derived events for other partitions, and with
-        `report` their level watermarks when they moved): produced before the state is written,
-        and flushed with it before the offsets are committed."""
-        correlator, metrics = self.worker.correlator, self.metrics
-        now = self.wall_clock()
+    def chain_outputs(self, partitions: Any, *, report: bool) -> dict[int, list[tuple[int, bytes]]]:
+        """Per partition, the chain records it sends now (derived events for other partitions,
+        and with `report` its level watermarks when they moved)."""
+        correlator, now = self.worker.correlator, self.wall_clock()
+        out: dict[int, list[tuple[int, bytes]]] = {}
         for partition in partitions:
-            for destination, value in correlator.chain_records(partition, now, report=report):
-                self.output.produce(
-                    self.correlate_name, CHAIN_KEY, value, destination, changelog=False
-                )
-                metrics.chain_records.labels("sent").inc()
+            records = correlator.chain_records(partition, now, report=report)
+            if records:
+                out[partition] = records
+        return out
+
+    def produce_chains(self, records: list[tuple[int, bytes]]) -> None:
+        for destination, value in records:
+            self.output.produce(self.correlate_name, CHAIN_KEY, value, destination, changelog=False)
+        if records:
+            self.metrics.chain_records.labels("sent").inc(len(records))
 
     def _count(self, partition: int, outcome: BatchOutcome, shadow_label: str) -> None:
         metrics = self.metrics
