@@ -149,12 +149,12 @@ def test_two_workers_one_sigkilled_mid_stream_with_chains_emit_replays_records(
     want = collections.Counter(incident_signature(i) for i in expected)
     reader = worker_env.reader(shared.topics.incidents)
     reader.poll_until(
-        lambda msgs: set(incident_signature(message_json(m)) for m in msgs) >= set(want),
+        lambda msgs: {incident_signature(message_json(m)) for m in msgs} >= set(want),
         timeout=120,
     )
     reader.drain(1.5)
     got = reader.values()
-    assert set(incident_signature(i) for i in got) == set(want), (
+    assert {incident_signature(i) for i in got} == set(want), (
         f"{len(got)} records from the pair, replay {len(expected)}"
     )
     unique = {(i["id"], i["count"]): comparable(i) for i in got}
