@@ -305,9 +305,8 @@ def build_app(parts: WorkerParts) -> WorkerApp:
                         exc,
                     )
                 last_of[message.partition] = event
-            chains_of = step.chain_outputs(last_of, report=True)
+            chains_of, chains = step.chain_outputs(last_of, report=True)
             incidents: list[dict[str, Any]] = []
-            chains: list[tuple[int, bytes]] = []
             # Each changed entry is written once per group of records, under an event of its
             # partition: the store (RocksDB) and the changelog take the current event's
             # partition. A key changed by several records of the group is written once. The
@@ -362,10 +361,9 @@ def build_app(parts: WorkerParts) -> WorkerApp:
     async def chain_reports() -> None:
         """Level watermarks that moved, to the other partitions (routed chains only)."""
         if worker.correlator.router is not None:  # progress only: lost in a crash, sent again
-            for records in step.chain_outputs(
-                list(worker.correlator.partitions()), report=True
-            ).values():
-                step.produce_chains(records)
+            # (derived events are made and sent while records are correlated: none here)
+            _, reports = step.chain_outputs(list(worker.correlator.partitions()), report=True)
+            step.produce_chains(reports)
 
     @app.timer(interval=5.0, name="ownership")
     async def ownership() -> None:

@@ -103,16 +103,21 @@ class CorrelateStep:
             self.metrics.duplicates.labels(LIVE).inc(outcome.duplicates)
         return outcome.incidents
 
-    def chain_outputs(self, partitions: Any, *, report: bool) -> dict[int, list[tuple[int, bytes]]]:
-        """Per partition, the chain records it sends now (derived events for other partitions,
-        and with `report` its level watermarks when they moved)."""
+    def chain_outputs(
+        self, partitions: Any, *, report: bool
+    ) -> tuple[dict[int, list[tuple[int, bytes]]], list[tuple[int, bytes]]]:
+        """The chain records `partitions` send now: per partition those with derived events
+        (kept in its outbox until flushed), and the level reports (with `report`, when they
+        moved), which need no outbox: a lost one is sent again."""
         correlator, now = self.worker.correlator, self.wall_clock()
-        out: dict[int, list[tuple[int, bytes]]] = {}
+        derived_of: dict[int, list[tuple[int, bytes]]] = {}
+        reports: list[tuple[int, bytes]] = []
         for partition in partitions:
-            records = correlator.chain_records(partition, now, report=report)
-            if records:
-                out[partition] = records
-        return out
+            derived, moved = correlator.chain_outputs(partition, now, report=report)
+            if derived:
+                derived_of[partition] = derived
+            reports.extend(moved)
+        return derived_of, reports
 
     def produce_chains(self, records: list[tuple[int, bytes]]) -> None:
         for destination, value in records:

@@ -238,9 +238,17 @@ class PartitionCorrelator(PartitionRecovery):
         self, partition: int, now_ns: int, *, report: bool = True
     ) -> list[tuple[int, bytes]]:
         """(destination partition, value) of the chain records this partition sends now."""
+        derived, reports = self.chain_outputs(partition, now_ns, report=report)
+        return derived + reports
+
+    def chain_outputs(
+        self, partition: int, now_ns: int, *, report: bool = True
+    ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """The chain records this partition sends now: (with derived events, which go into
+        the outbox; level reports only)."""
         part = self._partitions.get(partition)
         if part is None or part.chain is None:
-            return []
+            return [], []
         return self._chain_records(partition, part.engine, part.chain, now_ns, report=report)
 
     def persist(self, partition: int) -> None:
