@@ -284,13 +284,15 @@ def build_app(parts: WorkerParts) -> WorkerApp:
     async def correlate(stream: Any) -> None:
         async for events in stream.take_events(_RECORDS_PER_TAKE, within=_RECORDS_WAIT_S):
             started = time.perf_counter()
-            incidents: list[dict[str, Any]] = []
+            incidents_of: dict[int, list[dict[str, Any]]] = {}
             shadow_incidents: list[dict[str, Any]] = []
             last_of: dict[int, Any] = {}
             for event in events:
                 message = event.message
                 try:
-                    incidents.extend(step.record(event, shadow_incidents))
+                    found = step.record(event, shadow_incidents)
+                    if found:
+                        incidents_of.setdefault(message.partition, []).extend(found)
                 except Exception as exc:
                     # a defect, not bad input (records are ours and decoded above): say where,
                     # count it and go on — a dead agent would stall every partition silently
@@ -303,21 +305,39 @@ def build_app(parts: WorkerParts) -> WorkerApp:
                         exc,
                     )
                 last_of[message.partition] = event
-            # Derived events for other partitions first, then the state that emitted them: a
-            # crash between the two then re-derives them rather than losing them.
-            step.send_chains(last_of, report=True)
+            chains_of, chains = step.chain_outputs(last_of, report=True)
+            incidents: list[dict[str, Any]] = []
             # Each changed entry is written once per group of records, under an event of its
             # partition: the store (RocksDB) and the changelog take the current event's
-            # partition. A key changed by several records of the group is written once.
+            # partition. A key changed by several records of the group is written once. The
+            # group's outputs go first, into the partition's outbox (partition_outbox.py).
             for partition, event in last_of.items():
+                found, sent = incidents_of.get(partition, []), chains_of.get(partition, [])
+                worker.correlator.stage_outputs(partition, event.message.offset, found, sent)
                 with _current(event):
                     worker.correlator.persist(partition)
                     if shadow_correlator is not None:
                         shadow_correlator.persist(partition)
                 processed[partition] = event.message.offset + 1
+                incidents.extend(found)
+                chains.extend(sent)
+                again = worker.correlator.take_recovered_outputs(partition)
+                if again is not None:  # a restored outbox: outputs that may not have been sent
+                    log.warning(
+                        "partition %d: emitting again %d incident(s) and %d chain record(s) of "
+                        "%d group(s) that may not have reached the brokers before the last stop",
+                        partition,
+                        len(again.incidents),
+                        len(again.chains),
+                        again.entries,
+                    )
+                    incidents.extend(again.incidents)
+                    chains.extend(again.chains)
+            step.produce_chains(chains)
             if incidents:
                 worker.correlate_waiting_on = "enrichment of incidents"
                 await step.emit(incidents)
+            worker.correlator.outputs_produced()
             if shadow_incidents:
                 step.emit_shadow(shadow_incidents)
             metrics.stage_seconds.labels("correlate").observe(time.perf_counter() - started)
@@ -326,8 +346,10 @@ def build_app(parts: WorkerParts) -> WorkerApp:
     async def flush_outputs() -> None:
         """Runs before every offset commit of Faust's consumer (and before revocation): state
         entries and incidents of every record processed so far are acknowledged first."""
+        flushed = worker.correlator.produced_outputs()
         await output.flush()
         state_store.persist_offsets()
+        worker.correlator.acknowledge_outputs(flushed)  # their outbox entries can go
 
     _flush_before_commits(app, flush_outputs)
 
@@ -338,8 +360,10 @@ def build_app(parts: WorkerParts) -> WorkerApp:
     @app.timer(interval=REPORT_INTERVAL_NS / 1e9, name="chain-reports")
     async def chain_reports() -> None:
         """Level watermarks that moved, to the other partitions (routed chains only)."""
-        if worker.correlator.router is not None:
-            step.send_chains(list(worker.correlator.partitions()), report=True)
+        if worker.correlator.router is not None:  # progress only: lost in a crash, sent again
+            # (derived events are made and sent while records are correlated: none here)
+            _, reports = step.chain_outputs(list(worker.correlator.partitions()), report=True)
+            step.produce_chains(reports)
 
     @app.timer(interval=5.0, name="ownership")
     async def ownership() -> None:

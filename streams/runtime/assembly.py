@@ -90,6 +90,7 @@ def _correlators(
             # the live rules' chains: derived events to their dependent key's partition
             correlate_partitions=partitions,
             route_chains=not is_shadow,
+            outbox=not is_shadow,  # incidents and chain records kept with the state until sent
         )
 
     def make(store: StateStore) -> Correlators:

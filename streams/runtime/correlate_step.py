@@ -103,18 +103,27 @@ class CorrelateStep:
             self.metrics.duplicates.labels(LIVE).inc(outcome.duplicates)
         return outcome.incidents
 
-    def send_chains(self, partitions: Any, *, report: bool) -> None:
-        """The chain records of `partitions` (derived events for other partitions, and with
-        `report` their level watermarks when they moved): produced before the state is written,
-        and flushed with it before the offsets are committed."""
-        correlator, metrics = self.worker.correlator, self.metrics
-        now = self.wall_clock()
+    def chain_outputs(
+        self, partitions: Any, *, report: bool
+    ) -> tuple[dict[int, list[tuple[int, bytes]]], list[tuple[int, bytes]]]:
+        """The chain records `partitions` send now: per partition those with derived events
+        (kept in its outbox until flushed), and the level reports (with `report`, when they
+        moved), which need no outbox: a lost one is sent again."""
+        correlator, now = self.worker.correlator, self.wall_clock()
+        derived_of: dict[int, list[tuple[int, bytes]]] = {}
+        reports: list[tuple[int, bytes]] = []
         for partition in partitions:
-            for destination, value in correlator.chain_records(partition, now, report=report):
-                self.output.produce(
-                    self.correlate_name, CHAIN_KEY, value, destination, changelog=False
-                )
-                metrics.chain_records.labels("sent").inc()
+            derived, moved = correlator.chain_outputs(partition, now, report=report)
+            if derived:
+                derived_of[partition] = derived
+            reports.extend(moved)
+        return derived_of, reports
+
+    def produce_chains(self, records: list[tuple[int, bytes]]) -> None:
+        for destination, value in records:
+            self.output.produce(self.correlate_name, CHAIN_KEY, value, destination, changelog=False)
+        if records:
+            self.metrics.chain_records.labels("sent").inc(len(records))
 
     def _count(self, partition: int, outcome: BatchOutcome, shadow_label: str) -> None:
         metrics = self.metrics

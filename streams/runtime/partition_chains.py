@@ -189,25 +189,30 @@ class PartitionChains:
 
     def _chain_records(
         self, partition: int, engine: Engine, chain: ChainState, now_ns: int, *, report: bool
-    ) -> list[tuple[int, bytes]]:
-        """The chain records to send now: the outbox (with this partition's levels), and with
-        `report` the levels to every other partition they moved for since it was last told."""
+    ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """The chain records to send now: those of the outbox (derived events, with this
+        partition's levels: they must reach their destination), and with `report` the levels
+        alone to every other partition they moved for since it was last told (progress only:
+        sent again later if lost)."""
         levels = tuple(engine.level_watermarks)
         digest = self.ruleset.digest
-        out: list[tuple[int, bytes]] = []
+        derived: list[tuple[int, bytes]] = []
         for destination, events in chain.outbox.items():
-            out.append(
+            derived.append(
                 (destination, encode_chain(ChainRecord(partition, digest, levels, tuple(events))))
             )
             chain.sent[destination] = levels
         chain.outbox.clear()
+        reports: list[tuple[int, bytes]] = []
         if report and now_ns - chain.sent_at >= REPORT_INTERVAL_NS:
             chain.sent_at = now_ns
             for destination in range(self.correlate_partitions):
                 if destination != partition and chain.sent.get(destination) != levels:
-                    out.append((destination, encode_chain(ChainRecord(partition, digest, levels))))
+                    reports.append(
+                        (destination, encode_chain(ChainRecord(partition, digest, levels)))
+                    )
                     chain.sent[destination] = levels
-        return out
+        return derived, reports
 
 
 def _refs(engine: Engine, matches: list[StepMatch]) -> tuple[MatchRef, ...]:

@@ -18,6 +18,7 @@ from streams.core.derived import DerivedSeq
 from streams.core.engine import Engine
 from streams.core.snapshot import entry_to_data, held_to_data
 from streams.runtime.partition_chains import ChainState
+from streams.runtime.partition_outbox import Outbox, PartitionOutbox
 from streams.runtime.progress import NEG_INF, MergedProgress
 from streams.runtime.records import entry_key, meta_key
 
@@ -55,6 +56,8 @@ class _Partition:
     # routed chains (streams/runtime/partition_chains.py): None when the rules have none
     chain: ChainState | None = None
     chain_written: dict[str, Any] | None = None
+    # the outputs of its groups until the brokers have them (streams/runtime/partition_outbox.py)
+    outbox: Outbox = field(default_factory=Outbox)
 
 
 _HELD = b"\x1e"  # entry key + _HELD + seq: one event held in the reorder buffer for that entry
@@ -68,11 +71,15 @@ def held_key(name: bytes, seq: int) -> bytes:
     return name + _HELD + str(int(seq)).encode()
 
 
-class PartitionPersistence:
+class PartitionPersistence(PartitionOutbox):
     """Writes a partition's changes to the store; the state is set up by `PartitionCorrelator`."""
 
     store: StateStore
     namespace: bytes
+    _partitions: dict[int, _Partition]
+
+    def _outbox_parts(self) -> dict[int, Outbox]:
+        return {partition: part.outbox for partition, part in self._partitions.items()}
 
     def _persist(self, partition: int, part: _Partition) -> None:
         """Write what changed: an entry's state (when its value changed), and each held event
@@ -82,6 +89,8 @@ class PartitionPersistence:
             for stale_key in part.deletes:
                 self._delete(stale_key)
             part.deletes.clear()
+        if self.outbox_enabled:  # the group's outputs before the state that emitted them
+            self._write_outbox(partition, part.outbox)
         engine = part.engine
         held_changes = engine.take_held_changes()
         for ci, key in engine.take_changes():

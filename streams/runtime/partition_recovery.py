@@ -20,6 +20,7 @@ from streams.core.engine import Engine
 from streams.core.rules import Correlation, Ruleset
 from streams.core.snapshot import entry_from_data, entry_to_data
 from streams.runtime.partition_chains import ChainState, PartitionChains
+from streams.runtime.partition_outbox import outbox_prefix
 from streams.runtime.partition_persist import _HELD, PartitionPersistence, _Partition
 from streams.runtime.progress import MergedProgress
 from streams.runtime.records import SHADOW_PREFIX, entry_key, meta_key
@@ -102,20 +103,26 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
         self._route(partition, engine, chain)
         return chain
 
-    def _recover(self, partition: int) -> _Partition:
+    def _recover(self, partition: int, first_offset: int | None = None) -> _Partition:
+        """The partition's engine from the store; `first_offset`: the first offset read since
+        it was assigned (the outbox's entries below it were committed)."""
         engine = self._new_engine()
         chain = self._chain_state(partition, engine)
         progress = MergedProgress()
-        by_name = self._by_name()
-        restored = unreadable = 0
+        unreadable = 0
         entries: dict[bytes, dict[str, Any]] = {}
         held: dict[bytes, dict[int, tuple[bytes, list[Any]]]] = {}
         namespace = self.namespace
         own_meta = namespace + meta_key(partition)
         shadow_state: list[tuple[bytes, bytes]] = []
         applied: dict[int, int] = {}
+        own_outbox = namespace + outbox_prefix(partition)
+        outbox_found: list[tuple[bytes, bytes]] = []
         for key, value in list(self._iter_store()):
             if namespace and not key.startswith(namespace):
+                continue
+            if key.startswith(own_outbox):
+                outbox_found.append((key, value))
                 continue
             if key == own_meta:
                 progress, applied = self._restore_meta(partition, engine, chain, value)
@@ -141,7 +148,25 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
         )
         if shadow_state:
             part.deletes.extend(self._stale_shadow_state(partition, shadow_state))
+        if outbox_found:
+            part.outbox, stale = self._recover_outbox(partition, first_offset, outbox_found)
+            part.deletes.extend(stale)
         dropped: list[str] = []
+        restored, lost = self._restore_entries(part, entries, held, dropped)
+        self._recovered(partition, engine, restored, unreadable + lost, dropped)
+        return part
+
+    def _restore_entries(
+        self,
+        part: _Partition,
+        entries: dict[bytes, dict[str, Any]],
+        held: dict[bytes, dict[int, tuple[bytes, list[Any]]]],
+        dropped: list[str],
+    ) -> tuple[int, int]:
+        """Entries and their held events into the partition's engine: (restored, unreadable).
+        Held events whose entry is gone are deleted."""
+        by_name = self._by_name()
+        restored = unreadable = 0
         for name, data in entries.items():
             items = held.pop(name, {})
             data["held"] = [item for _, item in items.values()]
@@ -149,13 +174,12 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
             if entry is None:
                 unreadable += 1
                 continue
-            engine.restore(*entry)
+            part.engine.restore(*entry)
             part.held_written[name] = {seq: store_key for seq, (store_key, _) in items.items()}
             restored += 1
-        for orphans in held.values():  # held events whose entry is gone: drop them
+        for orphans in held.values():
             part.deletes.extend(store_key for store_key, _ in orphans.values())
-        self._recovered(partition, engine, restored, unreadable, dropped)
-        return part
+        return restored, unreadable
 
     def _restore_meta(
         self, partition: int, engine: Engine, chain: ChainState | None, value: bytes
@@ -265,4 +289,5 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
                 applied=part.applied,
                 applied_written=part.applied_written,
                 chain=chain,
+                outbox=part.outbox,
             )

@@ -73,6 +73,7 @@ class PartitionCorrelator(PartitionRecovery):
         discard_shadow_state: bool = False,
         correlate_partitions: int = 1,
         route_chains: bool = False,
+        outbox: bool = False,
     ) -> None:
         self.ruleset = ruleset
         self.shadow = shadow
@@ -81,6 +82,8 @@ class PartitionCorrelator(PartitionRecovery):
         # engine (their events pinned to one partition by the ingest's Router)
         self.correlate_partitions = correlate_partitions
         self.route_chains = route_chains and not shadow
+        # outputs kept with the state until flushed (streams/runtime/partition_outbox.py)
+        self.outbox_enabled = outbox and not shadow
         self.router: Router | None = None
         self._make_router()
         # prefix of every store key of this correlator: the live one's keys are as they always
@@ -125,10 +128,10 @@ class PartitionCorrelator(PartitionRecovery):
         part = self._partitions.get(partition)
         return NEG_INF if part is None else part.progress.high_water_ns()
 
-    def _partition(self, partition: int) -> _Partition:
+    def _partition(self, partition: int, offset: int | None = None) -> _Partition:
         part = self._partitions.get(partition)
         if part is None:
-            part = self._partitions[partition] = self._recover(partition)
+            part = self._partitions[partition] = self._recover(partition, offset)
         return part
 
     # -- records --------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ class PartitionCorrelator(PartitionRecovery):
         """Apply one correlate record; with `persist=False` the caller calls `persist` later."""
         if self._pending_ruleset is not None:
             self._apply_reload()
-        part = self._partition(partition)
+        part = self._partition(partition, offset)
         engine = part.engine
         outcome = BatchOutcome()
         stats = engine.stats
@@ -217,7 +220,7 @@ class PartitionCorrelator(PartitionRecovery):
         watermarks and the derived events it sent here; then release what they allow."""
         if self._pending_ruleset is not None:
             self._apply_reload()
-        part = self._partition(partition)
+        part = self._partition(partition, offset)
         outcome = BatchOutcome()
         chain = part.chain
         if chain is None:  # no chains in these rules (a reload removed them): nothing to do
@@ -235,9 +238,17 @@ class PartitionCorrelator(PartitionRecovery):
         self, partition: int, now_ns: int, *, report: bool = True
     ) -> list[tuple[int, bytes]]:
         """(destination partition, value) of the chain records this partition sends now."""
+        derived, reports = self.chain_outputs(partition, now_ns, report=report)
+        return derived + reports
+
+    def chain_outputs(
+        self, partition: int, now_ns: int, *, report: bool = True
+    ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """The chain records this partition sends now: (with derived events, which go into
+        the outbox; level reports only)."""
         part = self._partitions.get(partition)
         if part is None or part.chain is None:
-            return []
+            return [], []
         return self._chain_records(partition, part.engine, part.chain, now_ns, report=report)
 
     def persist(self, partition: int) -> None:

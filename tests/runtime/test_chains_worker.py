@@ -137,31 +137,58 @@ class RoutedPipeline(Pipeline):
         rng: random.Random,
         *,
         again: float = 0.0,
+        outbox: bool = False,
     ) -> None:
         self.rng = rng
         self.again = again  # the share of chain records delivered a second time, later
+        self.outbox = outbox  # stage each partition's chain records in its outbox, as the agent
+        self.crash: int | None = None  # a partition whose next derived events are lost
+        self.crashes = 0
+        self.last: dict[int, tuple[str, int, Any]] = {}  # partition -> its last record
         self.inbox: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
         self.chain_records = 0
         self.clock = 0
         super().__init__(ruleset, table)
 
     def _correlator(self, ruleset: Any) -> PartitionCorrelator:
-        return PartitionCorrelator(
-            ruleset,
-            self.table,
-            lateness_ns=LATENESS,
-            max_pending=1000,
-            wall_clock=lambda: 0,
-            correlate_partitions=PARTITIONS,
-            route_chains=True,
+        return self._remembered(
+            PartitionCorrelator(
+                ruleset,
+                self.table,
+                lateness_ns=LATENESS,
+                max_pending=1000,
+                wall_clock=lambda: 0,
+                correlate_partitions=PARTITIONS,
+                route_chains=True,
+                outbox=self.outbox,
+            )
         )
+
+    def _remembered(self, correlator: PartitionCorrelator) -> PartitionCorrelator:
+        for name in ("on_batch", "on_chain"):
+            method = getattr(correlator, name)
+
+            def spy(p: int, offset: int, record: Any, _m: Any = method, _n: str = name) -> Any:
+                self.last[p] = (_n, offset, record)
+                return _m(p, offset, record)
+
+            setattr(correlator, name, spy)
+        return correlator
 
     def batch(self, messages: list[SourceMessage], *, ticks: bool = False) -> list[dict[str, Any]]:
         out = super().batch(messages, ticks=ticks)
         while True:
             self.clock += REPORT_INTERVAL_NS
             for sender in range(PARTITIONS):
-                for destination, value in self.correlator.chain_records(sender, self.clock):
+                sent = self.correlator.chain_records(sender, self.clock)
+                if self.outbox and sent:
+                    offset = self.offsets[sender] - 1
+                    self.correlator.stage_outputs(sender, offset, [], sent)
+                    self.correlator.persist(sender)
+                if self.crash == sender and any(decode_chain(v).events for _, v in sent):
+                    out.extend(self._crash_and_restart(sender))
+                    continue  # what it sent never reached the brokers
+                for destination, value in sent:
                     self.inbox[destination].append(value)
             waiting = [p for p, values in self.inbox.items() if values]
             if not waiting:
@@ -181,6 +208,22 @@ class RoutedPipeline(Pipeline):
                 outcome = self.correlator.on_chain(destination, offset, record)
                 out.extend(outcome.incidents)
                 self.duplicates += outcome.duplicates
+
+    def _crash_and_restart(self, partition: int) -> list[dict[str, Any]]:
+        """The worker dies after the state (and the outbox) reached the changelog, before the
+        chain records did; the restarted one reads the partition's last record again (not
+        committed) and emits the restored outbox's outputs."""
+        self.crash = None
+        self.crashes += 1
+        self.correlator = self._correlator(self.correlator.ruleset)
+        name, offset, record = self.last[partition]
+        out = getattr(self.correlator, name)(partition, offset, record).incidents
+        again = self.correlator.take_recovered_outputs(partition)
+        assert again is not None
+        assert again.chains
+        for destination, value in again.chains:
+            self.inbox[destination].append(value)
+        return list(out) + again.incidents
 
 
 def test_chain_records_round_trip_and_are_not_batches() -> None:
@@ -208,6 +251,24 @@ def test_chain_records_round_trip_and_are_not_batches() -> None:
         decode_chain(b'{"v": 99}')
     with pytest.raises(RecordError, match="malformed"):
         decode_chain(b'{"v": 1, "from": 0}')
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8])
+def test_chain_records_lost_in_a_crash_are_sent_again_from_the_outbox(
+    ruleset_v2: Any, seed: int
+) -> None:
+    lines = _stream_v2(seed)
+    expected = _replay(ruleset_v2, lines)
+    pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(seed), outbox=True)
+    got: list[dict[str, Any]] = []
+    messages = _messages(lines)
+    for at in range(0, len(messages), 13):
+        if at in (130, 260):
+            pipeline.crash = at % PARTITIONS
+        got.extend(pipeline.batch(messages[at : at + 13]))
+    got.extend(pipeline.flush())
+    assert pipeline.crashes == 2
+    assert _ids(got) == _ids(expected)
 
 
 @pytest.mark.parametrize("seed", [4, 5])
