@@ -50,6 +50,9 @@ class ChainRouting:
     _level_deadlines: list[list[tuple[int, int, int, KeyTuple]]]
     level_watermarks: list[int]
     upstream_floors: list[int]
+    strict_release: bool
+    _released: dict[tuple[int, KeyTuple], tuple[int, int]]
+    _restored_seqs: dict[tuple[int, KeyTuple], set[int]]
 
     if TYPE_CHECKING:
 
@@ -130,12 +133,14 @@ class ChainRouting:
         key, maybe this one, back through `submit_derived`).
 
         Each level (a correlation's depth: 0 references nothing, 1 references only level 0,
-        ...) then has a reorder buffer and a watermark of its own: level L is released up to
-        min(watermark, min(`upstream_floors[L]`, level L-1's watermark) - 1), so it takes
-        position p only when every upstream has emitted all records before p (C5). The host
+        ...) then has a reorder buffer and a watermark of its own: level L is released below
+        min(watermark, `upstream_floors[L]`, level L-1's watermark) (releases are strict: an
+        event at a watermark waits), so it takes position p only when every upstream has
+        emitted all records before p (C5). The host
         sets `upstream_floors[L]` to the lowest level L-1 watermark the other partitions
         reported (`alone`: there are none); until it does, levels >= 1 wait."""
         self.derived_sink = sink
+        self.strict_release = True  # the levels' watermarks rely on it (`Engine._release`)
         if not self._chains:
             return
         levels = 1 + max(self._depth.values(), default=0)
@@ -146,6 +151,21 @@ class ChainRouting:
         self.level_watermarks = [self.watermark_ns] + [_NEG_INF] * (levels - 1)
         floor = _POS_INF if alone else _NEG_INF
         self.upstream_floors = [_POS_INF] + [floor] * (levels - 1)
+
+    def not_applied(self, event: Event, matches: list[StepMatch]) -> list[StepMatch]:
+        """The matches of a routed derived event that its keys have not taken yet: a key whose
+        last released event is at or after its position, or that holds it restored from a
+        snapshot, has it already (a chain record read again after a restart)."""
+        position = (event.time_ns, event.seq)
+        released, restored = self._released, self._restored_seqs
+        return [
+            m
+            for m in matches
+            if not (
+                ((last := released.get((m[0], m[2]))) is not None and position <= last)
+                or event.seq in restored.get((m[0], m[2]), ())
+            )
+        ]
 
     @property
     def levels(self) -> int:

@@ -7,7 +7,8 @@ fields C2 reserves: null for every Falco event, whatever its JSON says) and whos
 first, so a derived event sorts right after the event that completed its match and before every
 later event, siblings by correlation name then key text, a derived event of a derived event
 right after its parent (depth first). An absence's derived event is at
-(deadline, +inf, name, key...), after every event of a time up to its deadline.
+(deadline, +inf, deadline, name, key...), after every event of a time up to its deadline (the
+deadline is repeated in the tail so that each one's position is its own).
 
 Since `(time_ns, seq)` is how every state orders its events, the states need no change to take
 derived events: `DerivedSeq` is an `int` (its parent's arrival number, or +inf for an absence)
@@ -144,7 +145,9 @@ def build_derived_event(
     derived = {"correlation": corr.name, "status": record["status"], "count": record["count"]}
     own = (corr.name, *key_text(key))
     if parent_seq is None:
-        seq = DerivedSeq(ABSENCE_POSITION, own)
+        # the deadline in the tail too: two absences of one key (other deadlines) are other
+        # events; it orders nothing, the time is compared first
+        seq = DerivedSeq(ABSENCE_POSITION, (str(time_ns), *own))
     else:
         seq = DerivedSeq(int(parent_seq), (*position_tail(parent_seq), *own))
     return Event(raw, time_ns, seq, derived)

@@ -107,8 +107,15 @@ class Engine(ChainRouting):
         clock: Callable[[], int] | None = None,
         track_changes: bool = False,
         observer: EngineObserver | None = None,
+        strict_release: bool = False,
     ) -> None:
         self.ruleset = ruleset
+        # Release only events strictly before the watermark (the worker): an event at exactly
+        # the watermark is not late, and in the worker its position (source offset and
+        # partition) need not follow its arrival, so it may still sort before one that arrived
+        # earlier. In replay a later arrival is a later position, so releasing at the watermark
+        # gives the same order, sooner.
+        self.strict_release = strict_release
         # Told about every decision (`explain`); None on every production path.
         self.observer = observer
         self.correlations: tuple[Correlation, ...] = ruleset.correlations
@@ -284,13 +291,14 @@ class Engine(ChainRouting):
         if not self._routed:
             self._release_level(self._buffer, self._deadlines, wm, release_all, out)
         else:
-            # Level by level: a level's watermark stays below what its upstream levels have
-            # released everywhere (C5): every derived event it can still get is later.
+            # Level by level: a level's watermark stays at what its upstream levels have released
+            # everywhere (C5; releases are strict: only what is before a watermark), so every
+            # derived event it can still get is at or after it.
             marks, floors = self.level_watermarks, self.upstream_floors
             marks[0] = wm
             self._release_level(self._buffer, self._deadlines, wm, release_all, out)
             for level in range(1, len(marks)):
-                limit = min(wm, min(floors[level], marks[level - 1]) - 1)
+                limit = min(wm, floors[level], marks[level - 1])
                 marks[level] = max(marks[level], limit)
                 self._release_level(
                     self._level_buffers[level],
@@ -315,9 +323,10 @@ class Engine(ChainRouting):
         out: list[dict[str, Any]],
     ) -> None:
         pop, track = heapq.heappop, self.track_changes
+        released_to = wm - 1 if self.strict_release else wm
         while True:
             # The earliest of the next event and the next deadline, events first on a tie.
-            if buffer and (release_all or buffer[0][0] <= wm):
+            if buffer and (release_all or buffer[0][0] <= released_to):
                 if not (deadlines and deadlines[0][0] < wm and deadlines[0][0] < buffer[0][0]):
                     item = pop(buffer)
                     if track:
@@ -512,9 +521,9 @@ class Engine(ChainRouting):
         for ci, _si, key in item[4]:
             held = self._held.get((ci, key))
             if held is not None:
-                if type(item[1]) is int:  # releases go in (time, seq) order
-                    self._released[(ci, key)] = (item[0], item[1])
-                    self.changed.add((ci, key))
+                # releases go in (time, seq) order (a derived event's seq is its position)
+                self._released[(ci, key)] = (item[0], item[1])
+                self.changed.add((ci, key))
                 held.pop(id(item), None)
                 if not held:
                     del self._held[(ci, key)]
@@ -609,6 +618,7 @@ class Engine(ChainRouting):
     def restore_clock(self, max_time_ns: int, watermark_ns: int) -> None:
         self.max_time_ns = max(self.max_time_ns, max_time_ns)
         self.watermark_ns = max(self.watermark_ns, watermark_ns)
+        self.level_watermarks[0] = self.watermark_ns
 
     def entry_keys(self) -> set[tuple[int, KeyTuple]]:
         """Every (correlation index, key) the engine holds anything for."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from streams.core._event_data import event_from_data, event_to_data
 from streams.core.correlators import KeyState
+from streams.core.derived import DerivedSeq
 from streams.core.engine import EngineEntry, HeldItem, KeyTuple, StepMatch
 from streams.core.incidents import IncidentAnchor
 from streams.core.rules import Correlation
@@ -44,8 +45,28 @@ def entry_to_data(corr: Correlation, key: KeyTuple, entry: EngineEntry) -> dict[
         if anchor is None
         else [anchor.id, anchor.anchor_ns, anchor.first_seen_ns, anchor.count],
         "src": {str(p): o for p, o in entry.sources.items()},
-        "rel": None if entry.released is None else list(entry.released),
+        "rel": _released_to_data(entry.released),
     }
+
+
+def _released_to_data(released: tuple[int, int] | None) -> list[Any] | None:
+    """`[time, seq]`, or `[time, base, tail]` when the last released event is a derived one."""
+    if released is None:
+        return None
+    time_ns, seq = released
+    if isinstance(seq, DerivedSeq):
+        return [time_ns, int(seq), list(seq.tail)]
+    return [time_ns, seq]
+
+
+def _released_from_data(rel: Any) -> tuple[int, int] | None:
+    if not isinstance(rel, list):
+        return None
+    if len(rel) == 2:
+        return int(rel[0]), int(rel[1])
+    if len(rel) == 3:
+        return int(rel[0]), DerivedSeq(int(rel[1]), tuple(str(t) for t in rel[2]))
+    return None
 
 
 def held_to_data(item: HeldItem, ci: int | None, key: KeyTuple) -> list[Any]:
@@ -93,8 +114,7 @@ def entry_from_data(
     if raw_anchor is not None:
         anchor = IncidentAnchor(raw_anchor[0], raw_anchor[1], raw_anchor[2], raw_anchor[3])
     sources = {int(p): int(o) for p, o in data["src"].items()}
-    rel = data.get("rel")  # older entries have none
-    released = (int(rel[0]), int(rel[1])) if isinstance(rel, list) and len(rel) == 2 else None
+    released = _released_from_data(data.get("rel"))  # older entries have none
     return (
         ci,
         key,

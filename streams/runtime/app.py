@@ -305,8 +305,22 @@ def build_app(parts: WorkerParts) -> WorkerApp:
                         exc,
                     )
                 last_of[message.partition] = event
-            chains_of, chains = step.chain_outputs(last_of, report=True)
             incidents: list[dict[str, Any]] = []
+            for partition in last_of:
+                again = worker.correlator.take_recovered_outputs(partition)
+                if again is not None:  # a restored outbox: outputs that may not have been sent
+                    log.warning(
+                        "partition %d: emitting again %d incident(s) and %d chain record(s) of "
+                        "%d group(s) that may not have reached the brokers before the last stop",
+                        partition,
+                        len(again.incidents),
+                        len(again.chains),
+                        again.entries,
+                    )
+                    incidents.extend(again.incidents)
+                    # before anything this group sends: its level reports may be past them
+                    step.produce_chains(again.chains)
+            chains_of, chains = step.chain_outputs(last_of, report=True)
             # Each changed entry is written once per group of records, under an event of its
             # partition: the store (RocksDB) and the changelog take the current event's
             # partition. A key changed by several records of the group is written once. The
@@ -321,18 +335,6 @@ def build_app(parts: WorkerParts) -> WorkerApp:
                 processed[partition] = event.message.offset + 1
                 incidents.extend(found)
                 chains.extend(sent)
-                again = worker.correlator.take_recovered_outputs(partition)
-                if again is not None:  # a restored outbox: outputs that may not have been sent
-                    log.warning(
-                        "partition %d: emitting again %d incident(s) and %d chain record(s) of "
-                        "%d group(s) that may not have reached the brokers before the last stop",
-                        partition,
-                        len(again.incidents),
-                        len(again.chains),
-                        again.entries,
-                    )
-                    incidents.extend(again.incidents)
-                    chains.extend(again.chains)
             step.produce_chains(chains)
             if incidents:
                 worker.correlate_waiting_on = "enrichment of incidents"

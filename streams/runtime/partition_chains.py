@@ -8,7 +8,8 @@ others wait in an outbox per destination that the agent sends as chain records
 
 Progress: the engine keeps one watermark per level (a correlation's depth in the reference
 graph). A chain record carries its sender's level watermarks; a partition's level L is released
-only below the lowest level L-1 watermark of every partition (its own included), so a dependent
+only below the lowest level L-1 watermark of every partition (its own included; an engine releases
+only what is strictly before a watermark, and emits nothing before one later), so a dependent
 takes position p only after every upstream has emitted all its records before p, wherever they
 were correlated (C5): records equal `replay`'s for any partitioning and number of workers. A
 partition reports its levels with every chain record it sends and, when they moved, to every
@@ -179,8 +180,11 @@ class PartitionChains:
                     for m in engine.match_derived(event)
                     if router.destination(engine.correlations[m[0]].name, m[2]) == partition
                 ]
-            # behind its level's watermark: taken already (derived events are never late)
-            fresh = [m for m in matches if event.time_ns > marks[engine.level_of(m[0])]]
+            # behind its level's watermark, or taken by its key: taken already (derived events
+            # are never late; the key's marks are written with its state, the watermark after)
+            fresh = engine.not_applied(
+                event, [m for m in matches if event.time_ns >= marks[engine.level_of(m[0])]]
+            )
             if len(fresh) < len(matches):
                 chain.duplicates += 1
             if fresh and engine.submit_derived(event, fresh):

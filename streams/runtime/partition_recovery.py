@@ -83,6 +83,7 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
             max_pending=self.max_pending,
             clock=self.wall_clock,
             track_changes=True,
+            strict_release=True,  # positions need not follow arrival here (`Engine`)
             **extra,
         )
 

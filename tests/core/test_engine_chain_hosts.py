@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from helpers import S, load, payload
+from helpers import T0, S, load, payload
 
 from streams.core.derived import DerivedSeq, derived_from_data, derived_to_data
 from streams.core.engine import Engine
@@ -83,3 +83,21 @@ def test_routed_derived_events_give_the_dependents_the_records_of_one_engine(
         assert got == expected, seed
         assert all(isinstance(e.seq, DerivedSeq) for e in routed)
     assert fired == dependents  # not vacuous
+
+
+def test_each_derived_event_of_an_absence_has_a_position_of_its_own(tmp_path: Path) -> None:
+    """Two absences of one key fire at two deadlines: their derived events differ in time and
+    also in seq (a host keys held events and redelivery marks by seq)."""
+    rules = load(tmp_path, RULES)
+    engine = Engine(rules, lateness_ns=0)
+    routed: list[Event] = []
+    engine.route_derived(routed.append, alone=True)
+    for seq, at in enumerate([0, 20, 40]):
+        engine.submit(event_from_dict(payload("Beat", at * S, hostname="n1"), seq))
+    engine.advance_to(T0 + 60 * S)
+    absences = [e for e in routed if e.derived is not None and e.derived["correlation"] == "silent"]
+    assert len(absences) == 3
+    assert len({e.seq for e in absences}) == 3
+    assert [e.time_ns for e in absences] == sorted(e.time_ns for e in absences)
+    # and they still sort after every event of their time, by name then key at one deadline
+    assert all(int(e.seq) == 2**63 - 1 for e in absences)

@@ -11,7 +11,17 @@ from typing import Any
 
 import orjson
 import pytest
-from test_partitions import BASE, LATENESS, PARTITIONS, Pipeline, S, _ids, _messages, _replay
+from test_partitions import (
+    BASE,
+    LATENESS,
+    PARTITIONS,
+    Pipeline,
+    S,
+    _ids,
+    _messages,
+    _Recording,
+    _replay,
+)
 
 from streams.core.derived import DerivedSeq
 from streams.core.events import Event, format_time
@@ -143,6 +153,7 @@ class RoutedPipeline(Pipeline):
         self.again = again  # the share of chain records delivered a second time, later
         self.outbox = outbox  # stage each partition's chain records in its outbox, as the agent
         self.crash: int | None = None  # a partition whose next derived events are lost
+        self.touch = False  # the group read again after a crash also releases events
         self.crashes = 0
         self.last: dict[int, tuple[str, int, Any]] = {}  # partition -> its last record
         self.inbox: dict[int, list[bytes]] = {p: [] for p in range(PARTITIONS)}
@@ -212,18 +223,24 @@ class RoutedPipeline(Pipeline):
     def _crash_and_restart(self, partition: int) -> list[dict[str, Any]]:
         """The worker dies after the state (and the outbox) reached the changelog, before the
         chain records did; the restarted one reads the partition's last record again (not
-        committed) and emits the restored outbox's outputs."""
+        committed), then, as the correlate agent does, sends the restored outbox's chain
+        records before anything of the new group (whose level reports may be past them)."""
         self.crash = None
         self.crashes += 1
         self.correlator = self._correlator(self.correlator.ruleset)
         name, offset, record = self.last[partition]
-        out = getattr(self.correlator, name)(partition, offset, record).incidents
+        out = list(getattr(self.correlator, name)(partition, offset, record).incidents)
+        if self.touch:  # the group also moved the watermark (progress, another chain record)
+            engine = self.correlator.partitions()[partition]
+            out.extend(engine.advance_to(engine.watermark_ns))
         again = self.correlator.take_recovered_outputs(partition)
         assert again is not None
         assert again.chains
-        for destination, value in again.chains:
+        self.clock += REPORT_INTERVAL_NS
+        fresh = self.correlator.chain_records(partition, self.clock)  # the group's own
+        for destination, value in again.chains + fresh:
             self.inbox[destination].append(value)
-        return list(out) + again.incidents
+        return out + again.incidents
 
 
 def test_chain_records_round_trip_and_are_not_batches() -> None:
@@ -253,13 +270,15 @@ def test_chain_records_round_trip_and_are_not_batches() -> None:
         decode_chain(b'{"v": 1, "from": 0}')
 
 
+@pytest.mark.parametrize("touch", [False, True])
 @pytest.mark.parametrize("seed", [6, 7, 8])
 def test_chain_records_lost_in_a_crash_are_sent_again_from_the_outbox(
-    ruleset_v2: Any, seed: int
+    ruleset_v2: Any, seed: int, touch: bool
 ) -> None:
     lines = _stream_v2(seed)
     expected = _replay(ruleset_v2, lines)
     pipeline = RoutedPipeline(ruleset_v2, {}, random.Random(seed), outbox=True)
+    pipeline.touch = touch
     got: list[dict[str, Any]] = []
     messages = _messages(lines)
     for at in range(0, len(messages), 13):
@@ -357,3 +376,137 @@ def test_a_restart_with_chains_and_new_terms_continues_exactly(ruleset_v2: Any, 
         got.extend(pipeline.batch(messages[at : at + 25]))
     got.extend(pipeline.flush())
     assert _ids(got) == _ids(expected)
+
+
+TIES = """
+- correlation: A
+  type: new_term
+  by: [container.id]
+  condition: rule = X
+  fields: [rule]
+  within: 1h
+  learn: 0s
+- correlation: B
+  type: count
+  by: [hostname]
+  condition: correlation = A
+  threshold: 2
+  within: 1m
+"""
+
+
+def test_an_event_at_exactly_the_watermark_read_late_keeps_its_position(tmp_path: Path) -> None:
+    """Two events of the same time on two source partitions; the one with the earlier
+    position (source offset) is read after the watermark reached their time (not late: t is
+    not below it). The worker releases only what is strictly before the watermark, so both are
+    correlated in position order and both derived events reach B's partition."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(TIES)
+    ruleset = load_rules([path])
+    router = Router(ruleset.correlations, PARTITIONS)
+    on_a = router.destination("A", ("c0",))
+    first, second = [
+        c for c in (f"c{i}" for i in range(50)) if router.destination("A", (c,)) == on_a
+    ][:2]
+    host = next(f"h{i}" for i in range(50) if router.destination("B", (f"h{i}",)) != on_a)
+    at = BASE + 10 * S
+
+    def event(rule: str, time_ns: int, cid: str | None) -> bytes:
+        return orjson.dumps(
+            {
+                "rule": rule,
+                "priority": "Warning",
+                "hostname": host,
+                "time": format_time(time_ns),
+                "output_fields": {"container.id": cid},
+            }
+        )
+
+    lines = [
+        event("Noise", at + 3 * S, None),
+        event("Noise", at + 3 * S, None),
+        event("Noise", at + 3 * S, None),
+        event("X", at, first),  # source partition 0, offset 3: the earlier position
+        event("X", at, second),  # source partition 1, offset 4
+    ]
+    messages = [SourceMessage(i % 3, i, line, None, 0.0) for i, line in enumerate(lines)]
+    expected = _replay(ruleset, lines)
+    assert [i["correlation"] for i in expected].count("B") == 1
+    pipeline = RoutedPipeline(ruleset, {}, random.Random(0))
+    got = pipeline.batch([messages[0], messages[1], messages[2], messages[4]])  # 0 lags
+    got += pipeline.batch([messages[3]])
+    got += pipeline.flush()
+    assert pipeline.late == 0
+    assert _ids(got) == _ids(expected)
+
+
+COUNT_OVER_DERIVED = """
+- correlation: shells per host
+  type: count
+  by: [hostname]
+  condition: correlation in (shell, egress)
+  threshold: 3
+  within: 2m
+"""
+
+
+def test_a_crash_part_way_through_any_records_writes_with_routed_chains(tmp_path: Path) -> None:
+    """3 partitions exchanging chain records; every record's writes cut at every point, the
+    worker restarted from the table and fed the records from there on: replay's records.
+    (Records that emitted incidents are left out: tests/runtime/test_outbox.py.)"""
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES_V2 + COUNT_OVER_DERIVED)
+    ruleset = load_rules([path])
+    lines = _stream_v2(2, n=200)
+    expected = _replay(ruleset, lines)
+    probe = RoutedPipeline(ruleset, {}, random.Random(2))
+    trace: list[tuple[str, int, int, Any]] = []
+    for name in ("on_batch", "on_chain"):
+        method = getattr(probe.correlator, name)
+
+        def spy(p: int, offset: int, record: Any, _m: Any = method, _n: str = name) -> Any:
+            trace.append((_n, p, offset, record))
+            return _m(p, offset, record)
+
+        setattr(probe.correlator, name, spy)
+    messages = _messages(lines)
+    for at in range(0, len(messages), 7):
+        probe.batch(messages[at : at + 7])
+    probe.flush()
+
+    def correlator(table: Any) -> PartitionCorrelator:
+        return PartitionCorrelator(
+            ruleset,
+            table,
+            lateness_ns=LATENESS,
+            max_pending=1000,
+            wall_clock=lambda: 0,
+            correlate_partitions=PARTITIONS,
+            route_chains=True,
+        )
+
+    crashes = 0
+    for cut in range(len(trace) - 1):
+        table = _Recording()
+        first = correlator(table)
+        got: list[dict[str, Any]] = []
+        for name, p, offset, record in trace[:cut]:
+            got += getattr(first, name)(p, offset, record).incidents
+        before = len(table.log)
+        name, p, offset, record = trace[cut]
+        if getattr(first, name)(p, offset, record).incidents:
+            continue
+        for writes in range(len(table.log) - before):
+            kept: dict[bytes, bytes] = {}
+            for key, value in table.log[: before + writes]:
+                if value is None:
+                    kept.pop(key, None)
+                else:
+                    kept[key] = value
+            crashes += 1
+            restarted = correlator(kept)
+            after = list(got)
+            for again in trace[cut:]:  # read again from the record that was cut
+                after += getattr(restarted, again[0])(*again[1:]).incidents
+            assert _ids(after) == _ids(expected), f"record {cut} cut after {writes} writes"
+    assert crashes > 100
