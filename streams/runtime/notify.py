@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
@@ -48,6 +49,8 @@ __all__ = ["NotifyStage"]
 
 log = logging.getLogger("streams.notify")
 
+_NOTIFIED_KEPT = 10_000  # (id, status, count) of the last records notified, to skip copies
+
 
 class _StageMetrics(PerRegistry):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -59,6 +62,12 @@ class _StageMetrics(PerRegistry):
         self.invalid = Counter(
             "falco_correlator_notify_invalid",
             "Incident records that are not JSON objects with an id (skipped)",
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "falco_correlator_notify_duplicates",
+            "Incident records notified already by this process (the same id, status and "
+            "count: an incident emitted again after a worker crash), skipped",
             registry=registry,
         )
         self.in_flight = Gauge(
@@ -120,6 +129,9 @@ class NotifyStage:
         self._failure: BaseException | None = None
         self._consumer: Any = None
         self._producer: Any = None
+        # (id, status, count) of the records notified lately: the correlate stage emits again,
+        # after a crash, what it may not have sent (its outbox); the copy is skipped here
+        self._notified: OrderedDict[tuple[str, str, int], None] = OrderedDict()
 
     async def run(self) -> None:
         try:
@@ -221,12 +233,28 @@ class NotifyStage:
                 incident_problem(value),
             )
             return
+        seen = (incident["id"], incident.get("status", ""), incident.get("count", 0))
+        if seen in self._notified:
+            self.stage_metrics.duplicates.inc()
+            log.info(
+                "notify: skipped %s/%d/%d: incident %s %s count %d was notified already",
+                record.topic,
+                record.partition,
+                record.offset,
+                *seen,
+            )
+            return
         results = await self.dispatcher.dispatch(incident)
         for result in results:
             if isinstance(result, DeliveryFailure):
                 await self._dead_letter(incident, result, record)
         if self.threads is not None:
             await self.threads.flush()
+        # only once handled (a record cancelled by a revocation comes again and must not be
+        # skipped); records of one incident are processed one after the other (`_submit`)
+        self._notified[seen] = None
+        if len(self._notified) > _NOTIFIED_KEPT:
+            self._notified.popitem(last=False)
 
     async def _dead_letter(self, incident: Incident, failure: DeliveryFailure, record: Any) -> None:
         value = dead_letter_record(

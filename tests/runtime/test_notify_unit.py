@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -11,10 +14,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from streams.core.loader import load_rules
 from streams.errors import ConfigError
 from streams.notifiers import DeliveryFailure
+from streams.notifiers.dispatch import Dispatcher
+from streams.notifiers.metrics import NotifierMetrics
 from streams.runtime.assembly import assemble_worker
 from streams.runtime.config import AppConfig, StoreKind, WorkerConfig, load_config
 from streams.runtime.dead_letter import NOTIFIER_HEADER, dead_letter_message, dead_letter_record
 from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.notify import NotifyStage
 from streams.runtime.notify_settings import NotifySettings, parse_notify_settings
 from streams.runtime.notify_wiring import load_notify_parts
 from streams.runtime.offsets import OffsetTracker
@@ -259,3 +265,46 @@ def test_each_notifier_declares_whether_it_needs_the_thread_store() -> None:
         "bot": True,
     }
     assert store is not None
+
+
+class _Recorder(Dispatcher):
+    """A dispatcher without notifiers that records what it was given (the stage's logic only)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.sent: list[tuple[str, str, int]] = []
+
+    async def dispatch(self, incident: Any) -> list[Any]:
+        self.sent.append((incident["id"], incident["status"], incident["count"]))
+        return []
+
+
+def test_a_record_notified_already_is_skipped_and_counted() -> None:
+    """The correlate stage emits again, after a crash, incidents it may not have sent (its
+    outbox): the same (id, status, count) is notified once; an update (another count) is not a
+    copy."""
+    registry = CollectorRegistry()
+    dispatcher = _Recorder()
+    stage = NotifyStage(
+        WorkerConfig(),
+        dispatcher,
+        settings=parse_notify_settings(None),
+        metrics=NotifierMetrics.shared(registry),
+    )
+
+    def record(offset: int, status: str, count: int) -> Any:
+        value = orjson.dumps({"id": "a1", "status": status, "count": count})
+        return SimpleNamespace(
+            topic="incidents", partition=0, offset=offset, key=b"a1", value=value
+        )
+
+    async def run() -> None:
+        for offset, (status, count) in enumerate(
+            [("new", 1), ("update", 2), ("new", 1), ("update", 2), ("update", 3)]
+        ):
+            await stage._process(record(offset, status, count), None)
+
+    asyncio.run(run())
+    assert dispatcher.sent == [("a1", "new", 1), ("a1", "update", 2), ("a1", "update", 3)]
+    exposition = generate_latest(registry).decode()
+    assert "falco_correlator_notify_duplicates_total 2.0" in exposition
