@@ -90,11 +90,20 @@ class PartitionChains:
 
     ruleset: Ruleset
     correlate_partitions: int
+    route_chains: bool
     router: Router | None
 
     if TYPE_CHECKING:
 
         def _by_name(self) -> dict[str, tuple[int, Correlation]]: ...  # PartitionRecovery
+
+    def _make_router(self) -> None:
+        """The router of routed chains for the current rules (after a reload too)."""
+        self.router = (
+            Router(self.ruleset.correlations, self.correlate_partitions)
+            if self.route_chains
+            else None
+        )
 
     def _routes_chains(self) -> bool:
         return self.router is not None and any(c.references for c in self.ruleset.correlations)

@@ -87,9 +87,6 @@ class PartitionRecovery(PartitionPersistence, PartitionChains):
             **extra,
         )
 
-    def _make_router(self) -> None:
-        """The router of routed chains for the current rules (`PartitionCorrelator`)."""
-
     def _by_name(self) -> dict[str, tuple[int, Correlation]]:
         if self._by_name_for is not self.ruleset:
             self._by_name_cache = {c.name: (i, c) for i, c in enumerate(self.ruleset.correlations)}

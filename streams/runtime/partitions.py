@@ -117,13 +117,6 @@ class PartitionCorrelator(PartitionRecovery):
     def partitions(self) -> dict[int, Engine]:
         return {p: part.engine for p, part in self._partitions.items()}
 
-    def _make_router(self) -> None:
-        self.router = (
-            Router(self.ruleset.correlations, self.correlate_partitions)
-            if self.route_chains
-            else None
-        )
-
     def high_water(self, partition: int) -> int:
         part = self._partitions.get(partition)
         return NEG_INF if part is None else part.progress.high_water_ns()

@@ -497,14 +497,8 @@ def test_a_crash_part_way_through_any_records_writes_with_routed_chains(tmp_path
         if getattr(first, name)(p, offset, record).incidents:
             continue
         for writes in range(len(table.log) - before):
-            kept: dict[bytes, bytes] = {}
-            for key, value in table.log[: before + writes]:
-                if value is None:
-                    kept.pop(key, None)
-                else:
-                    kept[key] = value
             crashes += 1
-            restarted = correlator(kept)
+            restarted = correlator(table.prefix(before + writes))
             after = list(got)
             for again in trace[cut:]:  # read again from the record that was cut
                 after += getattr(restarted, again[0])(*again[1:]).incidents

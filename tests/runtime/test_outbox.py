@@ -11,10 +11,9 @@ import pytest
 from test_partitions import (
     LATENESS,
     RULES,
-    Pipeline,
     _ids,
-    _messages,
     _Recording,
+    _records_of,
     _replay,
     _stream,
 )
@@ -55,24 +54,6 @@ def _delivered(correlator: PartitionCorrelator) -> None:
     correlator.acknowledge_outputs(correlator.produced_outputs())
 
 
-def _records(ruleset: Any, lines: list[bytes]) -> list[tuple[int, int, Any]]:
-    """The correlate records of a whole run (flush included), as the worker reads them."""
-    probe = Pipeline(ruleset, {})
-    records: list[tuple[int, int, Any]] = []
-    original = probe.correlator.on_batch
-
-    def spy(destination: int, offset: int, record: Any, **kw: Any) -> Any:
-        records.append((destination, offset, record))
-        return original(destination, offset, record, **kw)
-
-    probe.correlator.on_batch = spy  # type: ignore[method-assign]
-    messages = _messages(lines)
-    for at in range(0, len(messages), 4):
-        probe.batch(messages[at : at + 4])
-    probe.flush()
-    return records
-
-
 @pytest.mark.parametrize("seed", [4, 9])
 def test_a_crash_part_way_through_a_group_that_emitted_incidents_loses_none(
     ruleset: Any, seed: int
@@ -81,7 +62,7 @@ def test_a_crash_part_way_through_a_group_that_emitted_incidents_loses_none(
     replay's incidents (the crashed group's possibly twice: at-least-once), none lost."""
     lines = _stream(seed, n=160)
     expected = _replay(ruleset, lines)
-    records = _records(ruleset, lines)
+    records = _records_of(ruleset, lines)
     crashes = 0
     for cut_record in range(len(records) - 1):
         table = _Recording()
@@ -97,14 +78,8 @@ def test_a_crash_part_way_through_a_group_that_emitted_incidents_loses_none(
             continue  # groups without incidents: test_partitions.py cuts those
         writes = len(table.log) - before
         for cut_writes in range(writes + 1):
-            kept: dict[bytes, bytes] = {}
-            for key, value in table.log[: before + cut_writes]:
-                if value is None:
-                    kept.pop(key, None)
-                else:
-                    kept[key] = value
             crashes += 1
-            restarted = _correlator(kept, ruleset)
+            restarted = _correlator(table.prefix(before + cut_writes), ruleset)
             after = list(got)  # the crashed group's incidents never reached the brokers
             for again in records[cut_record:]:  # not committed: read again
                 after.extend(_apply(restarted, *again))
@@ -118,7 +93,7 @@ def test_a_crash_part_way_through_a_group_that_emitted_incidents_loses_none(
 
 def test_the_outbox_is_written_before_the_state_and_deleted_once_flushed(ruleset: Any) -> None:
     lines = _stream(4, n=160)
-    records = _records(ruleset, lines)
+    records = _records_of(ruleset, lines)
     table = _Recording()
     correlator = _correlator(table, ruleset)
     emitted = None
@@ -150,7 +125,7 @@ def test_a_restore_after_a_commit_emits_nothing_again(ruleset: Any) -> None:
     """The first offset read after the assignment is past the outbox entry's records: they
     were committed, so their outputs were flushed; the entry is deleted, nothing emitted."""
     lines = _stream(9, n=160)
-    records = _records(ruleset, lines)
+    records = _records_of(ruleset, lines)
     table: dict[bytes, bytes] = {}
     correlator = _correlator(table, ruleset)
     for index, (destination, offset, record) in enumerate(records):  # noqa: B007

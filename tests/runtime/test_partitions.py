@@ -551,6 +551,35 @@ class _Recording(dict[bytes, bytes]):
         self.log.append((key, None))
         super().__delitem__(key)
 
+    def prefix(self, writes: int) -> dict[bytes, bytes]:
+        """The table as its first `writes` writes left it (a changelog cut by a crash)."""
+        kept: dict[bytes, bytes] = {}
+        for key, value in self.log[:writes]:
+            if value is None:
+                kept.pop(key, None)
+            else:
+                kept[key] = value
+        return kept
+
+
+def _records_of(ruleset: Any, lines: list[bytes]) -> list[tuple[int, int, Any]]:
+    """The correlate records of a whole run (flush included), as the worker reads them:
+    (destination partition, offset, record)."""
+    probe = Pipeline(ruleset, {})
+    records: list[tuple[int, int, Any]] = []
+    original = probe.correlator.on_batch
+
+    def spy(destination: int, offset: int, record: Any, **kw: Any) -> Any:
+        records.append((destination, offset, record))
+        return original(destination, offset, record, **kw)
+
+    probe.correlator.on_batch = spy  # type: ignore[method-assign]
+    messages = _messages(lines)
+    for at in range(0, len(messages), 4):
+        probe.batch(messages[at : at + 4])
+    probe.flush()
+    return records
+
 
 def _correlator_on(table: Any, ruleset: Any) -> PartitionCorrelator:
     return PartitionCorrelator(
@@ -566,20 +595,7 @@ def test_a_crash_part_way_through_a_records_writes_loses_no_event(ruleset: Any, 
     and none is counted twice. (Records that emitted incidents are left out: see below.)"""
     lines = _stream(seed, n=160)
     expected = _replay(ruleset, lines)
-    messages = _messages(lines)
-    # the correlate records of the whole run (flush included), as the worker would read them
-    probe = Pipeline(ruleset, {})
-    records: list[tuple[int, int, Any]] = []
-    original = probe.correlator.on_batch
-
-    def spy(destination: int, offset: int, record: Any, **kw: Any) -> Any:
-        records.append((destination, offset, record))
-        return original(destination, offset, record, **kw)
-
-    probe.correlator.on_batch = spy  # type: ignore[method-assign]
-    for at in range(0, len(messages), 4):
-        probe.batch(messages[at : at + 4])
-    probe.flush()
+    records = _records_of(ruleset, lines)
     crashes = 0
     for cut_record in range(len(records) - 1):
         for cut_writes in range(8):
@@ -591,19 +607,13 @@ def test_a_crash_part_way_through_a_records_writes_loses_no_event(ruleset: Any, 
             before = len(table.log)
             destination, offset, record = records[cut_record]
             if correlator.on_batch(destination, offset, record).incidents:
-                # A crash that loses an incident's output but keeps its state (another topic) is
-                # another matter (see docs/worker.md, "Redelivery"): not what this test is about.
+                # A crash that loses an incident's output but keeps its state (another topic):
+                # the outbox, tests/runtime/test_outbox.py.
                 break
             if before + cut_writes > len(table.log):
                 break
-            kept: dict[bytes, bytes] = {}
-            for key, value in table.log[: before + cut_writes]:
-                if value is None:
-                    kept.pop(key, None)
-                else:
-                    kept[key] = value
             crashes += 1
-            restarted = _correlator_on(kept, ruleset)
+            restarted = _correlator_on(table.prefix(before + cut_writes), ruleset)
             for destination, offset, record in records[cut_record:]:  # it comes again
                 got.extend(restarted.on_batch(destination, offset, record).incidents)
             assert _ids(got) == _ids(expected), (
